@@ -25,7 +25,7 @@ class PointCloud:
     feature: np.ndarray | None = None
     instance: np.ndarray | None = None
     frame_id: str = "map"
-    extras: dict = field(default_factory=dict)
+    extras: dict = field(default_factory=dict)  # named per-point arrays (e.g. observation counts)
 
     def __post_init__(self) -> None:
         self.xyz = np.ascontiguousarray(self.xyz, dtype=np.float32).reshape(-1, 3)
@@ -56,10 +56,16 @@ class PointCloud:
 
     def select(self, index: np.ndarray) -> "PointCloud":
         """Subset by boolean mask or integer index (per-point arrays are sliced, the rest kept)."""
+        n = len(self)
         kwargs = {}
         for f in fields(self):
             value = getattr(self, f.name)
             kwargs[f.name] = value[index] if isinstance(value, np.ndarray) else value
+        # per-point extras (e.g. a map's observation counts) follow the points; anything else is kept as is
+        kwargs["extras"] = {
+            key: value[index] if isinstance(value, np.ndarray) and len(value) == n else value
+            for key, value in self.extras.items()
+        }
         return PointCloud(**kwargs)
 
     def with_labels(self, label: np.ndarray, score: np.ndarray | None = None) -> "PointCloud":
