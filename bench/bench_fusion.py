@@ -1,0 +1,225 @@
+#!/usr/bin/env python
+"""Fusion throughput at 640x480: our back-projection + VoxelMap integration against Open3D on the same frames.
+
+    python bench/bench_fusion.py                          # 30 synthetic 640x480 frames, 2 cm voxels, 1 thread
+    python bench/bench_fusion.py --frames 60 --voxel-size 0.05 --threads 2
+
+Pipelines, each fed every frame in order (fresh map per repeat):
+  ours       make_partial_cloud (p = T [d K^-1 (u, v, 1)]) + VoxelMap.integrate
+  open3d     PointCloud.create_from_rgbd_image + transform, and t.geometry.VoxelBlockGrid integration (TSDF + colour;
+             the legacy ScalableTSDFVolume extracts nothing in Open3D 0.20)
+Each stage is also timed alone. Frames come from ov3d_ros.data.synthetic (noisy depth) when it is importable, else
+from an analytic box room made here. Prints frames per second from wall-clock time and from this process's CPU time
+(on a shared machine the CPU-time figure is the one to compare), the ratio ours / Open3D (> 1: ours is faster),
+points per frame and map sizes. Best of --repeats; ours and Open3D alternate so they share the machine's load.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    try:
+        w, h = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"size must look like 640x480, got {text!r}") from None
+    if w < 8 or h < 8:
+        raise argparse.ArgumentTypeError(f"size must be at least 8x8, got {text!r}")
+    return w, h
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--frames", type=int, default=30, help="frames per run (default 30)")
+    parser.add_argument("--size", type=parse_size, default=(640, 480), help="WIDTHxHEIGHT (default 640x480)")
+    parser.add_argument("--voxel-size", type=float, default=0.02, help="voxel edge in metres (default 0.02)")
+    parser.add_argument("--threads", type=int, default=1, help="CPU threads for torch and Open3D (default 1)")
+    parser.add_argument("--repeats", type=int, default=3, help="runs per pipeline; the best is printed (default 3)")
+    parser.add_argument("--seed", type=int, default=0, help="synthetic room seed (default 0)")
+    parser.add_argument("--device", default="cpu", help="torch device of our VoxelMap (default cpu)")
+    parser.add_argument("--analytic", action="store_true", help="use the analytic box room even if "
+                        "ov3d_ros.data.synthetic is available")
+    args = parser.parse_args()
+    if args.frames < 1 or args.repeats < 1 or args.threads < 1 or args.voxel_size <= 0:
+        parser.error("--frames, --repeats, --threads and --voxel-size must be positive")
+    return args
+
+
+def analytic_frames(n_frames: int, width: int, height: int):
+    """A 6 x 5 x 3 m box room with a table-sized box, seen from a camera circling inside it (exact depth)."""
+    import numpy as np
+
+    from ov3d_ros.fusion import RGBDFrame
+    from ov3d_ros.geometry import CameraModel
+
+    camera = CameraModel(width, height, 0.8 * width, 0.8 * width, (width - 1) / 2, (height - 1) / 2)
+    room_lo, room_hi = np.array([0.0, 0.0, 0.0]), np.array([6.0, 5.0, 3.0])
+    box_lo, box_hi = np.array([2.4, 2.0, 0.0]), np.array([3.6, 2.8, 0.75])
+    v, u = np.mgrid[0:height, 0:width]
+    rays = np.stack([(u - camera.cx) / camera.fx, (v - camera.cy) / camera.fy, np.ones(u.shape)], -1).reshape(-1, 3)
+    frames = []
+    for i in range(n_frames):
+        angle = 2 * np.pi * i / n_frames
+        eye = np.array([3.0 + 1.5 * np.cos(angle), 2.5 + 1.2 * np.sin(angle), 1.4])
+        forward = np.array([3.0, 2.5, 0.6]) - eye + [np.sin(angle), -np.cos(angle), 0.0]
+        z = forward / np.linalg.norm(forward)
+        x = np.cross(z, [0.0, 0.0, 1.0])
+        x /= np.linalg.norm(x)
+        T = np.eye(4)
+        T[:3, :3] = np.stack([x, np.cross(z, x), z], axis=1)
+        T[:3, 3] = eye
+        dirs = rays @ T[:3, :3].T
+        with np.errstate(divide="ignore", invalid="ignore"):
+            t_room = np.min(np.where(dirs > 0, (room_hi - eye) / dirs,
+                                     np.where(dirs < 0, (room_lo - eye) / dirs, np.inf)), axis=1)
+            b1, b2 = (box_lo - eye) / dirs, (box_hi - eye) / dirs
+            near, far = np.max(np.minimum(b1, b2), axis=1), np.min(np.maximum(b1, b2), axis=1)
+        t = np.where((near <= far) & (near > 0), np.minimum(near, t_room), t_room)
+        p = eye + t[:, None] * dirs
+        checker = (np.floor(p / 0.3).astype(np.int64).sum(axis=1) % 2)[:, None]
+        color = np.clip(np.where(checker, [200, 180, 150], [90, 110, 140]) + 20 * p[:, 2:3], 0, 255)
+        frames.append(RGBDFrame(color.reshape(height, width, 3).astype(np.uint8),
+                                t.reshape(height, width).astype(np.float32), camera, T, index=i))
+    return frames, "analytic box room (exact depth)"
+
+
+def load_frames(args):
+    width, height = args.size
+    if not args.analytic:
+        try:
+            from ov3d_ros.data.synthetic import SyntheticRoom, render_sequence
+        except ImportError:
+            pass
+        else:
+            room = SyntheticRoom.generate(args.seed)
+            rendered = render_sequence(room, n_frames=args.frames, width=width, height=height, noise=True,
+                                       seed=args.seed)
+            return [f.frame for f in rendered], f"ov3d_ros.data.synthetic room seed {args.seed} (noisy depth)"
+    return analytic_frames(args.frames, width, height)
+
+
+class Clock:
+    """Accumulates wall-clock and process CPU time."""
+
+    def __init__(self):
+        self.wall = self.cpu = 0.0
+
+    def __enter__(self):
+        self._wall, self._cpu = time.perf_counter(), time.process_time()
+        return self
+
+    def __exit__(self, *exc):
+        self.wall += time.perf_counter() - self._wall
+        self.cpu += time.process_time() - self._cpu
+
+
+def run_ours(frames, voxel_size, device):
+    from ov3d_ros.fusion import VoxelMap, make_partial_cloud
+
+    vmap = VoxelMap(voxel_size=voxel_size, capacity=20_000_000, device=device)
+    back, fuse = Clock(), Clock()
+    points = 0
+    for frame in frames:
+        with back:
+            partial = make_partial_cloud(frame, min_depth=0.1, max_depth=10.0)
+        with fuse:
+            vmap.integrate(partial)
+        points += len(partial)
+    if vmap.device.type == "cuda":
+        import torch
+
+        torch.cuda.synchronize()
+    return back, fuse, points, {"voxels": len(vmap)}
+
+
+def run_open3d(frames, voxel_size, o3d):
+    import numpy as np
+
+    cam = frames[0].camera
+    intrinsic = o3d.camera.PinholeCameraIntrinsic(cam.width, cam.height, cam.fx, cam.fy, cam.cx, cam.cy)
+    intrinsic_t = o3d.core.Tensor(cam.K, o3d.core.Dtype.Float64)
+    device = o3d.core.Device("CPU:0")
+    vbg = o3d.t.geometry.VoxelBlockGrid(
+        attr_names=("tsdf", "weight", "color"),
+        attr_dtypes=(o3d.core.float32, o3d.core.float32, o3d.core.float32),
+        attr_channels=((1), (1), (3)), voxel_size=voxel_size, block_resolution=8, block_count=100_000,
+        device=device)
+    back, fuse = Clock(), Clock()
+    points = 0
+    for frame in frames:
+        depth = frame.depth_metres()
+        with back:
+            rgbd = o3d.geometry.RGBDImage.create_from_color_and_depth(
+                o3d.geometry.Image(frame.color), o3d.geometry.Image(depth), depth_scale=1.0, depth_trunc=10.0,
+                convert_rgb_to_intensity=False)
+            cloud = o3d.geometry.PointCloud.create_from_rgbd_image(rgbd, intrinsic)
+            cloud.transform(frame.T_world_cam)
+        points += len(cloud.points)
+        with fuse:
+            extrinsic = o3d.core.Tensor(np.linalg.inv(frame.T_world_cam), o3d.core.Dtype.Float64)  # world-to-camera
+            depth_t = o3d.t.geometry.Image(o3d.core.Tensor(depth)).to(device)
+            color_t = o3d.t.geometry.Image(o3d.core.Tensor(frame.color.astype(np.float32) / 255.0)).to(device)
+            blocks = vbg.compute_unique_block_coordinates(depth_t, intrinsic_t, extrinsic, 1.0, 10.0)
+            vbg.integrate(blocks, depth_t, color_t, intrinsic_t, extrinsic, 1.0, 10.0)
+    surface = vbg.extract_point_cloud(weight_threshold=1.0)  # every observed surface, like our map
+    return back, fuse, points, {"blocks": int(vbg.hashmap().size()), "surface points": len(surface.point.positions)}
+
+
+def main() -> None:
+    args = parse_args()
+    # Both libraries read the thread count when they start: set it before importing either.
+    os.environ["OMP_NUM_THREADS"] = str(args.threads)
+    import torch
+
+    torch.set_num_threads(args.threads)
+    try:
+        import open3d as o3d
+    except ImportError as exc:
+        sys.exit(f"bench_fusion needs open3d for the reference pipeline (pip install open3d==0.20.0): {exc}")
+
+    frames, source = load_frames(args)
+    width, height = args.size
+    n = len(frames)
+    print(f"frames: {n} x {width}x{height} from {source}; voxel {args.voxel_size * 100:g} cm; "
+          f"{args.threads} thread(s); device {args.device}; load average {os.getloadavg()[0]:.1f}")
+
+    best = {}
+    for _ in range(args.repeats):
+        for name, runner in (("ours", lambda: run_ours(frames, args.voxel_size, args.device)),
+                             ("open3d", lambda: run_open3d(frames, args.voxel_size, o3d))):
+            back, fuse, points, sizes = runner()
+            total = back.cpu + fuse.cpu
+            if name not in best or total < best[name][0].cpu + best[name][1].cpu:
+                best[name] = (back, fuse, points, sizes)
+
+    def fps(seconds: float) -> float:
+        return n / seconds if seconds > 0 else float("inf")
+
+    rows = (("back-projection", lambda r: r[0]), ("map integration", lambda r: r[1]))
+    print(f"\n{'stage':34s} {'ours FPS':>18s} {'Open3D FPS':>18s} {'ratio':>14s}")
+    print(f"{'':34s} {'wall / cpu':>18s} {'wall / cpu':>18s} {'wall / cpu':>14s}")
+    for label, pick in rows:
+        o, r = pick(best["ours"]), pick(best["open3d"])
+        print(f"{label:34s} {fps(o.wall):8.1f} / {fps(o.cpu):7.1f} {fps(r.wall):8.1f} / {fps(r.cpu):7.1f} "
+              f"{r.wall / o.wall:6.2f} / {r.cpu / o.cpu:5.2f}")
+    ours_wall = best["ours"][0].wall + best["ours"][1].wall
+    ours_cpu = best["ours"][0].cpu + best["ours"][1].cpu
+    ref_wall = best["open3d"][0].wall + best["open3d"][1].wall
+    ref_cpu = best["open3d"][0].cpu + best["open3d"][1].cpu
+    print(f"{'fusion (back-projection + map)':34s} {fps(ours_wall):8.1f} / {fps(ours_cpu):7.1f} "
+          f"{fps(ref_wall):8.1f} / {fps(ref_cpu):7.1f} {ref_wall / ours_wall:6.2f} / {ref_cpu / ours_cpu:5.2f}")
+    print(f"\nours:   {best['ours'][2] / n:,.0f} points per frame; map {best['ours'][3]['voxels']:,} voxels "
+          f"(per-frame integration {1e3 * best['ours'][1].cpu / n:.1f} ms CPU)")
+    sizes = best["open3d"][3]
+    print(f"Open3D: {best['open3d'][2] / n:,.0f} points per frame; VoxelBlockGrid {sizes['blocks']:,} blocks of 8^3 "
+          f"voxels, {sizes['surface points']:,} surface points (per-frame integration "
+          f"{1e3 * best['open3d'][1].cpu / n:.1f} ms CPU)")
+    print("ratio = Open3D time / our time: > 1 means ours is faster. Open3D's map is a TSDF (more work per voxel "
+          "than our running means); its back-projection returns float64 points without pixel indices.")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,688 @@
+"""RGB-D frames -> per-frame partial clouds -> a bounded global voxel map; point matching between partial clouds.
+
+ROS-free (numpy + torch). The voxel map keeps integer running sums so that CPU and GPU give bit-identical maps and
+save/load is lossless; see ``VoxelMap`` for the layout and the eviction policy.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .cloud import PointCloud
+from .geometry import (
+    CameraModel,
+    DTypeError,
+    backproject,
+    check_color,
+    check_rigid,
+    depth_to_metres,
+    project,
+)
+
+__all__ = ["RGBDFrame", "PartialCloud", "make_partial_cloud", "VoxelMap", "match_points"]
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Frames and partial clouds
+# ----------------------------------------------------------------------------------------------------------------------
+@dataclass
+class RGBDFrame:
+    """One registered RGB-D frame.
+
+    color: (H, W, 3) uint8 RGB. depth: (H, W) float32 metres or uint16 (``depth_scale`` units per metre).
+    camera: intrinsics of this image size. T_world_cam: 4x4 camera-to-world pose (REP 103 optical camera frame).
+    index: frame number in its sequence; stamp: seconds.
+    """
+
+    color: np.ndarray
+    depth: np.ndarray
+    camera: CameraModel
+    T_world_cam: np.ndarray
+    index: int = 0
+    stamp: float = 0.0
+    depth_scale: float = 1000.0
+
+    def validate(self) -> "RGBDFrame":
+        """Raise ValueError (DTypeError, also a TypeError, for dtypes) naming the first problem; return self.
+
+        On success the pose is stored as a float64 array.
+        """
+        if not isinstance(self.camera, CameraModel):
+            raise TypeError(f"RGBDFrame {self.index}: camera must be a CameraModel, got {type(self.camera).__name__}")
+        depth = np.asarray(self.depth)
+        # depth_to_metres checks the dtype and shape; the conversion itself is cheap for float32 (no copy).
+        depth_to_metres(depth, self.depth_scale, f"RGBDFrame {self.index}: depth")
+        check_color(self.color, depth.shape, f"RGBDFrame {self.index}: color")
+        if depth.shape != (self.camera.height, self.camera.width):
+            raise ValueError(f"RGBDFrame {self.index}: images are {depth.shape[1]}x{depth.shape[0]} (WxH) but the "
+                             f"camera is {self.camera.width}x{self.camera.height}")
+        self.T_world_cam = check_rigid(self.T_world_cam, f"RGBDFrame {self.index}: T_world_cam")
+        scale = float(self.depth_scale)
+        if not math.isfinite(scale) or scale <= 0.0:
+            raise ValueError(f"RGBDFrame {self.index}: depth_scale must be finite and > 0, got {self.depth_scale}")
+        return self
+
+    def depth_metres(self) -> np.ndarray:
+        """Depth as (H, W) float32 metres."""
+        return depth_to_metres(self.depth, self.depth_scale, f"RGBDFrame {self.index}: depth")
+
+
+@dataclass
+class PartialCloud:
+    """The cloud of one frame, in the world frame, with what is needed to reproject it.
+
+    xyz (N, 3) float32 world; rgb (N, 3) uint8; pixels (N, 2) int32 (u, v) in the full-resolution image;
+    index: the frame index; T_world_cam and camera: the frame's pose and intrinsics; stride: the pixel stride the
+    cloud was sampled with (pixels lie on multiples of it), used by reprojection matching.
+    """
+
+    xyz: np.ndarray
+    rgb: np.ndarray
+    pixels: np.ndarray
+    index: int
+    T_world_cam: np.ndarray
+    camera: CameraModel
+    stride: int = 1
+
+    def __post_init__(self) -> None:
+        self.xyz = np.ascontiguousarray(self.xyz, dtype=np.float32)
+        if self.xyz.ndim != 2 or self.xyz.shape[1] != 3:
+            raise ValueError(f"PartialCloud {self.index}: xyz must be (N, 3), got {self.xyz.shape}")
+        n = len(self.xyz)
+        rgb = np.asarray(self.rgb)
+        if rgb.dtype != np.uint8:
+            raise DTypeError(f"PartialCloud {self.index}: rgb dtype must be uint8, got {rgb.dtype}")
+        if rgb.shape != (n, 3):
+            raise ValueError(f"PartialCloud {self.index}: rgb must be ({n}, 3), got {rgb.shape}")
+        self.rgb = np.ascontiguousarray(rgb)
+        pixels = np.asarray(self.pixels)
+        if not np.issubdtype(pixels.dtype, np.integer):
+            raise DTypeError(f"PartialCloud {self.index}: pixels must be integers, got {pixels.dtype}")
+        if pixels.shape != (n, 2):
+            raise ValueError(f"PartialCloud {self.index}: pixels must be ({n}, 2), got {pixels.shape}")
+        self.pixels = np.ascontiguousarray(pixels, dtype=np.int32)
+        if not isinstance(self.camera, CameraModel):
+            raise TypeError(f"PartialCloud {self.index}: camera must be a CameraModel, "
+                            f"got {type(self.camera).__name__}")
+        self.T_world_cam = check_rigid(self.T_world_cam, f"PartialCloud {self.index}: T_world_cam")
+        if isinstance(self.stride, bool) or not isinstance(self.stride, (int, np.integer)) or self.stride < 1:
+            raise ValueError(f"PartialCloud {self.index}: stride must be an integer >= 1, got {self.stride!r}")
+        self.stride = int(self.stride)
+
+    def __len__(self) -> int:
+        return len(self.xyz)
+
+    @property
+    def camera_center(self) -> np.ndarray:
+        """The camera's optical centre in the world frame (3,) float64."""
+        return self.T_world_cam[:3, 3].copy()
+
+    def to_cloud(self, frame_id: str = "map") -> PointCloud:
+        """The points as a PointCloud (``extras["frame_index"]`` = this frame's index)."""
+        return PointCloud(xyz=self.xyz, rgb=self.rgb, frame_id=frame_id, extras={"frame_index": int(self.index)})
+
+
+def make_partial_cloud(frame: RGBDFrame, *, min_depth: float = 0.1, max_depth: float = 10.0,
+                       stride: int = 1) -> PartialCloud:
+    """Validate ``frame`` and back-project its valid pixels into a world-frame PartialCloud."""
+    if not isinstance(frame, RGBDFrame):
+        raise TypeError(f"make_partial_cloud: expected an RGBDFrame, got {type(frame).__name__}")
+    frame.validate()
+    bp = backproject(frame.depth, frame.camera, frame.T_world_cam, frame.color, depth_scale=frame.depth_scale,
+                     min_depth=min_depth, max_depth=max_depth, stride=stride)
+    return PartialCloud(xyz=bp.xyz, rgb=bp.rgb, pixels=bp.pixels, index=int(frame.index),
+                        T_world_cam=frame.T_world_cam, camera=frame.camera, stride=stride)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Voxel keys
+# ----------------------------------------------------------------------------------------------------------------------
+# A voxel (i, j, k) = floor(p / voxel_size) belongs to the block (i, j, k) >> 2 of 4x4x4 voxels. Its int64 key is the
+# block's coordinates (19 bits per axis, offset 2^18) followed by the voxel's 6-bit place in the block, so sorting keys
+# groups voxels by block. The map covers +-2^20 voxels per axis (+-21 km at 2 cm).
+_BLOCK_BITS = 2
+_LOCAL_MASK = (1 << _BLOCK_BITS) - 1
+_LOCAL_BITS = 3 * _BLOCK_BITS
+_VOXELS_PER_BLOCK = 1 << _LOCAL_BITS
+_BLOCK_AXIS_BITS = 19
+_BLOCK_AXIS_OFFSET = 1 << (_BLOCK_AXIS_BITS - 1)
+_BLOCK_AXIS_MASK = (1 << _BLOCK_AXIS_BITS) - 1
+_AXIS_OFFSET = _BLOCK_AXIS_OFFSET << _BLOCK_BITS
+
+# Positions are summed as whole micrometres (see _VOXEL_ARRAYS for why integers). Rounding each point to 1 um is far
+# below the float32 resolution of the clouds themselves beyond ~8 m and negligible at room scale.
+_UM_PER_M = 1e6
+
+
+def _voxel_coords(xyz: torch.Tensor, voxel_size: float) -> torch.Tensor:
+    """(N, 3) int32 voxel indices floor(p / s), computed in float64 so the result does not depend on the device.
+
+    Raises ValueError for non-finite points and for points beyond the key range.
+    """
+    q = xyz.to(torch.float64, copy=True).div_(voxel_size).floor_()
+    if q.numel():
+        lo, hi = (float(v) for v in torch.aminmax(q))  # NaN or inf anywhere shows up here: no separate pass
+        if not (math.isfinite(lo) and math.isfinite(hi)):
+            bad = int((~torch.isfinite(xyz).all(dim=1)).sum())
+            raise ValueError(f"{bad} of {xyz.shape[0]} points are not finite")
+        if lo < -_AXIS_OFFSET or hi >= _AXIS_OFFSET:
+            raise ValueError(f"voxel index range [{lo:.0f}, {hi:.0f}] exceeds +-{_AXIS_OFFSET} voxels: points are "
+                             f"farther than {_AXIS_OFFSET * voxel_size:.0f} m from the origin at voxel size "
+                             f"{voxel_size} m")
+    return q.to(torch.int32)
+
+
+def _block_coords(ijk: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Voxel indices -> (block indices (N, 3) int32, place of the voxel in its block 0..63 (N,) int32)."""
+    block = ijk >> _BLOCK_BITS  # arithmetic shift: floor division for negative indices too
+    local = ijk & _LOCAL_MASK
+    place = local[:, 0] * (1 << (2 * _BLOCK_BITS)) + local[:, 1] * (1 << _BLOCK_BITS) + local[:, 2]
+    return block, place
+
+
+def _pack_blocks(block: torch.Tensor) -> torch.Tensor:
+    """(N, 3) block indices -> (N,) int64 block keys (lexicographic order of the indices)."""
+    b = block.to(torch.int64) + _BLOCK_AXIS_OFFSET
+    return (b[:, 0] << (2 * _BLOCK_AXIS_BITS)) | (b[:, 1] << _BLOCK_AXIS_BITS) | b[:, 2]
+
+
+def _pack_keys(ijk: torch.Tensor) -> torch.Tensor:
+    block, place = _block_coords(ijk)
+    return (_pack_blocks(block) << _LOCAL_BITS) | place.to(torch.int64)
+
+
+def _unpack_keys(keys: torch.Tensor) -> torch.Tensor:
+    block_key, place = keys >> _LOCAL_BITS, keys & (_VOXELS_PER_BLOCK - 1)
+    block = torch.stack([(block_key >> (2 * _BLOCK_AXIS_BITS)) & _BLOCK_AXIS_MASK,
+                         (block_key >> _BLOCK_AXIS_BITS) & _BLOCK_AXIS_MASK,
+                         block_key & _BLOCK_AXIS_MASK], dim=1) - _BLOCK_AXIS_OFFSET
+    local = torch.stack([(place >> (2 * _BLOCK_BITS)) & _LOCAL_MASK, (place >> _BLOCK_BITS) & _LOCAL_MASK,
+                         place & _LOCAL_MASK], dim=1)
+    return block * (1 << _BLOCK_BITS) + local
+
+
+def _check_voxel_size(voxel_size, who: str) -> float:
+    try:
+        voxel_size = float(voxel_size)
+    except (TypeError, ValueError):
+        raise TypeError(f"{who}: voxel_size must be a number, got {voxel_size!r}") from None
+    if not math.isfinite(voxel_size) or voxel_size <= 0.0:
+        raise ValueError(f"{who}: voxel_size must be finite and > 0, got {voxel_size}")
+    return voxel_size
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Global voxel map
+# ----------------------------------------------------------------------------------------------------------------------
+_MAP_FORMAT = "ov3d_voxel_map"
+_MAP_VERSION = 1
+
+# Per-voxel arrays (name, dtype, trailing shape). The position sums (micrometres) and colour sums are float64 arrays
+# that only ever hold integers: every partial sum below 2^53 is exact, so additions are order-independent and
+# index_add_ (atomics on GPU) is deterministic. That holds while a voxel's |sum| < 9e15 um, e.g. 9e8 points fused
+# 10 m from the origin. Separate contiguous arrays make index_add_ ~25% faster than columns of one table.
+_VOXEL_ARRAYS = (("keys", torch.int64, ()), ("frames", torch.int64, ()), ("last_seen", torch.int64, ()),
+                 ("count", torch.int64, ()), ("xyz_sum", torch.float64, (3,)), ("rgb_sum", torch.float64, (3,)))
+
+# When the map overflows it evicts down to capacity - capacity // _EVICT_SLACK_DIVISOR (never less than the
+# overflow), so that the O(map) compaction that follows an eviction runs once every several frames, not every frame.
+_EVICT_SLACK_DIVISOR = 32
+
+
+class VoxelMap:
+    """Bounded global accumulation of partial clouds in a sparse voxel grid.
+
+    Per voxel: the number of points fused (``count``, the weight of the means), the number of integrations that hit
+    it (``frames``), the integration tick when it was last hit (``last_seen``), and exact integer sums of positions
+    (micrometres) and colours, from which ``to_cloud`` derives the mean position and the running-mean colour.
+
+    Layout (a block hash like Open3D's VoxelBlockGrid or nvblox, built from torch ops): voxels are grouped in 4x4x4
+    blocks; a sorted array of block keys gives each block a row of a dense (blocks, 64) table whose entries are voxel
+    numbers in per-voxel arrays (-1 = empty). Integrating a frame costs O(points): the frame's blocks are collected
+    in a small dense box around the frame and found with ``searchsorted`` on the (small) block index, every point
+    finds its voxel by table lookup, new voxels are appended and ``index_add_`` accumulates the sums. Nothing is
+    re-sorted and no pass over all voxels happens per frame (except for clearing, and evictions, which are
+    batched). Maps built on CPU and GPU are identical; every export walks the blocks in key order, so it does not
+    depend on the storage layout.
+
+    Memory bound: after every ``integrate`` the map holds at most ``capacity`` voxels (``memory_bytes()``: about
+    100 bytes per voxel on indoor scans at 2 cm, block table included, plus up to 2x room reserved for growth). Eviction
+    policy when an integration exceeds it: remove the least-recently-observed voxels first (smallest ``last_seen``),
+    ties broken by fewest observing frames, then by smallest voxel key (deterministic), until
+    ``capacity - capacity // 32`` voxels remain (the slack batches the O(map) compaction). Voxels hit by the frame
+    just integrated go only if that frame alone exceeds the capacity.
+
+    Clearing: with ``clear_radius`` set, each ``integrate`` of a cloud that carries a pose (a PartialCloud) then
+    clears every voxel whose centre is farther than ``clear_radius`` from that camera's centre: a local map around
+    the robot, like nvblox's map clearing radius. ``clear_around`` does the same on demand, or clears the inside of
+    the ball with ``keep_inside=False``.
+    """
+
+    def __init__(self, voxel_size: float = 0.02, capacity: int = 2_000_000, clear_radius: float | None = None,
+                 device: str | torch.device = "cpu") -> None:
+        self.voxel_size = _check_voxel_size(voxel_size, "VoxelMap")
+        if isinstance(capacity, bool) or not isinstance(capacity, (int, np.integer)) or capacity < 1:
+            raise ValueError(f"VoxelMap: capacity must be an integer >= 1, got {capacity!r}")
+        self.capacity = int(capacity)
+        if clear_radius is not None:
+            clear_radius = float(clear_radius)
+            if not math.isfinite(clear_radius) or clear_radius <= 0.0:
+                raise ValueError(f"VoxelMap: clear_radius must be None or finite and > 0, got {clear_radius}")
+        self.clear_radius = clear_radius
+        self.device = torch.device(device)
+        self.reset()
+
+    # -- state ----------------------------------------------------------------------------------------------------
+    def reset(self) -> None:
+        """Forget every voxel (the settings are kept)."""
+        self._set_voxels({name: torch.empty((0,) + shape, dtype=dtype, device=self.device)
+                          for name, dtype, shape in _VOXEL_ARRAYS})
+        self._tick = 0  # number of integrate() calls so far: the clock of last_seen
+        self.evicted = 0  # voxels removed by the capacity bound since the last reset (for logging)
+
+    def _set_voxels(self, arrays: dict[str, torch.Tensor]) -> None:
+        """Rebuild every structure from per-voxel arrays sorted by key (compact, in key order)."""
+        dev = self.device
+        for name, _, _ in _VOXEL_ARRAYS:
+            setattr(self, "_" + name, arrays[name].contiguous())
+        keys = self._keys
+        self._n_voxels = int(keys.shape[0])
+        self._block_keys, block_index = torch.unique_consecutive(keys >> _LOCAL_BITS, return_inverse=True)
+        self._n_blocks = int(self._block_keys.shape[0])
+        self._block_slots = torch.arange(self._n_blocks, dtype=torch.int64, device=dev)  # table row per sorted block
+        self._slot_block_key = self._block_keys.clone()  # block key of each table row
+        self._table = torch.full((self._n_blocks, _VOXELS_PER_BLOCK), -1, dtype=torch.int64, device=dev)
+        self._table[block_index, keys & (_VOXELS_PER_BLOCK - 1)] = torch.arange(self._n_voxels, device=dev)
+
+    def _order(self) -> torch.Tensor:
+        """Voxel numbers sorted by voxel key (blocks in key order, places 0..63 within each)."""
+        cells = self._table[self._block_slots].reshape(-1)
+        return cells[cells >= 0]
+
+    def _sorted_arrays(self, order: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """Every per-voxel array, in key order (copies)."""
+        order = self._order() if order is None else order
+        return {name: getattr(self, "_" + name)[order] for name, _, _ in _VOXEL_ARRAYS}
+
+    def __len__(self) -> int:
+        return self._n_voxels
+
+    def __repr__(self) -> str:
+        return (f"VoxelMap({len(self)} voxels, voxel_size={self.voxel_size}, capacity={self.capacity}, "
+                f"clear_radius={self.clear_radius}, device={self.device})")
+
+    def memory_bytes(self) -> int:
+        """Bytes held by the map's tensors (allocated, including room reserved for growth)."""
+        tensors = [getattr(self, "_" + name) for name, _, _ in _VOXEL_ARRAYS]
+        tensors += [self._table, self._block_keys, self._block_slots, self._slot_block_key]
+        return sum(t.numel() * t.element_size() for t in tensors)
+
+    @property
+    def keys(self) -> torch.Tensor:
+        """(M,) int64 voxel keys, sorted (the export order)."""
+        return self._keys[self._order()]
+
+    @property
+    def counts(self) -> torch.Tensor:
+        """(M,) int64 number of points fused per voxel, in key order."""
+        return self._count[self._order()]
+
+    # -- integration ----------------------------------------------------------------------------------------------
+    def integrate(self, partial) -> int:
+        """Fuse one cloud (a PartialCloud, or anything with ``xyz`` (N, 3) float and ``rgb`` (N, 3) uint8).
+
+        Returns the number of voxels in the map afterwards. A cloud that raises leaves the map unchanged.
+        """
+        xyz, rgb = self._points_of(partial)
+        try:  # validates (finite, in range) before anything changes
+            ijk = _voxel_coords(xyz, self.voxel_size) if xyz.shape[0] else None
+        except ValueError as exc:
+            raise ValueError(f"VoxelMap.integrate: {exc}") from None
+        self._tick += 1
+        if ijk is not None:
+            self._accumulate(ijk, xyz, rgb)
+        if self.clear_radius is not None and getattr(partial, "T_world_cam", None) is not None:
+            self.clear_around(np.asarray(partial.T_world_cam, dtype=np.float64)[:3, 3], self.clear_radius)
+        if len(self) > self.capacity:
+            overflow = len(self) - self.capacity
+            self._evict(overflow + self.capacity // _EVICT_SLACK_DIVISOR)
+        return len(self)
+
+    def _points_of(self, partial) -> tuple[torch.Tensor, torch.Tensor]:
+        if not (hasattr(partial, "xyz") and hasattr(partial, "rgb")):
+            raise TypeError(f"VoxelMap.integrate: expected a PartialCloud (xyz, rgb), got {type(partial).__name__}")
+        xyz = torch.as_tensor(partial.xyz).to(self.device)
+        rgb = torch.as_tensor(partial.rgb).to(self.device)
+        if not xyz.is_floating_point():
+            raise DTypeError(f"VoxelMap.integrate: xyz must be floating point, got {xyz.dtype}")
+        if xyz.ndim != 2 or xyz.shape[1] != 3:
+            raise ValueError(f"VoxelMap.integrate: xyz must be (N, 3), got {tuple(xyz.shape)}")
+        if rgb.dtype != torch.uint8:
+            raise DTypeError(f"VoxelMap.integrate: rgb must be uint8, got {rgb.dtype}")
+        if tuple(rgb.shape) != (xyz.shape[0], 3):
+            raise ValueError(f"VoxelMap.integrate: rgb must be ({xyz.shape[0]}, 3), got {tuple(rgb.shape)}")
+        return xyz, rgb
+
+    def _accumulate(self, ijk: torch.Tensor, xyz: torch.Tensor, rgb: torch.Tensor) -> None:
+        dev = self.device
+        block, place = _block_coords(ijk)
+        cell = self._block_slots_of(block) * _VOXELS_PER_BLOCK + place  # flat index into the (blocks, 64) table
+        voxel = self._table.view(-1)[cell]
+
+        missing = voxel < 0
+        if bool(missing.any()):
+            # Number new voxels in cell order: deterministic, and the same on every device.
+            new_cells, new_of_point = torch.unique(cell[missing], sorted=True, return_inverse=True)
+            n_new = int(new_cells.shape[0])
+            first = self._n_voxels
+            self._reserve_voxels(first + n_new)
+            new_voxels = torch.arange(first, first + n_new, dtype=torch.int64, device=dev)
+            self._table.view(-1)[new_cells] = new_voxels
+            self._keys[first:first + n_new] = (self._slot_block_key[new_cells // _VOXELS_PER_BLOCK] << _LOCAL_BITS) \
+                | (new_cells % _VOXELS_PER_BLOCK)
+            for name in ("_frames", "_last_seen", "_count", "_xyz_sum", "_rgb_sum"):
+                getattr(self, name)[first:first + n_new] = 0
+            self._n_voxels += n_new
+            voxel[missing] = new_voxels[new_of_point]
+
+        micrometres = xyz.to(torch.float64, copy=True).mul_(_UM_PER_M).round_()
+        self._xyz_sum.index_add_(0, voxel, micrometres)
+        self._rgb_sum.index_add_(0, voxel, rgb.to(torch.float64))
+        # Points per voxel; also tells which voxels this frame hit (frames and last_seen change once per hit voxel).
+        count = torch.bincount(voxel, minlength=self._n_voxels)
+        hit = torch.nonzero(count).squeeze(1)
+        self._count[hit] += count[hit]
+        self._frames[hit] += 1
+        self._last_seen[hit] = self._tick
+
+    def _block_slots_of(self, blocks: torch.Tensor) -> torch.Tensor:
+        """Table rows of the (N, 3) block indices, allocating rows for blocks not in the map yet."""
+        dev = self.device
+        lo, hi = torch.aminmax(blocks, dim=0)
+        dims = (hi - lo + 1).tolist()
+        volume = dims[0] * dims[1] * dims[2]
+        # ~40k cells for an indoor 640x480 frame at 2 cm; the bound keeps the box's scratch memory to ~10 MB.
+        if volume <= max(1 << 20, 4 * blocks.shape[0]):
+            # The frame's blocks fit a small dense box: mark them there (linear time) instead of sorting the points.
+            # The box's linear order is the block-key order, so the occupied cells come out sorted. (Collapsing runs
+            # of equal blocks first was measured slower: noisy depth makes the runs short.)
+            rel = (blocks - lo).to(torch.int64)
+            linear = (rel[:, 0] * dims[1] + rel[:, 1]) * dims[2] + rel[:, 2]
+            occupied = torch.zeros(volume, dtype=torch.bool, device=dev)
+            occupied[linear] = True
+            cells = torch.nonzero(occupied).squeeze(1)
+            coords = torch.stack([cells // (dims[1] * dims[2]), (cells // dims[2]) % dims[1], cells % dims[2]], 1)
+            slots_of_cell = torch.empty(volume, dtype=torch.int64, device=dev)
+            slots_of_cell[cells] = self._slots_of_sorted_blocks(_pack_blocks(coords + lo.to(torch.int64)))
+            return slots_of_cell[linear]
+        unique_blocks, inverse = torch.unique(_pack_blocks(blocks), sorted=True, return_inverse=True)
+        return self._slots_of_sorted_blocks(unique_blocks)[inverse]
+
+    def _slots_of_sorted_blocks(self, block_keys: torch.Tensor) -> torch.Tensor:
+        """Table rows of sorted unique block keys; unknown blocks get new empty rows and index entries."""
+        dev = self.device
+        n_known = self._n_blocks
+        slots = torch.full_like(block_keys, -1)
+        insert_at = torch.searchsorted(self._block_keys, block_keys)
+        if n_known:
+            found = self._block_keys[insert_at.clamp(max=n_known - 1)] == block_keys
+            slots[found] = self._block_slots[insert_at[found]]
+            unknown = ~found
+        else:
+            unknown = torch.ones_like(block_keys, dtype=torch.bool)
+        n_new = int(unknown.sum())
+        if n_new == 0:
+            return slots
+        new_blocks, insert_at = block_keys[unknown], insert_at[unknown]
+        self._reserve_blocks(n_known + n_new)
+        new_slots = torch.arange(n_known, n_known + n_new, dtype=torch.int64, device=dev)
+        self._slot_block_key[n_known:n_known + n_new] = new_blocks
+        self._table[n_known:n_known + n_new] = -1
+        self._n_blocks += n_new
+        slots[unknown] = new_slots
+        # Merge the new keys into the sorted block index in one linear pass: an old entry moves down by the number
+        # of new keys inserted at or before it (the index has ~1/16 as many entries as there are voxels).
+        shift = torch.bincount(insert_at, minlength=n_known + 1)[:n_known].cumsum(0)
+        old_dest = torch.arange(n_known, device=dev) + shift
+        new_dest = insert_at + torch.arange(n_new, device=dev)
+        keys = torch.empty(n_known + n_new, dtype=torch.int64, device=dev)
+        keys[old_dest], keys[new_dest] = self._block_keys, new_blocks
+        block_slots = torch.empty(n_known + n_new, dtype=torch.int64, device=dev)
+        block_slots[old_dest], block_slots[new_dest] = self._block_slots, new_slots
+        self._block_keys, self._block_slots = keys, block_slots
+        return slots
+
+    @staticmethod
+    def _grown(tensor: torch.Tensor, used: int, needed: int, limit: int) -> torch.Tensor:
+        """``tensor`` with room for ``needed`` rows: geometric growth (amortised O(1) appends), capped at ``limit``."""
+        if needed <= tensor.shape[0]:
+            return tensor
+        size = max(needed, min(2 * tensor.shape[0], limit), 1024)
+        grown = torch.empty((size,) + tuple(tensor.shape[1:]), dtype=tensor.dtype, device=tensor.device)
+        grown[:used] = tensor[:used]
+        return grown
+
+    def _reserve_voxels(self, needed: int) -> None:
+        # Past the capacity the map is about to evict: grow only to what is needed then.
+        limit = self.capacity + self.capacity // 8
+        for name, _, _ in _VOXEL_ARRAYS:
+            setattr(self, "_" + name, self._grown(getattr(self, "_" + name), self._n_voxels, needed, limit))
+
+    def _reserve_blocks(self, needed: int) -> None:
+        limit = max(needed, 2 * self._n_blocks)
+        self._table = self._grown(self._table, self._n_blocks, needed, limit)
+        self._slot_block_key = self._grown(self._slot_block_key, self._n_blocks, needed, limit)
+
+    def _evict(self, n_evict: int) -> None:
+        """Remove ``n_evict`` voxels: oldest ``last_seen`` first, then fewest frames, then smallest key."""
+        arrays = self._sorted_arrays()
+        last_seen, frames = arrays["last_seen"], arrays["frames"]
+        # One int64 score orders (last_seen, frames): ticks stay far below 2^31, frames are clamped below 2^32.
+        score = (last_seen << 32) | frames.clamp(max=(1 << 32) - 1)
+        threshold = int(torch.kthvalue(score, n_evict).values)
+        below = score < threshold
+        tied = score == threshold
+        # In key order, the first voxels tied at the threshold have the smallest keys.
+        needed = n_evict - int(below.sum())
+        keep = ~(below | (tied & (torch.cumsum(tied.to(torch.int64), 0) <= needed)))
+        self._set_voxels({name: value[keep] for name, value in arrays.items()})
+        self.evicted += n_evict
+
+    # -- clearing -------------------------------------------------------------------------------------------------
+    def voxel_centers(self) -> torch.Tensor:
+        """(M, 3) float64 voxel centres on the map's device, in key order."""
+        return (_unpack_keys(self.keys).to(torch.float64) + 0.5) * self.voxel_size
+
+    def clear_around(self, center_xyz, radius: float, *, keep_inside: bool = True) -> int:
+        """Clear the map outside a ball (default) or inside it (``keep_inside=False``); return how many were removed.
+
+        A voxel is inside when its centre is within ``radius`` of ``center_xyz`` (world frame).
+        """
+        center = np.asarray(center_xyz, dtype=np.float64).reshape(-1)
+        if center.shape != (3,) or not np.all(np.isfinite(center)):
+            raise ValueError(f"VoxelMap.clear_around: center_xyz must be 3 finite numbers, got {center_xyz!r}")
+        radius = float(radius)
+        if not math.isfinite(radius) or radius < 0.0:
+            raise ValueError(f"VoxelMap.clear_around: radius must be finite and >= 0, got {radius}")
+        if len(self) == 0:
+            return 0
+        centres = (_unpack_keys(self._keys[:self._n_voxels]).to(torch.float64) + 0.5) * self.voxel_size
+        offset = centres - torch.as_tensor(center, device=self.device)
+        inside = (offset * offset).sum(dim=1) <= radius * radius
+        keep = inside if keep_inside else ~inside
+        removed = len(self) - int(keep.sum())
+        if removed:
+            order = self._order()
+            keep = keep[order]
+            self._set_voxels({name: value[keep] for name, value in self._sorted_arrays(order).items()})
+        return removed
+
+    # -- export ---------------------------------------------------------------------------------------------------
+    def to_cloud(self, frame_id: str = "map") -> PointCloud:
+        """One point per voxel, in key order: mean position, running-mean colour (rounded half up).
+
+        ``extras`` (per voxel, int64): ``count`` (points fused), ``frames`` (integrations that hit it),
+        ``last_seen`` (integration tick). Note ``PointCloud.select`` does not slice ``extras``.
+        """
+        arrays = self._sorted_arrays()
+        count = arrays["count"][:, None]
+        xyz = (arrays["xyz_sum"] / (count.to(torch.float64) * _UM_PER_M)).to(torch.float32)
+        rgb = ((arrays["rgb_sum"].to(torch.int64) + count // 2) // count.clamp(min=1)).clamp(0, 255)
+        return PointCloud(xyz=xyz.cpu().numpy(), rgb=rgb.to(torch.uint8).cpu().numpy(), frame_id=frame_id,
+                          extras={name: arrays[name].cpu().numpy() for name in ("count", "frames", "last_seen")})
+
+    def write_ply(self, path, frame_id: str = "map") -> Path:
+        """Write the voxel cloud as binary PLY (x y z red green blue count) via ``ov3d_ros.data.ply``."""
+        try:
+            from .data.ply import write_ply
+        except ImportError as exc:  # the data area owns the PLY format: fail loudly rather than write a second one
+            raise ImportError(f"VoxelMap.write_ply needs ov3d_ros.data.ply.write_ply, which is not importable: "
+                              f"{exc}") from exc
+        cloud = self.to_cloud(frame_id)
+        path = Path(path)
+        count = np.minimum(cloud.extras["count"], np.iinfo(np.int32).max).astype(np.int32)
+        write_ply(path, cloud, {"count": count})
+        return path
+
+    def save(self, path) -> Path:
+        """Save the whole state losslessly to a .npz file (keys, sums, counts, ticks and settings).
+
+        Returns the path written (numpy appends ``.npz`` when missing).
+        """
+        path = Path(path)
+        arrays = {name: value.cpu().numpy() for name, value in self._sorted_arrays().items()}
+        np.savez(path, format=np.array(_MAP_FORMAT), version=np.array(_MAP_VERSION), **arrays,
+                 voxel_size=np.array(self.voxel_size, dtype=np.float64),
+                 capacity=np.array(self.capacity, dtype=np.int64),
+                 clear_radius=np.array(np.nan if self.clear_radius is None else self.clear_radius, dtype=np.float64),
+                 tick=np.array(self._tick, dtype=np.int64), evicted=np.array(self.evicted, dtype=np.int64))
+        return path if path.suffix == ".npz" else path.with_name(path.name + ".npz")
+
+    @classmethod
+    def load(cls, path, device: str | torch.device = "cpu") -> "VoxelMap":
+        """Load a map written by ``save`` onto ``device``."""
+        path = Path(path)
+        try:
+            archive = np.load(path, allow_pickle=False)
+        except (OSError, ValueError) as exc:
+            raise ValueError(f"VoxelMap.load: cannot read {path} as .npz: {exc}") from exc
+        with archive:
+            if "format" not in archive.files or str(archive["format"]) != _MAP_FORMAT:
+                raise ValueError(f"VoxelMap.load: {path} is not a saved VoxelMap (no format '{_MAP_FORMAT}')")
+            if int(archive["version"]) != _MAP_VERSION:
+                raise ValueError(f"VoxelMap.load: {path} has format version {int(archive['version'])}, "
+                                 f"this code reads {_MAP_VERSION}")
+            missing = [name for name, _, _ in _VOXEL_ARRAYS if name not in archive.files]
+            if missing:
+                raise ValueError(f"VoxelMap.load: {path} lacks {missing} (corrupt file)")
+            arrays = {name: archive[name] for name, _, _ in _VOXEL_ARRAYS}
+            n = len(arrays["keys"])
+            for name, dtype, shape in _VOXEL_ARRAYS:
+                expected = np.dtype(str(dtype).replace("torch.", ""))
+                if arrays[name].dtype != expected or arrays[name].shape != (n,) + shape:
+                    raise ValueError(f"VoxelMap.load: {path}: '{name}' is {arrays[name].dtype} "
+                                     f"{arrays[name].shape}, expected {expected} {(n,) + shape}")
+            keys = arrays["keys"]
+            if n > 1 and not np.all(keys[1:] > keys[:-1]):
+                raise ValueError(f"VoxelMap.load: {path}: voxel keys are not strictly increasing (corrupt file)")
+            clear_radius = float(archive["clear_radius"])
+            vmap = cls(voxel_size=float(archive["voxel_size"]), capacity=int(archive["capacity"]),
+                       clear_radius=None if math.isnan(clear_radius) else clear_radius, device=device)
+            vmap._set_voxels({name: torch.from_numpy(np.ascontiguousarray(value)).to(vmap.device)
+                              for name, value in arrays.items()})
+            vmap._tick = int(archive["tick"])
+            vmap.evicted = int(archive["evicted"])
+        return vmap
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Matching points between partial clouds
+# ----------------------------------------------------------------------------------------------------------------------
+def match_points(a: PartialCloud, b: PartialCloud, *, method: str = "voxel", voxel_size: float = 0.02,
+                 depth_tolerance: float = 0.03) -> tuple[np.ndarray, np.ndarray]:
+    """Pairs (ia, ib) of int64 indices into ``a`` and ``b`` that see the same physical point; one-to-one.
+
+    method="voxel": voxels of ``voxel_size`` occupied by both clouds; in each, the point of ``a`` and the point of
+    ``b`` nearest the voxel centre (lowest index on ties). Paired points are within sqrt(3) * voxel_size.
+
+    method="reprojection": every point of ``a`` is projected into ``b``'s camera, rounded to ``b``'s pixel grid (its
+    stride), and paired with ``b``'s point at that pixel when their depths along ``b``'s optical axis differ by at
+    most ``depth_tolerance`` metres (so occluded points are not paired). Where several points of ``a`` land on one
+    point of ``b``, the one with the smallest depth difference wins (lowest index on ties).
+
+    Pairs are returned sorted by ``ia``.
+    """
+    for name, cloud in (("a", a), ("b", b)):
+        if not isinstance(cloud, PartialCloud):
+            raise TypeError(f"match_points: {name} must be a PartialCloud, got {type(cloud).__name__}")
+    if method == "voxel":
+        ia, ib = _match_voxel(a, b, _check_voxel_size(voxel_size, "match_points"))
+    elif method == "reprojection":
+        depth_tolerance = float(depth_tolerance)
+        if not math.isfinite(depth_tolerance) or depth_tolerance < 0.0:
+            raise ValueError(f"match_points: depth_tolerance must be finite and >= 0, got {depth_tolerance}")
+        ia, ib = _match_reprojection(a, b, depth_tolerance)
+    else:
+        raise ValueError(f"match_points: method must be 'voxel' or 'reprojection', got {method!r}")
+    order = np.argsort(ia, kind="stable")
+    return ia[order].astype(np.int64), ib[order].astype(np.int64)
+
+
+def _voxel_representatives(xyz: np.ndarray, voxel_size: float) -> tuple[np.ndarray, np.ndarray]:
+    """Sorted unique voxel keys of a cloud and, for each, the index of the point nearest the voxel centre."""
+    pts = torch.from_numpy(np.ascontiguousarray(xyz, dtype=np.float32))
+    ijk = _voxel_coords(pts, voxel_size)
+    keys = _pack_keys(ijk).numpy()
+    offset = pts.to(torch.float64).numpy() - (ijk.to(torch.float64).numpy() + 0.5) * voxel_size
+    dist2 = np.einsum("ij,ij->i", offset, offset)
+    # lexsort: last key is primary. Sort by voxel, then distance to its centre, then index (stable).
+    order = np.lexsort((np.arange(len(keys)), dist2, keys))
+    first = np.ones(len(order), dtype=bool)
+    first[1:] = keys[order[1:]] != keys[order[:-1]]
+    rep = order[first]
+    return keys[rep], rep
+
+
+def _match_voxel(a: PartialCloud, b: PartialCloud, voxel_size: float) -> tuple[np.ndarray, np.ndarray]:
+    keys_a, rep_a = _voxel_representatives(a.xyz, voxel_size)
+    keys_b, rep_b = _voxel_representatives(b.xyz, voxel_size)
+    _, in_a, in_b = np.intersect1d(keys_a, keys_b, assume_unique=True, return_indices=True)
+    return rep_a[in_a], rep_b[in_b]
+
+
+def _match_reprojection(a: PartialCloud, b: PartialCloud, depth_tolerance: float) -> tuple[np.ndarray, np.ndarray]:
+    empty = np.empty(0, dtype=np.int64)
+    if len(a) == 0 or len(b) == 0:
+        return empty, empty
+    cam, stride = b.camera, b.stride
+    # Lookup image on b's (strided) pixel grid: grid cell -> index of b's point there, -1 where b has none.
+    grid_h, grid_w = (cam.height + stride - 1) // stride, (cam.width + stride - 1) // stride
+    lookup = np.full((grid_h, grid_w), -1, dtype=np.int64)
+    gu, gv = b.pixels[:, 0] // stride, b.pixels[:, 1] // stride
+    if np.any((gu < 0) | (gu >= grid_w) | (gv < 0) | (gv >= grid_h)):
+        raise ValueError(f"match_points: PartialCloud {b.index} has pixels outside its {cam.width}x{cam.height} camera")
+    lookup[gv, gu] = np.arange(len(b))
+    z_b = (b.xyz.astype(np.float64) - b.T_world_cam[:3, 3]) @ b.T_world_cam[:3, 2]  # depth along b's optical axis
+
+    uv, z_a = project(a.xyz, cam, b.T_world_cam)
+    with np.errstate(invalid="ignore"):  # uv is NaN behind the camera; those fail the bounds test below
+        cu = np.rint(uv[:, 0] / stride)
+        cv = np.rint(uv[:, 1] / stride)
+        inside = (z_a > 0) & (cu >= 0) & (cu < grid_w) & (cv >= 0) & (cv < grid_h)
+    ia = np.nonzero(inside)[0]
+    ib = lookup[cv[ia].astype(np.int64), cu[ia].astype(np.int64)]
+    has_b = ib >= 0
+    ia, ib = ia[has_b], ib[has_b]
+    dz = np.abs(z_a[ia] - z_b[ib])
+    close = dz <= depth_tolerance
+    ia, ib, dz = ia[close], ib[close], dz[close]
+    # One-to-one: per point of b keep the closest-in-depth point of a (lowest index of a on ties).
+    order = np.lexsort((ia, dz, ib))
+    first = np.ones(len(order), dtype=bool)
+    first[1:] = ib[order[1:]] != ib[order[:-1]]
+    keep = order[first]
+    return ia[keep], ib[keep]
