@@ -350,7 +350,7 @@ def test_rosbag_labels_land_where_stage1_reads_them(tmp_path):
     room = SyntheticRoom.generate(3)
     synthetic = render_sequence(room, n_frames=2, width=W, height=H, noise=False, seed=3)
     bag = write_bag(tmp_path / "recording", synthetic)
-    topics = {**DEFAULTS["data"]["rosbag"], "pose_topic": "/camera_pose"}
+    topics = {**DEFAULTS["data"]["rosbag"], "pose_topic": "/camera_pose", "info_topic": "/camera/color/camera_info"}
 
     class BagOracle(Oracle):  # rgb8 is lossless: the bag's colour images are the rendered ones
         def __init__(self):
