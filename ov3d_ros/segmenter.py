@@ -168,8 +168,12 @@ class Segmenter:
                      len(chunks), self.chunk_points, self.chunk_margin)
         return chunks
 
-    def _iter_voxel_features(self, xyz, rgb, progress: bool):
-        """Yield (core indices, voxel features (M, D) normalised, voxel row of each core point) per chunk."""
+    def iter_voxel_features(self, xyz, rgb, progress: bool = False):
+        """Yield (core indices, voxel features (M, D) normalised, voxel row of each core point) per chunk.
+
+        Callers that keep per-voxel features (the segmenter node caches them so a new query needs no network
+        pass) use this instead of `features`, which expands them to every point.
+        """
         xyz_t, rgb_t = as_points(xyz, rgb)
         chunks = self._chunks(xyz_t)
         iterator = chunks
@@ -198,7 +202,7 @@ class Segmenter:
         """
         n = len(xyz)
         out = None
-        for core, feats, rows in self._iter_voxel_features(xyz, rgb, progress):
+        for core, feats, rows in self.iter_voxel_features(xyz, rgb, progress):
             if out is None:
                 out = torch.empty(n, feats.shape[1], dtype=torch.float32, device=feats.device)
             out[core.to(feats.device)] = feats.index_select(0, rows)
@@ -264,7 +268,7 @@ class Segmenter:
         n = len(xyz)
         label = np.full(n, -1, dtype=np.int64)
         best = np.zeros(n, dtype=np.float32)
-        for core, feats, rows in self._iter_voxel_features(xyz, rgb, progress):
+        for core, feats, rows in self.iter_voxel_features(xyz, rgb, progress):
             with torch.inference_mode():
                 vox_label, vox_score = self._scores(feats, text, float(min_score), score)
             core_np = core.numpy()

@@ -1,0 +1,78 @@
+"""ros2 launch ov3d_ros segment.launch.py [use_sim_camera:=true] [checkpoint:=/path/model.pt] [device:=cuda]
+    [config:=/path/params.yaml] [color_topic:=...] [depth_topic:=...] [camera_info_topic:=...]
+
+Starts fusion_node and segmenter_node (and synthetic_camera_node with use_sim_camera:=true) with the parameters of
+config/ov3d.yaml (plus config/sim_camera.yaml for the synthetic camera). Arguments given here override the YAML.
+Without ros2 launch (pip-only ROS): `ov3d-run [--sim-camera]` starts the same nodes with the same YAML.
+"""
+import os
+
+from ament_index_python.packages import get_package_share_directory
+from launch import LaunchDescription
+from launch.actions import DeclareLaunchArgument
+from launch.conditions import IfCondition, UnlessCondition
+from launch.substitutions import LaunchConfiguration
+from launch_ros.actions import Node
+
+
+def generate_launch_description():
+    share = get_package_share_directory("ov3d_ros")
+    default_config = os.path.join(share, "config", "ov3d.yaml")
+    sim_config = os.path.join(share, "config", "sim_camera.yaml")
+
+    use_sim_camera = LaunchConfiguration("use_sim_camera")
+    config = LaunchConfiguration("config")
+    checkpoint = LaunchConfiguration("checkpoint")
+    device = LaunchConfiguration("device")
+    color_topic = LaunchConfiguration("color_topic")
+    depth_topic = LaunchConfiguration("depth_topic")
+    camera_info_topic = LaunchConfiguration("camera_info_topic")
+
+    topics = {"color_topic": color_topic, "depth_topic": depth_topic, "camera_info_topic": camera_info_topic}
+
+    return LaunchDescription([
+        DeclareLaunchArgument("use_sim_camera", default_value="false",
+                              description="also start synthetic_camera_node (no hardware needed)"),
+        DeclareLaunchArgument("config", default_value=default_config, description="ROS parameter YAML of the nodes"),
+        DeclareLaunchArgument("checkpoint", default_value="",
+                              description="model checkpoint; empty = the demo checkpoint shipped with ov3d_ros"),
+        DeclareLaunchArgument("device", default_value="auto", description="torch device: auto, cpu, cuda"),
+        DeclareLaunchArgument("color_topic", default_value="/camera/color/image_raw", description="colour images"),
+        DeclareLaunchArgument("depth_topic", default_value="/camera/aligned_depth_to_color/image_raw",
+                              description="depth images registered to colour (use /camera/depth/image_raw with "
+                                          "use_sim_camera:=true)"),
+        DeclareLaunchArgument("camera_info_topic", default_value="/camera/color/camera_info",
+                              description="CameraInfo of the colour images"),
+        Node(
+            package="ov3d_ros",
+            executable="synthetic_camera_node",
+            name="synthetic_camera_node",
+            output="screen",
+            parameters=[config, sim_config, topics],
+            condition=IfCondition(use_sim_camera),
+        ),
+        # With the synthetic camera, config/sim_camera.yaml (poses from its PoseStamped topic) is layered on top.
+        Node(
+            package="ov3d_ros",
+            executable="fusion_node",
+            name="fusion_node",
+            output="screen",
+            parameters=[config, sim_config, topics],
+            condition=IfCondition(use_sim_camera),
+        ),
+        Node(
+            package="ov3d_ros",
+            executable="fusion_node",
+            name="fusion_node",
+            output="screen",
+            parameters=[config, topics],
+            condition=UnlessCondition(use_sim_camera),
+        ),
+        Node(
+            package="ov3d_ros",
+            executable="segmenter_node",
+            name="segmenter_node",
+            output="screen",
+            parameters=[config, {"checkpoint": checkpoint, "device": device}],
+        ),
+    ])

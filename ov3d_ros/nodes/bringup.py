@@ -1,0 +1,327 @@
+"""ov3d-run: start the fusion and segmenter nodes (and the synthetic camera) in one process with the YAML
+parameters the launch file uses, for machines without `ros2 launch`.
+
+    ov3d-run --demo                 # synthetic camera -> fusion -> segmenter, one query, PLY + PNG, exit
+    ov3d-run --sim-camera           # the same pipeline, running until Ctrl-C
+    ov3d-run                        # fusion + segmenter on a real camera's topics (config/ov3d.yaml)
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import threading
+import time
+from pathlib import Path
+
+log = logging.getLogger("ov3d-run")
+
+DEMO_QUERIES = ("chair", "table", "sofa", "bed", "lamp", "cabinet")
+
+
+# ---------------------------------------------------------------------------------------------- resources
+def default_checkpoint() -> Path:
+    """The demo checkpoint shipped with the package (``OV3D_CHECKPOINT`` overrides it)."""
+    override = os.environ.get("OV3D_CHECKPOINT")
+    if override:
+        return Path(override).expanduser()
+    return Path(__file__).resolve().parents[1] / "assets" / "ov3d_demo.pt"
+
+
+def config_dir() -> Path:
+    """config/ of the source tree (editable installs), else share/ov3d_ros/config of a ROS install."""
+    source = Path(__file__).resolve().parents[2] / "config"
+    if (source / "ov3d.yaml").is_file():
+        return source
+    try:
+        from ament_index_python.packages import get_package_share_directory
+
+        return Path(get_package_share_directory("ov3d_ros")) / "config"
+    except (ImportError, LookupError, ValueError):
+        return source
+
+
+def default_config_files(sim_camera: bool) -> list[Path]:
+    files = [config_dir() / "ov3d.yaml"]
+    if sim_camera:
+        files.append(config_dir() / "sim_camera.yaml")
+    return files
+
+
+# ---------------------------------------------------------------------------------------------- spinning
+class NodeRunner:
+    """rclpy context + nodes + a MultiThreadedExecutor spinning in a background thread; ``close()`` shuts it all
+    down in the order that avoids aborts at interpreter exit (executor, thread, nodes, context)."""
+
+    def __init__(self, node_factories, *, ros_args: list[str] | None = None, threads: int | None = None,
+                 init: bool = True) -> None:
+        import rclpy
+        from rclpy.executors import MultiThreadedExecutor, SingleThreadedExecutor
+
+        self.rclpy = rclpy
+        self._owns_context = init and not rclpy.ok()
+        if self._owns_context:
+            rclpy.init(args=["ov3d-run", *(ros_args or [])])
+        self.nodes = []
+        try:
+            for factory in node_factories:
+                self.nodes.append(factory())
+        except BaseException:
+            self.close()
+            raise
+        # Several callback groups per node (inputs, processing, services, global passes): enough threads that
+        # inputs keep flowing and services answer during network passes.
+        threads = threads or 3 * len(self.nodes)
+        self.executor = (SingleThreadedExecutor() if threads == 1 else MultiThreadedExecutor(num_threads=threads))
+        for node in self.nodes:
+            self.executor.add_node(node)
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> "NodeRunner":
+        self._thread = threading.Thread(target=self._spin, name="ov3d-executor", daemon=True)
+        self._thread.start()
+        return self
+
+    def _spin(self) -> None:
+        from rclpy.executors import ExternalShutdownException
+
+        try:
+            self.executor.spin()
+        except ExternalShutdownException:
+            pass
+
+    def close(self) -> None:
+        executor = getattr(self, "executor", None)
+        if executor is not None:
+            executor.shutdown(timeout_sec=10.0)
+        if self._thread_alive():
+            self._thread.join(timeout=10.0)
+        for node in reversed(self.nodes):
+            node.destroy_node()
+        self.nodes = []
+        if self._owns_context:
+            self.rclpy.try_shutdown()
+
+    def _thread_alive(self) -> bool:
+        return getattr(self, "_thread", None) is not None and self._thread.is_alive()
+
+    def __enter__(self) -> "NodeRunner":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def spin_nodes(node_classes, args=None) -> None:
+    """Entry point of the single-node console scripts: rclpy.init with the command line's --ros-args, spin until
+    Ctrl-C."""
+    import rclpy
+
+    argv = sys.argv if args is None else args
+    rclpy.init(args=argv)
+    runner = None
+    try:
+        runner = NodeRunner(node_classes, init=False)
+        runner.executor.spin()
+    except KeyboardInterrupt:
+        pass
+    except (FileNotFoundError, ValueError, RuntimeError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    finally:
+        if runner is not None:
+            runner.close()
+        rclpy.try_shutdown()
+
+
+# ---------------------------------------------------------------------------------------------- bring-up
+def params_file_args(files: list[Path]) -> list[str]:
+    args = ["--ros-args"]
+    for path in files:
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"parameter file not found: {path}")
+        args += ["--params-file", str(path)]
+    return args
+
+
+def make_factories(*, sim_camera: bool, checkpoint: str | None, device: str | None, demo_frames: int | None = None,
+                   camera_rate: float | None = None, num_threads: int | None = None):
+    """Node constructors with command-line overrides (overrides win over the YAML, as in the launch file)."""
+    from rclpy.parameter import Parameter
+
+    from ov3d_ros.nodes.fusion_node import FusionNode
+    from ov3d_ros.nodes.segmenter_node import SegmenterNode
+    from ov3d_ros.nodes.synthetic_camera_node import SyntheticCameraNode
+
+    seg_overrides = []
+    if checkpoint:
+        seg_overrides.append(Parameter("checkpoint", value=str(checkpoint)))
+    if device:
+        seg_overrides.append(Parameter("device", value=device))
+    if num_threads:
+        seg_overrides.append(Parameter("num_threads", value=int(num_threads)))
+    cam_overrides = []
+    if demo_frames:
+        cam_overrides += [Parameter("n_frames", value=int(demo_frames)), Parameter("max_loops", value=1)]
+    if camera_rate:
+        cam_overrides.append(Parameter("rate", value=float(camera_rate)))
+    factories = []
+    if sim_camera:
+        factories.append(lambda: SyntheticCameraNode(parameter_overrides=cam_overrides))
+    factories.append(lambda: FusionNode())
+    factories.append(lambda: SegmenterNode(parameter_overrides=seg_overrides))
+    return factories
+
+
+def wait_for(predicate, timeout: float, what: str, poll: float = 0.05) -> None:
+    """Poll ``predicate`` until true; raise TimeoutError naming ``what`` (no fixed sleeps in callers)."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(poll)
+
+
+def run_demo(args) -> int:
+    from rclpy.node import Node
+    from tqdm import tqdm
+
+    from ov3d_ros.data.ply import write_ply
+    from ov3d_ros.nodes.conversions import pointcloud2_to_cloud
+    from ov3d_ros.nodes.objects import format_table
+    from ov3d_ros.nodes.query_client import call_service, make_request, summaries_from_response
+    from ov3d_ros.viz import render_labelled_cloud
+    from ov3d_interfaces.srv import QueryObjects
+
+    checkpoint = Path(args.checkpoint) if args.checkpoint else default_checkpoint()
+    if not checkpoint.is_file():
+        log.error("checkpoint not found: %s (train one with `ov3d-train`, or pass --checkpoint)", checkpoint)
+        return 2
+    output = Path(args.output).resolve()
+    output.mkdir(parents=True, exist_ok=True)
+    files = args.config or default_config_files(sim_camera=True)
+    log.info("parameters from %s", ", ".join(map(str, files)))
+    started = time.perf_counter()
+    runner = NodeRunner(make_factories(sim_camera=True, checkpoint=str(checkpoint), device=args.device,
+                                       demo_frames=args.frames, camera_rate=args.rate,
+                                       num_threads=args.threads),
+                        ros_args=params_file_args(files) + args.ros_args)
+    camera, fusion, segmenter = runner.nodes
+    try:
+        runner.start()
+        n_frames = camera.p["n_frames"]
+        with tqdm(total=n_frames, desc="frames", unit="frame", disable=args.quiet) as bar:
+            def progress() -> bool:
+                bar.update(camera.frames_published - bar.n)
+                return camera.finished.is_set()
+            wait_for(progress, args.timeout, "the synthetic camera to publish its frames")
+        # The last frames may still be in flight: wait until every published frame was matched or counted as
+        # dropped, then until the fusion queue is drained, then publish the final map.
+        def all_frames_accounted() -> bool:
+            c = fusion.sync.counters()
+            return c["matched"] + c["unmatched"] + c["dropped_color"] + fusion.counters["bad_color"] \
+                >= camera.frames_published
+        try:
+            wait_for(all_frames_accounted, 10.0, "the last frames to reach the fusion node")
+        except TimeoutError as exc:
+            log.warning("%s; continuing with the frames received", exc)
+        wait_for(fusion.idle, args.timeout, "the fusion node to fuse its queued frames")
+        fusion.publish_global()
+        n_voxels = len(fusion.map)
+        wait_for(lambda: segmenter.latest_global is not None and len(segmenter.latest_global.cloud) == n_voxels,
+                 args.timeout, "the segmenter to receive the global map")
+        stats = fusion.stats()
+        log.info("fused %d of %d frames (%d not keyframes, %d dropped without pose) into %d voxels",
+                 stats["integrated"], camera.frames_published, stats["not_keyframe"], stats["no_pose"], n_voxels)
+        if segmenter.p["global_rate"] > 0:  # queries answer on the last segmented map: wait for the final one
+            log.info("segmenting the map (%d points)", n_voxels)
+            wait_for(lambda: segmenter.segmented_global is not None
+                     and len(segmenter.segmented_global.cloud) == n_voxels, args.timeout,
+                     "the segmenter to segment the final map")
+
+        queries = args.queries or list(segmenter.queries)
+        client = Node("ov3d_demo_client")
+        try:
+            request = make_request(queries, min_score=args.min_score, cloud="global", return_cloud=True)
+            response = call_service(client, QueryObjects, segmenter.p["query_service"], request, args.timeout)
+        finally:
+            client.destroy_node()
+    finally:
+        runner.close()
+    if not response.success:
+        log.error("query failed: %s", response.message)
+        return 1
+    print(f"\n/query_objects {queries}: {response.message}")
+    print(format_table(summaries_from_response(response)))
+    cloud = pointcloud2_to_cloud(response.labelled_cloud)
+    ply = write_ply(output / "labelled_map.ply", cloud)
+    png = render_labelled_cloud(cloud, list(response.queries), output / "labelled_map.png",
+                                title=f"ov3d_ros demo: {len(cloud)} voxels, {Path(checkpoint).name}")
+    print(f"\nlabelled cloud: {ply}\nrendering:      {png}")
+    log.info("demo finished in %.1f s", time.perf_counter() - started)
+    return 0
+
+
+def run_nodes(args) -> int:
+    files = args.config or default_config_files(sim_camera=args.sim_camera)
+    log.info("parameters from %s; Ctrl-C to stop", ", ".join(map(str, files)))
+    runner = NodeRunner(make_factories(sim_camera=args.sim_camera, checkpoint=args.checkpoint, device=args.device,
+                                       camera_rate=args.rate, num_threads=args.threads),
+                        ros_args=params_file_args(files) + args.ros_args)
+    try:
+        runner.executor.spin()
+    except KeyboardInterrupt:
+        log.info("stopping")
+    finally:
+        runner.close()
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ov3d-run",
+        description="Run the ov3d_ros nodes (fusion, segmenter, optionally the synthetic camera) in one process "
+                    "with the same YAML parameters as launch/segment.launch.py. --demo runs the synthetic "
+                    "pipeline once, queries it and writes a labelled PLY and a PNG.",
+        epilog="Anything after --ros-args is passed to ROS (e.g. -p fusion_node:stride:=1 or remappings).")
+    parser.add_argument("--demo", action="store_true",
+                        help="synthetic camera, one loop of frames, one query, write PLY + PNG, then exit")
+    parser.add_argument("--sim-camera", action="store_true", help="also run the synthetic camera node")
+    parser.add_argument("--config", type=Path, action="append",
+                        help="ROS parameter YAML (repeatable; default config/ov3d.yaml, plus config/sim_camera.yaml "
+                             "with --sim-camera/--demo)")
+    parser.add_argument("--checkpoint", help="model checkpoint (default: the shipped demo checkpoint, "
+                                             f"{default_checkpoint()})")
+    parser.add_argument("--device", help="torch device: auto, cpu, cuda (default from the YAML: auto)")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads of the segmenter")
+    parser.add_argument("--rate", type=float, default=None, help="synthetic camera rate in Hz (default from YAML)")
+    demo = parser.add_argument_group("demo")
+    demo.add_argument("--frames", type=int, default=60, help="frames in the synthetic loop (default 60)")
+    demo.add_argument("--queries", nargs="+", help="queries to run (default: the segmenter's `queries` parameter)")
+    demo.add_argument("--min-score", type=float, default=0.0, help="minimum score of a labelled point")
+    demo.add_argument("--output", default="ov3d_demo_output",
+                      help="folder for labelled_map.ply and labelled_map.png (default ./ov3d_demo_output)")
+    demo.add_argument("--timeout", type=float, default=120.0, help="give up after this many seconds per stage")
+    demo.add_argument("--quiet", action="store_true", help="no progress bar")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    ros_args: list[str] = []
+    if "--ros-args" in argv:
+        i = argv.index("--ros-args")
+        argv, ros_args = argv[:i], argv[i + 1:]
+    args = build_parser().parse_args(argv)
+    args.ros_args = ros_args
+    logging.basicConfig(level=logging.INFO, format="[%(name)s] %(message)s")
+    try:
+        return run_demo(args) if args.demo else run_nodes(args)
+    except (FileNotFoundError, TimeoutError, ValueError, RuntimeError) as exc:
+        log.error("%s", exc)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

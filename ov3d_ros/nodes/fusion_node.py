@@ -1,0 +1,450 @@
+"""fusion_node: color + depth + camera_info + pose -> ~/partial_cloud (every keyframe) and ~/global_cloud (a rate).
+
+A thin adapter over ``ov3d_ros.fusion``. Callbacks only decode and enqueue; a timer drains the frame queue when a
+frame's pose is available (from TF, an Odometry topic or a PoseStamped topic), applies keyframe gating, builds the
+partial cloud and integrates it into the VoxelMap. Every bad message is logged (rate-limited) and counted; the node
+never stops because of one.
+"""
+from __future__ import annotations
+
+import math
+import os
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from geometry_msgs.msg import PoseStamped
+from nav_msgs.msg import Odometry
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
+from rclpy.node import Node
+from rclpy.qos import QoSProfile, ReliabilityPolicy, HistoryPolicy, DurabilityPolicy, qos_profile_sensor_data
+from sensor_msgs.msg import CameraInfo, Image, PointCloud2
+from std_srvs.srv import Trigger
+
+from ov3d_interfaces.srv import SaveMap
+from ov3d_ros.nodes.conversions import (
+    camera_from_info,
+    cloud_to_pointcloud2,
+    color_from_image,
+    depth_from_image,
+    make_header,
+    pose_to_matrix,
+    quaternion_to_matrix,
+    stamp_to_sec,
+    transform_to_matrix,
+)
+from ov3d_ros.nodes.params import Param, declare_all
+from ov3d_ros.nodes.sync import ApproximateTimeSync, BoundedQueue
+
+POSE_SOURCES = ("tf", "odometry", "pose")
+QOS_CHOICES = ("sensor_data", "reliable")
+
+FUSION_PARAMS = [
+    Param("color_topic", "/camera/color/image_raw", "Colour image topic (rgb8, bgr8, rgba8, bgra8, mono8)."),
+    Param("depth_topic", "/camera/depth/image_raw", "Depth image topic registered to colour (16UC1 or 32FC1)."),
+    Param("camera_info_topic", "/camera/color/camera_info", "CameraInfo of the colour image (K is used)."),
+    Param("qos", "sensor_data", "QoS of the camera subscriptions: sensor_data (best effort) or reliable.",
+          choices=QOS_CHOICES),
+    Param("qos_depth", 5, "History depth of the camera subscriptions.", minimum=1, maximum=1000),
+    Param("sync_slop", 0.02, "Max stamp spread [s] of a color/depth/camera_info triple.", minimum=0.0, maximum=10.0),
+    Param("sync_queue_size", 10, "Messages kept per stream while waiting for a match (oldest dropped).",
+          minimum=1, maximum=1000),
+    Param("frame_queue_size", 8, "Synchronised frames waiting for a pose (oldest dropped).", minimum=1, maximum=1000),
+    Param("depth_scale", 1000.0, "Units per metre of 16UC1 depth (1000 = millimetres).", minimum=1e-6),
+    Param("min_depth", 0.1, "Depth below this [m] is invalid.", minimum=0.0),
+    Param("max_depth", 6.0, "Depth beyond this [m] is ignored.", minimum=0.0),
+    Param("stride", 2, "Use every stride-th pixel in u and v (2 = a quarter of the points).", minimum=1, maximum=64),
+    Param("pose_source", "tf", "Where camera poses come from: tf (tf2_ros lookup world_frame <- camera frame), "
+          "odometry (nav_msgs/Odometry on pose_topic, composed with base_to_camera) or pose "
+          "(geometry_msgs/PoseStamped of the camera optical frame on pose_topic).", choices=POSE_SOURCES),
+    Param("pose_topic", "/camera/pose", "Odometry or PoseStamped topic when pose_source is odometry or pose."),
+    Param("world_frame", "map", "Fixed frame of the map and the published clouds (REP 105: map or odom)."),
+    Param("camera_frame", "", "Camera optical frame for TF lookups; empty = the image header's frame_id."),
+    Param("base_to_camera", [0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0],
+          "Pose of the camera optical frame in the odometry child frame, x y z qx qy qz qw (pose_source odometry)."),
+    Param("pose_tolerance", 0.05, "Max |pose stamp - frame stamp| [s] for a pose-topic pose to be used.",
+          minimum=0.0),
+    Param("pose_timeout", 1.0, "A frame waits at most this long [s] for its pose, then is dropped.", minimum=0.0),
+    Param("keyframe_min_translation", 0.05, "A frame is fused into the map only if the camera moved this far [m] "
+          "since the last keyframe ... (every valid frame is published on ~/partial_cloud)", minimum=0.0),
+    Param("keyframe_min_rotation_deg", 5.0, "... or turned this much [deg].", minimum=0.0),
+    Param("voxel_size", 0.02, "Voxel edge of the global map [m].", minimum=1e-4),
+    Param("map_capacity", 2_000_000, "Max voxels in the global map (stalest evicted first).", minimum=1),
+    Param("clear_radius", 0.0, "If > 0, keep only voxels within this distance [m] of the camera (0 = keep all).",
+          minimum=0.0),
+    Param("process_rate", 30.0, "Rate [Hz] of the timer that fuses queued frames.", minimum=0.1, maximum=1000.0),
+    Param("global_rate", 1.0, "Max rate [Hz] of ~/global_cloud; it is sent when the map changed (0 = never).",
+          minimum=0.0, maximum=100.0),
+    Param("stats_period", 10.0, "Period [s] of the counters log line (0 = never).", minimum=0.0),
+]
+
+
+def make_qos(kind: str, depth: int) -> QoSProfile:
+    """sensor_data: best effort, like camera drivers publish (a reliable publisher matches it too);
+    reliable: lose nothing (in-process pipelines, rosbag replay)."""
+    reliability = (qos_profile_sensor_data.reliability if kind == "sensor_data" else ReliabilityPolicy.RELIABLE)
+    return QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=depth, reliability=reliability,
+                      durability=DurabilityPolicy.VOLATILE)
+
+
+@dataclass
+class _Frame:
+    """A synchronised, decoded frame waiting for its pose."""
+
+    color: np.ndarray
+    depth: np.ndarray
+    camera: object
+    stamp: float
+    frame_id: str
+    arrived: float  # monotonic seconds, for pose_timeout
+
+
+class PoseBuffer:
+    """Recent (stamp, T_world_cam) poses; nearest-in-time lookup within a tolerance."""
+
+    def __init__(self, maxlen: int = 400) -> None:
+        self._poses: deque = deque(maxlen=maxlen)
+        self._lock = threading.Lock()
+
+    def add(self, stamp: float, T: np.ndarray) -> None:
+        with self._lock:
+            self._poses.append((stamp, T))
+
+    def lookup(self, stamp: float, tolerance: float, final: bool = False) -> tuple[np.ndarray | None, bool]:
+        """(pose, may_still_arrive). The pose nearest ``stamp`` within ``tolerance`` -- but only once a pose at or
+        after ``stamp`` has arrived (or ``final``): before that, a closer pose may still be on its way, and taking
+        the previous one would fuse the frame with a pose up to ``tolerance`` old."""
+        with self._lock:
+            if not self._poses:
+                return None, True
+            newest = max(p[0] for p in self._poses)
+            if newest < stamp and not final:
+                return None, True
+            best = min(self._poses, key=lambda p: abs(p[0] - stamp))
+            if abs(best[0] - stamp) <= tolerance:
+                return best[1], False
+            return None, newest < stamp + tolerance
+
+    def __len__(self) -> int:
+        return len(self._poses)
+
+
+class FusionNode(Node):
+    def __init__(self, name: str = "fusion_node", **kwargs) -> None:
+        super().__init__(name, **kwargs)
+        self.p = declare_all(self, FUSION_PARAMS)
+        p = self.p
+        if p["max_depth"] <= p["min_depth"]:
+            raise ValueError(f"fusion_node: max_depth ({p['max_depth']}) must exceed min_depth ({p['min_depth']})")
+        from ov3d_ros.fusion import VoxelMap
+
+        self.VoxelMap = VoxelMap
+        self.map = VoxelMap(voxel_size=p["voxel_size"], capacity=p["map_capacity"],
+                            clear_radius=p["clear_radius"] or None)
+        self._map_lock = threading.Lock()
+        self.sync = ApproximateTimeSync(("color", "depth", "info"), slop=p["sync_slop"],
+                                        queue_size=p["sync_queue_size"])
+        self.frames = BoundedQueue(p["frame_queue_size"], name="frames")
+        self.counters = {"bad_color": 0, "bad_depth": 0, "bad_info": 0, "bad_frame": 0, "no_pose": 0,
+                         "empty_depth": 0, "not_keyframe": 0, "integrated": 0, "bad_pose": 0}
+        self._last_keyframe_T: np.ndarray | None = None
+        self.frame_index = 0
+        self.frames_finished = 0  # frames taken off the queue and fully handled (fused, gated or rejected)
+        self.last_partial_stamp = None
+
+        # Input callbacks (decode + enqueue) get a group of their own, so a multi-threaded executor keeps taking
+        # messages off DDS while the timer fuses; otherwise the DDS history (qos_depth) overflows, uncounted.
+        inputs = MutuallyExclusiveCallbackGroup()
+        qos = make_qos(p["qos"], p["qos_depth"])
+        self.create_subscription(Image, p["color_topic"], self._on_color, qos, callback_group=inputs)
+        self.create_subscription(Image, p["depth_topic"], self._on_depth, qos, callback_group=inputs)
+        self.create_subscription(CameraInfo, p["camera_info_topic"], self._on_info, qos, callback_group=inputs)
+
+        self.poses = PoseBuffer()
+        self.tf_buffer = None
+        if p["pose_source"] == "tf":
+            try:
+                import tf2_ros  # noqa: F401  (absent on pip-only ROS installs)
+            except ImportError as exc:
+                raise RuntimeError(
+                    "fusion_node: pose_source 'tf' needs tf2_ros (apt install ros-$ROS_DISTRO-tf2-ros); on a "
+                    "machine without it set pose_source to 'odometry' or 'pose' with pose_topic") from exc
+            self.tf_buffer = tf2_ros.Buffer()
+            self._tf_listener = tf2_ros.TransformListener(self.tf_buffer, self)
+        elif p["pose_source"] == "odometry":
+            values = list(p["base_to_camera"])
+            if len(values) != 7:
+                raise ValueError(f"fusion_node: base_to_camera needs 7 numbers x y z qx qy qz qw, got {values}")
+            self._T_base_cam = np.eye(4)
+            self._T_base_cam[:3, :3] = quaternion_to_matrix(*values[3:])
+            self._T_base_cam[:3, 3] = values[:3]
+            self.create_subscription(Odometry, p["pose_topic"], self._on_odometry, 50, callback_group=inputs)
+        else:
+            self.create_subscription(PoseStamped, p["pose_topic"], self._on_pose, 50, callback_group=inputs)
+
+        self.partial_pub = self.create_publisher(PointCloud2, "~/partial_cloud", 5)
+        self.global_pub = self.create_publisher(
+            PointCloud2, "~/global_cloud", QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1,
+                                                      reliability=ReliabilityPolicy.RELIABLE,
+                                                      durability=DurabilityPolicy.TRANSIENT_LOCAL))
+        self._map_version = 0        # bumped by every change of the map
+        self._published_version = -1
+        # The processing timer is always ready while frames stream in faster than they are fused, and rclpy's
+        # executor serves ready timers first: services and the global publisher get groups of their own (the map
+        # lock serialises what they share).
+        services = MutuallyExclusiveCallbackGroup()
+        self.create_service(SaveMap, "~/save_map", self._on_save_map, callback_group=services)
+        self.create_service(Trigger, "~/reset_map", self._on_reset_map, callback_group=services)
+        self.create_timer(1.0 / p["process_rate"], self._process_frames)
+        if p["global_rate"] > 0:
+            self.create_timer(1.0 / p["global_rate"], lambda: self.publish_global(force=False),
+                              callback_group=MutuallyExclusiveCallbackGroup())
+        if p["stats_period"] > 0:
+            self.create_timer(p["stats_period"], self._log_stats, callback_group=inputs)
+        self._started = time.monotonic()
+        self.get_logger().info(
+            f"fusing {p['color_topic']} + {p['depth_topic']} + {p['camera_info_topic']} "
+            f"(qos {p['qos']}), poses from {p['pose_source']}"
+            f"{'' if p['pose_source'] == 'tf' else ' on ' + p['pose_topic']}, map in '{p['world_frame']}'")
+
+    # ------------------------------------------------------------------ callbacks: decode + enqueue only
+    def _on_color(self, msg: Image) -> None:
+        try:
+            color = color_from_image(msg)
+        except ValueError as exc:
+            self.counters["bad_color"] += 1
+            self.get_logger().error(f"dropping colour image: {exc}", throttle_duration_sec=5.0)
+            return
+        self._add("color", msg.header, color)
+
+    def _on_depth(self, msg: Image) -> None:
+        try:
+            depth = depth_from_image(msg)
+        except ValueError as exc:
+            self.counters["bad_depth"] += 1
+            self.get_logger().error(f"dropping depth image: {exc}", throttle_duration_sec=5.0)
+            return
+        self._add("depth", msg.header, depth)
+
+    def _on_info(self, msg: CameraInfo) -> None:
+        try:
+            camera = camera_from_info(msg)
+        except (ValueError, TypeError) as exc:
+            self.counters["bad_info"] += 1
+            self.get_logger().error(f"dropping camera_info: {exc}", throttle_duration_sec=5.0)
+            return
+        self._add("info", msg.header, camera)
+
+    def _add(self, key: str, header, item) -> None:
+        stamp = stamp_to_sec(header.stamp)
+        matched = self.sync.add(key, stamp, (header.frame_id, stamp, item))
+        if matched is None:
+            self._warn_if_stream_missing()
+            return
+        frame_id, color_stamp, color = matched["color"]
+        _, _, depth = matched["depth"]
+        _, _, camera = matched["info"]
+        self.frames.push(_Frame(color=color, depth=depth, camera=camera, stamp=color_stamp,
+                                frame_id=frame_id, arrived=time.monotonic()))
+
+    def _warn_if_stream_missing(self) -> None:
+        """Name the silent stream as soon as the others start overflowing (e.g. camera_info never published)."""
+        missing = self.sync.starved_streams()
+        if missing:
+            topics = {"color": self.p["color_topic"], "depth": self.p["depth_topic"],
+                      "info": self.p["camera_info_topic"]}
+            self.get_logger().warning("no messages on " + ", ".join(topics[m] for m in missing)
+                                   + ": frames cannot be synchronised and are being dropped",
+                                   throttle_duration_sec=5.0)
+
+    def _on_pose(self, msg: PoseStamped) -> None:
+        try:
+            T = pose_to_matrix(msg.pose)
+        except ValueError as exc:
+            self.counters["bad_pose"] += 1
+            self.get_logger().error(f"dropping pose: {exc}", throttle_duration_sec=5.0)
+            return
+        self._check_pose_frame(msg.header.frame_id)
+        self.poses.add(stamp_to_sec(msg.header.stamp), T)
+
+    def _on_odometry(self, msg: Odometry) -> None:
+        try:
+            T = pose_to_matrix(msg.pose.pose) @ self._T_base_cam
+        except ValueError as exc:
+            self.counters["bad_pose"] += 1
+            self.get_logger().error(f"dropping odometry: {exc}", throttle_duration_sec=5.0)
+            return
+        self._check_pose_frame(msg.header.frame_id)
+        self.poses.add(stamp_to_sec(msg.header.stamp), T)
+
+    def _check_pose_frame(self, frame_id: str) -> None:
+        if frame_id and frame_id != self.p["world_frame"]:
+            self.get_logger().warning(f"pose is in frame '{frame_id}' but world_frame is '{self.p['world_frame']}'; "
+                                   "using it as the world frame", throttle_duration_sec=10.0)
+
+    # ------------------------------------------------------------------ timer: poses, gating, fusion
+    def _lookup_pose(self, frame: _Frame, final: bool = False) -> tuple[np.ndarray | None, bool]:
+        if self.tf_buffer is not None:
+            import tf2_ros
+            from rclpy.time import Time
+
+            source = self.p["camera_frame"] or frame.frame_id
+            try:
+                stamp_ns = int(round(frame.stamp * 1e9))
+                tf = self.tf_buffer.lookup_transform(self.p["world_frame"], source, Time(nanoseconds=stamp_ns))
+                return transform_to_matrix(tf.transform), False
+            except (tf2_ros.LookupException, tf2_ros.ConnectivityException, tf2_ros.ExtrapolationException):
+                return None, True
+        return self.poses.lookup(frame.stamp, self.p["pose_tolerance"], final)
+
+    def _process_frames(self) -> None:
+        while True:
+            frame = self.frames.peek()
+            if frame is None:
+                return
+            waited = time.monotonic() - frame.arrived
+            T, may_arrive = self._lookup_pose(frame, final=waited >= self.p["pose_timeout"])
+            if T is None:
+                if may_arrive and waited < self.p["pose_timeout"]:
+                    return  # keep order: later frames wait behind this one
+                self.frames.drop_oldest()
+                self.counters["no_pose"] += 1
+                source = "TF" if self.tf_buffer is not None else f"'{self.p['pose_topic']}'"
+                self.get_logger().warning(
+                    f"dropping frame at t={frame.stamp:.3f}: no pose from {source} within "
+                    f"{self.p['pose_tolerance']} s of its stamp after waiting {waited:.2f} s "
+                    f"(poses buffered: {len(self.poses)})", throttle_duration_sec=5.0)
+                continue
+            self.frames.pop()
+            try:
+                self.fuse(frame, T)
+            finally:
+                self.frames_finished += 1
+
+    def _is_keyframe(self, T: np.ndarray) -> bool:
+        last = self._last_keyframe_T
+        if last is None:
+            return True
+        moved = float(np.linalg.norm(T[:3, 3] - last[:3, 3]))
+        R = last[:3, :3].T @ T[:3, :3]
+        angle = math.degrees(math.acos(max(-1.0, min(1.0, (np.trace(R) - 1.0) / 2.0))))
+        return moved >= self.p["keyframe_min_translation"] or angle >= self.p["keyframe_min_rotation_deg"]
+
+    def fuse(self, frame: _Frame, T: np.ndarray) -> None:
+        """Publish the frame's partial cloud (every valid frame, so the labelled view stays live while the camera
+        stands still) and integrate it into the map if it is a keyframe."""
+        from ov3d_ros.fusion import RGBDFrame, make_partial_cloud
+
+        rgbd = RGBDFrame(color=frame.color, depth=frame.depth, camera=frame.camera, T_world_cam=T,
+                         index=self.frame_index, stamp=frame.stamp, depth_scale=self.p["depth_scale"])
+        try:
+            partial = make_partial_cloud(rgbd, min_depth=self.p["min_depth"], max_depth=self.p["max_depth"],
+                                         stride=self.p["stride"])
+        except (ValueError, TypeError) as exc:
+            self.counters["bad_frame"] += 1
+            self.get_logger().error(f"dropping frame at t={frame.stamp:.3f}: {exc}", throttle_duration_sec=5.0)
+            return
+        if len(partial) == 0:
+            self.counters["empty_depth"] += 1
+            self.get_logger().warning(
+                f"dropping frame at t={frame.stamp:.3f}: no valid depth in [{self.p['min_depth']}, "
+                f"{self.p['max_depth']}] m (all zero, NaN or out of range)", throttle_duration_sec=5.0)
+            return
+        self.frame_index += 1
+        header = make_header(self.p["world_frame"], frame.stamp)
+        self.partial_pub.publish(cloud_to_pointcloud2(partial.to_cloud(self.p["world_frame"]), header))
+        self.last_partial_stamp = frame.stamp
+        if not self._is_keyframe(T):
+            self.counters["not_keyframe"] += 1
+            return
+        with self._map_lock:
+            self.map.integrate(partial)
+            self._map_version += 1
+        self._last_keyframe_T = T
+        self.counters["integrated"] += 1
+
+    def publish_global(self, force: bool = True) -> None:
+        """Publish the map. The timer passes force=False: an unchanged map is not sent again (each copy costs the
+        segmenter a network pass); late subscribers still get the last one (transient-local publisher)."""
+        with self._map_lock:
+            if len(self.map) == 0 or (not force and self._map_version == self._published_version):
+                return
+            cloud = self.map.to_cloud(self.p["world_frame"])
+            self._published_version = self._map_version
+        header = make_header(self.p["world_frame"], self.get_clock().now().nanoseconds * 1e-9)
+        self.global_pub.publish(cloud_to_pointcloud2(cloud, header))
+
+    # ------------------------------------------------------------------ services
+    def _on_save_map(self, request: SaveMap.Request, response: SaveMap.Response) -> SaveMap.Response:
+        path = Path(os.path.expanduser(request.path.strip())) if request.path.strip() else None
+        if path is None or path.suffix.lower() not in (".npz", ".ply"):
+            response.success = False
+            response.message = f"save_map: path must end in .npz or .ply, got '{request.path}'"
+            self.get_logger().error(response.message)
+            return response
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with self._map_lock:
+                n = len(self.map)
+                if path.suffix.lower() == ".npz":
+                    self.map.save(path)
+                else:
+                    self.map.write_ply(path, frame_id=self.p["world_frame"])
+        except (OSError, ValueError) as exc:
+            response.success = False
+            response.message = f"save_map: could not write '{path}': {exc}"
+            self.get_logger().error(response.message)
+            return response
+        response.success = True
+        response.point_count = int(n)
+        response.message = f"saved {n} voxels to {path}"
+        self.get_logger().info(response.message)
+        return response
+
+    def _on_reset_map(self, request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
+        with self._map_lock:
+            n = len(self.map)
+            self.map.reset()
+            self._map_version += 1
+        self._last_keyframe_T = None
+        self.sync.reset()
+        self.frames.clear()
+        response.success = True
+        response.message = f"map reset ({n} voxels removed)"
+        self.get_logger().info(response.message)
+        return response
+
+    # ------------------------------------------------------------------ diagnostics
+    def idle(self) -> bool:
+        """True when every synchronised frame has been fused, gated out or dropped."""
+        return self.frames_finished + self.frames.dropped >= self.frames.pushed
+
+    def stats(self) -> dict[str, int]:
+        out = dict(self.counters)
+        out.update(self.sync.counters())
+        out.update({f"frames_{k}": v for k, v in self.frames.counters().items()})
+        out["map_voxels"] = len(self.map)
+        return out
+
+    def _log_stats(self) -> None:
+        s = self.stats()
+        self.get_logger().info("counters: " + ", ".join(f"{k}={v}" for k, v in s.items()))
+        missing = self.sync.missing_streams()
+        if missing and len(missing) < 3:
+            topics = {"color": self.p["color_topic"], "depth": self.p["depth_topic"],
+                      "info": self.p["camera_info_topic"]}
+            self.get_logger().warning("no messages yet on " + ", ".join(topics[m] for m in missing)
+                                   + ": frames cannot be synchronised without them")
+
+
+def main(args=None) -> None:
+    from ov3d_ros.nodes.bringup import spin_nodes
+
+    spin_nodes([FusionNode], args=args)
+
+
+if __name__ == "__main__":
+    main()

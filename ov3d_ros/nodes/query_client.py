@@ -1,0 +1,145 @@
+"""ov3d-query: call /query_objects and print the result as a table (``ros2 service call`` without ros2cli).
+
+    ov3d-query chair "office chair" lamp
+    ov3d-query --cloud partial --min-score 0.3 --save-ply out/labelled.ply chair
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+import numpy as np
+import rclpy
+from rclpy.executors import SingleThreadedExecutor
+from rclpy.node import Node
+
+from ov3d_interfaces.srv import QueryObjects
+from ov3d_ros.nodes.objects import ObjectSummary, format_table
+
+log = logging.getLogger("ov3d-query")
+
+
+class ServiceTimeout(RuntimeError):
+    pass
+
+
+class ServiceCaller:
+    """A client of one service on ``node`` (which must not be spinning in another executor), re-used across calls
+    so that repeated calls pay no discovery."""
+
+    def __init__(self, node: Node, srv_type, name: str) -> None:
+        self.node, self.name = node, name
+        self.client = node.create_client(srv_type, name)
+        self.executor = SingleThreadedExecutor(context=node.context)
+        self.executor.add_node(node)
+
+    def call(self, request, timeout: float = 30.0):
+        """The response; raises ServiceTimeout naming what did not happen within ``timeout`` seconds."""
+        if not self.client.wait_for_service(timeout_sec=timeout):
+            raise ServiceTimeout(f"service {self.name} is not available after {timeout:.0f} s "
+                                 "(is the segmenter node running, with the same ROS_DOMAIN_ID?)")
+        future = self.client.call_async(request)
+        self.executor.spin_until_future_complete(future, timeout_sec=timeout)
+        if not future.done():
+            self.client.remove_pending_request(future)
+            raise ServiceTimeout(f"service {self.name} did not answer within {timeout:.0f} s")
+        return future.result()
+
+    def close(self) -> None:
+        self.executor.remove_node(self.node)
+        self.executor.shutdown()
+        self.node.destroy_client(self.client)
+
+    def __enter__(self) -> "ServiceCaller":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def call_service(node: Node, srv_type, name: str, request, timeout: float = 30.0):
+    """One call of ``name`` from ``node``: waits up to ``timeout`` s for the service and as long for the answer."""
+    with ServiceCaller(node, srv_type, name) as caller:
+        return caller.call(request, timeout)
+
+
+def make_request(queries: list[str], *, min_score: float = 0.0, cloud: str = "global",
+                 return_cloud: bool = False) -> QueryObjects.Request:
+    clouds = {"global": QueryObjects.Request.CLOUD_GLOBAL, "partial": QueryObjects.Request.CLOUD_PARTIAL}
+    if cloud not in clouds:
+        raise ValueError(f"cloud must be 'global' or 'partial', got {cloud!r}")
+    return QueryObjects.Request(queries=list(queries), min_score=float(min_score), cloud=clouds[cloud],
+                                return_cloud=bool(return_cloud))
+
+
+def summaries_from_response(response: QueryObjects.Response) -> list[ObjectSummary]:
+    return [ObjectSummary(query=q, point_count=int(n), best_score=float(b),
+                          centroid=np.array([c.x, c.y, c.z], dtype=np.float64), cluster_point_count=int(k))
+            for q, n, b, c, k in zip(response.queries, response.point_counts, response.best_scores,
+                                     response.centroids, response.cluster_point_counts)]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ov3d-query",
+        description="Query the segmenter node's cloud with open-vocabulary text and print, per query, the number "
+                    "of points, the best score and the centroid of the largest cluster.",
+        epilog='example: ov3d-query chair "office chair" lamp --min-score 0.2')
+    parser.add_argument("queries", nargs="+", help="text queries (quote multi-word ones)")
+    parser.add_argument("--min-score", type=float, default=0.0,
+                        help="points scoring below this for every query stay unlabelled (default 0.0)")
+    parser.add_argument("--cloud", choices=("global", "partial"), default="global",
+                        help="segment the accumulated map (global, default) or the latest partial cloud")
+    parser.add_argument("--service", default="/query_objects", help="service name (default /query_objects)")
+    parser.add_argument("--timeout", type=float, default=15.0,
+                        help="seconds to wait for the service and again for its answer (default 15)")
+    parser.add_argument("--save-ply", metavar="PATH",
+                        help="also request the labelled cloud and write it as PLY (label, score fields)")
+    parser.add_argument("--raw", action="store_true",
+                        help="print the response message as `ros2 service call` does, instead of a table")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    ros_args = []
+    if "--ros-args" in argv:  # let users pass remappings/domain settings like any ROS tool
+        i = argv.index("--ros-args")
+        argv, ros_args = argv[:i], argv[i:]
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="[%(name)s] %(message)s")
+    request = make_request(args.queries, min_score=args.min_score, cloud=args.cloud,
+                           return_cloud=bool(args.save_ply))
+    # A context of its own, so main() also works inside a process that already runs rclpy (tests, notebooks).
+    context = rclpy.Context()
+    rclpy.init(args=["ov3d-query", *ros_args], context=context)
+    node = Node("ov3d_query_client", context=context)
+    try:
+        print(f"requester: making request: queries={request.queries} min_score={request.min_score} "
+              f"cloud={args.cloud}")
+        response = call_service(node, QueryObjects, args.service, request, args.timeout)
+    except ServiceTimeout as exc:
+        log.error("%s", exc)
+        return 2
+    finally:
+        node.destroy_node()
+        rclpy.try_shutdown(context=context)
+    if args.raw:
+        print("response:")
+        print(response)
+    else:
+        print(f"response: success={response.success} message='{response.message}'")
+        if response.success:
+            print(format_table(summaries_from_response(response)))
+    if response.success and args.save_ply:
+        from ov3d_ros.data.ply import write_ply
+        from ov3d_ros.nodes.conversions import pointcloud2_to_cloud
+
+        path = write_ply(args.save_ply, pointcloud2_to_cloud(response.labelled_cloud))
+        print(f"labelled cloud written to {path}")
+    return 0 if response.success else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

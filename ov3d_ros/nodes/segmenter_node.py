@@ -1,0 +1,374 @@
+"""segmenter_node: partial / global clouds -> labelled clouds, markers and the /query_objects service.
+
+A thin adapter over ``ov3d_ros.segmenter.Segmenter``. The network runs once per cloud: the per-point (per-voxel,
+since the fusion node publishes one point per map voxel) features of the latest partial cloud and of the latest
+global map are cached, so a query with new text only embeds the text and takes a matrix product.
+"""
+from __future__ import annotations
+
+import math
+import threading
+import time
+from dataclasses import dataclass
+
+import numpy as np
+from geometry_msgs.msg import Point
+from rcl_interfaces.msg import SetParametersResult
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
+from rclpy.node import Node
+from sensor_msgs.msg import PointCloud2
+from std_msgs.msg import ColorRGBA
+from visualization_msgs.msg import Marker, MarkerArray
+
+from ov3d_interfaces.srv import QueryObjects
+from ov3d_ros.cloud import PointCloud
+from ov3d_ros.nodes.conversions import cloud_to_pointcloud2, make_header, pointcloud2_to_cloud, stamp_to_sec
+from ov3d_ros.nodes.objects import ObjectSummary, summarise_queries
+from ov3d_ros.nodes.params import Param, declare_all
+from ov3d_ros.nodes.sync import BoundedQueue
+
+DEVICE_CHOICES = ("auto", "cpu", "cuda")
+
+SEGMENTER_PARAMS = [
+    Param("checkpoint", "", "Model checkpoint (.pt, ov3d format); empty = the demo checkpoint shipped with "
+          "the package (ov3d_ros/assets/ov3d_demo.pt)."),
+    Param("device", "auto", "Torch device: auto (cuda if available), cpu, cuda or cuda:N."),
+    Param("num_threads", 0, "Torch CPU threads (0 = torch's default).", minimum=0, maximum=256),
+    Param("partial_topic", "/fusion_node/partial_cloud", "Partial clouds to segment as they arrive."),
+    Param("global_topic", "/fusion_node/global_cloud", "Global map clouds, segmented at global_rate."),
+    Param("queries", ["chair", "table", "sofa", "bed", "lamp", "cabinet"],
+          "Default text queries for the published labelled clouds and markers (changeable at runtime).",
+          read_only=False),
+    Param("min_score", 0.0, "Points scoring below this for every query stay unlabelled (label 0xFFFFFFFF).",
+          minimum=-1.0, maximum=1.0, read_only=False),
+    Param("query_service", "/query_objects", "Name of the QueryObjects service."),
+    Param("segment_partial", True, "Segment every partial cloud and publish it on ~/labelled_cloud."),
+    Param("global_rate", 0.5, "Rate [Hz] at which a new global map is segmented (features cached) and published "
+          "on ~/labelled_map with ~/markers (0 = only on request).", minimum=0.0, maximum=100.0),
+    Param("partial_queue_size", 2, "Partial clouds waiting for the network (oldest dropped).", minimum=1,
+          maximum=100),
+    Param("cluster_voxel", 0.05, "Voxel [m] of the connected-component clustering behind each query's centroid.",
+          minimum=1e-3, read_only=False),
+    Param("max_queries", 256, "Requests with more queries than this are refused.", minimum=1, maximum=100000),
+    Param("max_points", 3_000_000, "Clouds with more points are refused (memory guard).", minimum=1),
+    Param("marker_frame", "", "Frame of the markers; empty = the cloud's frame."),
+    Param("marker_text_size", 0.15, "Height [m] of the marker text.", minimum=0.001, read_only=False),
+    Param("stats_period", 10.0, "Period [s] of the counters log line (0 = never).", minimum=0.0),
+]
+
+
+def validate_queries(queries, max_queries: int) -> list[str]:
+    """Clean text queries or raise ValueError naming the problem (empty list, blank or non-string entries)."""
+    if isinstance(queries, str) or queries is None:
+        raise ValueError("queries must be a list of strings")
+    queries = list(queries)
+    if not queries:
+        raise ValueError("the query list is empty: give at least one text query")
+    if len(queries) > max_queries:
+        raise ValueError(f"{len(queries)} queries exceed max_queries={max_queries}")
+    cleaned = []
+    for i, q in enumerate(queries):
+        if not isinstance(q, str) or not q.strip():
+            raise ValueError(f"query {i} is blank or not a string: {q!r}")
+        cleaned.append(q.strip())
+    return cleaned
+
+
+@dataclass
+class _Cached:
+    cloud: PointCloud
+    stamp: float
+    features: list | None = None  # per-voxel feature chunks on the segmenter's device, None until computed
+
+
+class SegmenterNode(Node):
+    def __init__(self, name: str = "segmenter_node", **kwargs) -> None:
+        super().__init__(name, **kwargs)
+        self.p = declare_all(self, SEGMENTER_PARAMS)
+        p = self.p
+        import torch
+
+        if p["num_threads"] > 0:
+            torch.set_num_threads(int(p["num_threads"]))
+        self.torch = torch
+        from ov3d_ros.segmenter import Segmenter
+
+        checkpoint = p["checkpoint"] or str(_default_checkpoint())
+        self.segmenter = Segmenter.load(checkpoint, device=p["device"])
+        self.checkpoint = checkpoint
+        self.segmenter.check_queries(validate_queries(p["queries"], p["max_queries"]))
+        self._lock = threading.Lock()  # guards the caches (service and timers may run on different threads)
+        self.partial_queue = BoundedQueue(p["partial_queue_size"], name="partial")
+        self.latest_global: _Cached | None = None     # newest map received
+        self.segmented_global: _Cached | None = None  # newest map whose features are computed (cached)
+        self.latest_partial: _Cached | None = None
+        self.counters = {"bad_cloud": 0, "partials_segmented": 0, "globals_segmented": 0, "queries": 0,
+                         "queries_failed": 0, "feature_passes": 0}
+        self.last_partial_latency = float("nan")
+
+        self.add_on_set_parameters_callback(self._on_set_parameters)
+        # Decoding callbacks run beside the network passes (own group), so clouds are queued -- and counted when
+        # dropped -- instead of overflowing the DDS history while the network is busy.
+        inputs = MutuallyExclusiveCallbackGroup()
+        self.create_subscription(PointCloud2, p["partial_topic"], self._on_partial, 5, callback_group=inputs)
+        self.create_subscription(PointCloud2, p["global_topic"], self._on_global, 2, callback_group=inputs)
+        self.labelled_pub = self.create_publisher(PointCloud2, "~/labelled_cloud", 5)
+        self.labelled_map_pub = self.create_publisher(PointCloud2, "~/labelled_map", 2)
+        self.markers_pub = self.create_publisher(MarkerArray, "~/markers", 2)
+        # The partial-cloud timer is always ready while clouds stream in (a pass outlasts its 10 ms period), and
+        # rclpy's executor serves ready timers before services: in one callback group it would starve the
+        # service and the global pass. So each gets its own group, and the network passes share one lock.
+        self._network_lock = threading.Lock()
+        self.create_service(QueryObjects, p["query_service"], self._on_query,
+                            callback_group=MutuallyExclusiveCallbackGroup())
+        if p["segment_partial"]:
+            self.create_timer(0.01, self._segment_partials, callback_group=MutuallyExclusiveCallbackGroup())
+        if p["global_rate"] > 0:
+            self.create_timer(1.0 / p["global_rate"], self._segment_global,
+                              callback_group=MutuallyExclusiveCallbackGroup())
+        if p["stats_period"] > 0:
+            self.create_timer(p["stats_period"], self._log_stats, callback_group=inputs)
+        self.get_logger().info(f"loaded {checkpoint} on {getattr(self.segmenter, 'device', p['device'])}; "
+                               f"serving {p['query_service']}; default queries {list(p['queries'])}")
+
+    # ------------------------------------------------------------------ parameters
+    def _on_set_parameters(self, params) -> SetParametersResult:
+        for param in params:
+            if param.name == "queries":
+                try:
+                    self.segmenter.check_queries(validate_queries(param.value, self.p["max_queries"]))
+                except (ValueError, TypeError) as exc:
+                    return SetParametersResult(successful=False, reason=f"queries: {exc}")
+            if param.name == "min_score" and not -1.0 <= float(param.value) <= 1.0:
+                return SetParametersResult(successful=False, reason="min_score must be in [-1, 1]")
+        for param in params:
+            if param.name in self.p:
+                self.p[param.name] = param.value
+        return SetParametersResult(successful=True)
+
+    @property
+    def queries(self) -> list[str]:
+        return self.segmenter.check_queries(validate_queries(self.p["queries"], self.p["max_queries"]))
+
+    # ------------------------------------------------------------------ callbacks: decode + enqueue only
+    def _decode(self, msg: PointCloud2, what: str) -> PointCloud | None:
+        try:
+            n = int(msg.width) * int(msg.height)
+            if n > self.p["max_points"]:
+                raise ValueError(f"{n} points exceed max_points={self.p['max_points']}")
+            cloud = pointcloud2_to_cloud(msg)
+            finite = np.all(np.isfinite(cloud.xyz), axis=1)
+            if not finite.all():
+                cloud = cloud.select(finite)
+            return cloud
+        except ValueError as exc:
+            self.counters["bad_cloud"] += 1
+            self.get_logger().error(f"dropping {what} cloud: {exc}", throttle_duration_sec=5.0)
+            return None
+
+    def _on_partial(self, msg: PointCloud2) -> None:
+        cloud = self._decode(msg, "partial")
+        if cloud is not None:
+            self.partial_queue.push(_Cached(cloud=cloud, stamp=stamp_to_sec(msg.header.stamp)))
+
+    def _on_global(self, msg: PointCloud2) -> None:
+        cloud = self._decode(msg, "global")
+        if cloud is not None:
+            with self._lock:
+                self.latest_global = _Cached(cloud=cloud, stamp=stamp_to_sec(msg.header.stamp))
+
+    # ------------------------------------------------------------------ network passes
+    def _features(self, entry: _Cached) -> list:
+        """Per-voxel features of ``entry``: computed once, then cached on the entry.
+
+        Cached per model voxel (chunks of (point indices, voxel features (M, D), voxel row of each point)),
+        not per point: a 200k-point map at the model's 4 cm voxels holds ~4x fewer rows.
+        """
+        with self._network_lock:  # one pass at a time; a second caller for the same entry finds it cached
+            if entry.features is None:
+                with self.torch.inference_mode():
+                    entry.features = list(self.segmenter.iter_voxel_features(entry.cloud.xyz, entry.cloud.rgb,
+                                                                              False))
+                self.counters["feature_passes"] += 1
+            return entry.features
+
+    def _classify(self, chunks: list, n_points: int, queries: list[str], min_score: float):
+        """(label int32 (N,), score float32 (N,), best score per query (Q,)) from cached voxel features."""
+        torch = self.torch
+        label = np.full(n_points, -1, dtype=np.int32)
+        score = np.zeros(n_points, dtype=np.float32)
+        best = np.full(len(queries), -np.inf, dtype=np.float32)
+        # Under the network lock: the text encoder's embedding cache is not thread-safe.
+        with self._network_lock, torch.inference_mode():
+            text = self.segmenter.embed(queries)
+            for core, feats, rows in chunks:
+                vox_label, vox_score = self.segmenter.classify(feats, queries, min_score=min_score)
+                core = core.cpu().numpy()
+                label[core] = vox_label.index_select(0, rows).cpu().numpy()
+                score[core] = vox_score.index_select(0, rows).cpu().numpy()
+                if len(feats):
+                    best = np.maximum(best, (feats @ text.to(feats.device).T).amax(dim=0).cpu().numpy())
+        best[~np.isfinite(best)] = np.nan
+        return label, score, best
+
+    def _segment_partials(self) -> None:
+        entry = self.partial_queue.pop_latest()
+        if entry is None or len(entry.cloud) == 0:
+            return
+        try:
+            queries = self.queries
+            features = self._features(entry)
+            label, score, _ = self._classify(features, len(entry.cloud), queries, self.p["min_score"])
+        except (ValueError, TypeError, RuntimeError) as exc:
+            self.counters["bad_cloud"] += 1
+            self.get_logger().error(f"segmenting a partial cloud failed: {exc}", throttle_duration_sec=5.0)
+            return
+        with self._lock:
+            self.latest_partial = entry
+        labelled = entry.cloud.with_labels(label, score)
+        header = make_header(entry.cloud.frame_id, entry.stamp)
+        self.labelled_pub.publish(cloud_to_pointcloud2(labelled, header, with_labels=True))
+        self.counters["partials_segmented"] += 1
+        self.last_partial_latency = self.get_clock().now().nanoseconds * 1e-9 - entry.stamp
+
+    def _segment_global(self) -> None:
+        with self._lock:
+            entry = self.latest_global
+        if entry is None or len(entry.cloud) == 0 or entry is self.segmented_global:
+            return
+        try:
+            queries = self.queries
+            features = self._features(entry)
+            label, score, best = self._classify(features, len(entry.cloud), queries, self.p["min_score"])
+        except (ValueError, TypeError, RuntimeError) as exc:
+            self.counters["bad_cloud"] += 1
+            self.get_logger().error(f"segmenting the global map failed: {exc}", throttle_duration_sec=5.0)
+            return
+        with self._lock:
+            self.segmented_global = entry
+        labelled = entry.cloud.with_labels(label, score)
+        header = make_header(entry.cloud.frame_id, entry.stamp)
+        self.labelled_map_pub.publish(cloud_to_pointcloud2(labelled, header, with_labels=True))
+        summaries = summarise_queries(entry.cloud.xyz, label, queries, best, self.p["cluster_voxel"])
+        self.markers_pub.publish(self.make_markers(summaries, header))
+        self.counters["globals_segmented"] += 1
+
+    # ------------------------------------------------------------------ service
+    def _on_query(self, request: QueryObjects.Request, response: QueryObjects.Response) -> QueryObjects.Response:
+        self.counters["queries"] += 1
+        started = time.perf_counter()
+
+        def fail(message: str) -> QueryObjects.Response:
+            self.counters["queries_failed"] += 1
+            response.success = False
+            response.message = message
+            self.get_logger().error(f"query_objects: {message}")
+            return response
+
+        try:
+            queries = validate_queries(list(request.queries), self.p["max_queries"])
+            queries = self.segmenter.check_queries(queries)  # duplicates, over-long texts
+        except (ValueError, TypeError) as exc:
+            return fail(str(exc))
+        min_score = float(request.min_score)
+        if not math.isfinite(min_score) or not -1.0 <= min_score <= 1.0:
+            return fail(f"min_score must be a finite number in [-1, 1], got {request.min_score}")
+        if request.cloud == QueryObjects.Request.CLOUD_GLOBAL:
+            # With a global_rate the answer comes from the map of the last global pass (at most 1/global_rate old,
+            # features cached: no network pass); on demand (global_rate 0) from the newest map received.
+            with self._lock:
+                entry = self.segmented_global if self.p["global_rate"] > 0 else None
+                entry = entry or self.latest_global
+            which = f"global map ({self.p['global_topic']})"
+        elif request.cloud == QueryObjects.Request.CLOUD_PARTIAL:
+            with self._lock:
+                entry = self.latest_partial
+                if entry is None:  # a partial cloud that arrived but was not segmented yet
+                    entry = self.partial_queue.pop_latest()
+            which = f"partial cloud ({self.p['partial_topic']})"
+        else:
+            return fail(f"cloud must be CLOUD_GLOBAL (0) or CLOUD_PARTIAL (1), got {request.cloud}")
+        if entry is None or len(entry.cloud) == 0:
+            return fail(f"no {which} received yet")
+        try:
+            features = self._features(entry)
+            label, score, best = self._classify(features, len(entry.cloud), queries, min_score)
+        except (ValueError, TypeError, RuntimeError) as exc:
+            return fail(f"segmentation failed: {exc}")
+        if request.cloud == QueryObjects.Request.CLOUD_GLOBAL:
+            with self._lock:
+                if self.segmented_global is None or entry.stamp >= self.segmented_global.stamp:
+                    self.segmented_global = entry
+        summaries = summarise_queries(entry.cloud.xyz, label, queries, best, self.p["cluster_voxel"])
+        response.success = True
+        response.queries = queries
+        response.point_counts = [s.point_count for s in summaries]
+        response.best_scores = [float(s.best_score) for s in summaries]
+        response.centroids = [Point(x=float(s.centroid[0]), y=float(s.centroid[1]), z=float(s.centroid[2]))
+                              for s in summaries]
+        response.cluster_point_counts = [s.cluster_point_count for s in summaries]
+        header = make_header(entry.cloud.frame_id, entry.stamp)
+        if request.return_cloud:
+            response.labelled_cloud = cloud_to_pointcloud2(entry.cloud.with_labels(label, score), header,
+                                                           with_labels=True)
+        self.markers_pub.publish(self.make_markers(summaries, header))
+        labelled = int((label >= 0).sum())
+        age = self.get_clock().now().nanoseconds * 1e-9 - entry.stamp
+        response.message = (f"{len(queries)} queries on the {which.split(' (')[0]} ({age:.1f} s old): "
+                            f"{labelled}/{len(label)} points labelled in "
+                            f"{1e3 * (time.perf_counter() - started):.1f} ms")
+        self.get_logger().info(f"query_objects {queries}: {response.message}")
+        return response
+
+    def make_markers(self, summaries: list[ObjectSummary], header) -> MarkerArray:
+        from ov3d_ros.viz import label_palette
+
+        markers = MarkerArray()
+        frame = self.p["marker_frame"] or header.frame_id
+        clear = Marker(action=Marker.DELETEALL)
+        clear.header.frame_id = frame
+        markers.markers.append(clear)
+        palette = label_palette(max(1, len(summaries)))
+        for i, s in enumerate(summaries):
+            if s.point_count == 0 or not np.all(np.isfinite(s.centroid)):
+                continue
+            marker = Marker()
+            marker.header.frame_id = frame
+            marker.header.stamp = header.stamp
+            marker.ns = "ov3d_queries"
+            marker.id = i
+            marker.type = Marker.TEXT_VIEW_FACING
+            marker.action = Marker.ADD
+            marker.pose.position = Point(x=float(s.centroid[0]), y=float(s.centroid[1]), z=float(s.centroid[2]))
+            marker.pose.orientation.w = 1.0
+            marker.scale.z = float(self.p["marker_text_size"])
+            r, g, b = (float(v) for v in palette[i])
+            marker.color = ColorRGBA(r=r, g=g, b=b, a=1.0)
+            marker.text = s.query
+            markers.markers.append(marker)
+        return markers
+
+    def stats(self) -> dict:
+        out = dict(self.counters)
+        out.update({f"partial_{k}": v for k, v in self.partial_queue.counters().items()})
+        return out
+
+    def _log_stats(self) -> None:
+        self.get_logger().info("counters: " + ", ".join(f"{k}={v}" for k, v in self.stats().items())
+                               + f", last partial latency {1e3 * self.last_partial_latency:.0f} ms")
+
+
+def _default_checkpoint():
+    from ov3d_ros.nodes.bringup import default_checkpoint
+
+    return default_checkpoint()
+
+
+def main(args=None) -> None:
+    from ov3d_ros.nodes.bringup import spin_nodes
+
+    spin_nodes([SegmenterNode], args=args)
+
+
+if __name__ == "__main__":
+    main()

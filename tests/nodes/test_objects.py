@@ -1,0 +1,42 @@
+"""Largest-cluster centroids behind the QueryObjects response, against scipy.ndimage's connected components."""
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from ov3d_ros.nodes.objects import format_table, summarise_queries, voxel_clusters
+
+
+def test_voxel_clusters_match_ndimage_labelling():
+    rng = np.random.default_rng(0)
+    occupied = rng.random((14, 12, 9)) < 0.18
+    ijk = np.argwhere(occupied)
+    ijk = np.concatenate([ijk, ijk])  # two points in every occupied voxel
+    xyz = (ijk + rng.uniform(0.05, 0.95, ijk.shape)) * 0.05
+    ref, n_ref = ndimage.label(occupied, structure=np.ones((3, 3, 3)))
+    ref_labels = ref[tuple(ijk.T)]
+    ours = voxel_clusters(xyz, 0.05)
+    assert len(np.unique(ours)) == n_ref
+    # Same partition: a bijection between our cluster ids and the reference ones.
+    pairs = np.unique(np.stack([ours, ref_labels], 1), axis=0)
+    assert len(pairs) == n_ref
+
+
+def test_summary_reports_the_largest_cluster_of_each_query():
+    rng = np.random.default_rng(1)
+    big = rng.normal([1.0, 2.0, 0.5], 0.05, (400, 3))
+    small = rng.normal([-2.0, 0.0, 0.5], 0.05, (50, 3))   # far away: a separate cluster of the same query
+    other = rng.normal([0.0, 0.0, 0.0], 0.05, (100, 3))
+    xyz = np.concatenate([big, small, other])
+    label = np.array([0] * 450 + [1] * 100)
+    label[-10:] = -1
+    out = summarise_queries(xyz, label, ["chair", "table", "lamp"], np.array([0.9, 0.8, 0.1]), cluster_voxel=0.05)
+    assert [s.point_count for s in out] == [450, 90, 0]
+    assert out[0].cluster_point_count == 400
+    np.testing.assert_allclose(out[0].centroid, big.mean(axis=0))
+    np.testing.assert_allclose(out[1].centroid, other[:90].mean(axis=0))
+    assert np.isnan(out[2].centroid).all() and out[2].cluster_point_count == 0
+    table = format_table(out)
+    expected = " ".join(f"{v:+.2f}" for v in big.mean(axis=0))
+    assert "chair" in table and expected in table and "lamp" in table
+    with pytest.raises(ValueError, match="3 labels for 2 points"):
+        summarise_queries(np.zeros((2, 3)), np.zeros(3), ["a"], np.zeros(1))
