@@ -18,6 +18,7 @@ from .geometry import (
     DTypeError,
     backproject,
     check_color,
+    check_finite_positive,
     check_rigid,
     depth_to_metres,
     project,
@@ -205,16 +206,6 @@ def _unpack_keys(keys: torch.Tensor) -> torch.Tensor:
     return block * (1 << _BLOCK_BITS) + local
 
 
-def _check_voxel_size(voxel_size, who: str) -> float:
-    try:
-        voxel_size = float(voxel_size)
-    except (TypeError, ValueError):
-        raise TypeError(f"{who}: voxel_size must be a number, got {voxel_size!r}") from None
-    if not math.isfinite(voxel_size) or voxel_size <= 0.0:
-        raise ValueError(f"{who}: voxel_size must be finite and > 0, got {voxel_size}")
-    return voxel_size
-
-
 # ----------------------------------------------------------------------------------------------------------------------
 # Global voxel map
 # ----------------------------------------------------------------------------------------------------------------------
@@ -264,7 +255,7 @@ class VoxelMap:
 
     def __init__(self, voxel_size: float = 0.02, capacity: int = 2_000_000, clear_radius: float | None = None,
                  device: str | torch.device = "cpu") -> None:
-        self.voxel_size = _check_voxel_size(voxel_size, "VoxelMap")
+        self.voxel_size = check_finite_positive(voxel_size, "voxel_size", "VoxelMap")
         if isinstance(capacity, bool) or not isinstance(capacity, (int, np.integer)) or capacity < 1:
             raise ValueError(f"VoxelMap: capacity must be an integer >= 1, got {capacity!r}")
         self.capacity = int(capacity)
@@ -620,7 +611,7 @@ def match_points(a: PartialCloud, b: PartialCloud, *, method: str = "voxel", vox
         if not isinstance(cloud, PartialCloud):
             raise TypeError(f"match_points: {name} must be a PartialCloud, got {type(cloud).__name__}")
     if method == "voxel":
-        ia, ib = _match_voxel(a, b, _check_voxel_size(voxel_size, "match_points"))
+        ia, ib = _match_voxel(a, b, check_finite_positive(voxel_size, "voxel_size", "match_points"))
     elif method == "reprojection":
         depth_tolerance = float(depth_tolerance)
         if not math.isfinite(depth_tolerance) or depth_tolerance < 0.0:

@@ -38,13 +38,14 @@ class DTypeError(TypeError, ValueError):
     """
 
 
-def _check_finite_positive(name: str, value: float) -> float:
+def check_finite_positive(value, name: str, who: str) -> float:
+    """``value`` as a float, or a TypeError/ValueError saying which setting of ``who`` is wrong."""
     try:
         value = float(value)
     except (TypeError, ValueError):
-        raise TypeError(f"CameraModel: {name} must be a number, got {value!r}") from None
+        raise TypeError(f"{who}: {name} must be a number, got {value!r}") from None
     if not np.isfinite(value) or value <= 0.0:
-        raise ValueError(f"CameraModel: {name} must be finite and > 0, got {value}")
+        raise ValueError(f"{who}: {name} must be finite and > 0, got {value}")
     return value
 
 
@@ -75,7 +76,7 @@ class CameraModel:
             object.__setattr__(self, name, int(value))
         # A zero (or negative) focal length makes K singular: no ray can be recovered from a pixel.
         for name in ("fx", "fy"):
-            object.__setattr__(self, name, _check_finite_positive(name, getattr(self, name)))
+            object.__setattr__(self, name, check_finite_positive(getattr(self, name), name, "CameraModel"))
         for name in ("cx", "cy"):
             try:
                 value = float(getattr(self, name))
