@@ -1,0 +1,125 @@
+"""`ov3d-train`: the PGOV3D curriculum from YAML recipes (training/*.yaml) with `--set key.sub=value` overrides.
+
+    ov3d-train all    --config training/demo.yaml            # synthetic data + stage 1 + stage 2 + eval
+    ov3d-train stage1 --config training/stage1.yaml --set stage1.steps=500
+    ov3d-train stage2 --config training/stage2.yaml
+    ov3d-train eval   --config training/eval.yaml --checkpoint runs/demo/stage2/model.pt
+    ov3d-train prepare --config training/synthetic_data.yaml
+    ov3d-train label  ...                                    # 2D pseudo labels (ov3d_ros.labelling)
+
+Runs resume from their last checkpoint when the same command is run again (``--restart`` starts over).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+
+log = logging.getLogger("ov3d.train")
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", "-c", metavar="RECIPE.yaml",
+                   help="YAML recipe (see training/); keys not in it keep their defaults")
+    p.add_argument("--set", dest="overrides", metavar="KEY=VALUE", nargs="+", action="extend", default=[],
+                   help="override recipe keys, dotted, values parsed as YAML: --set stage1.steps=500 "
+                        "stage1.consistency_weight=0 'eval.classes=[chair, table]'")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars (for logs)")
+
+
+def _add_train(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--restart", action="store_true",
+                   help="ignore an existing state.pt in the output folder and train from scratch")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ov3d-train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = sub.add_parser("prepare", help="generate synthetic scenes (ScanNet layout + noisy pseudo labels)")
+    _add_common(p)
+    p = sub.add_parser("stage1", help="stage 1: partial clouds + pixel pseudo labels, inter-frame consistency")
+    _add_common(p)
+    _add_train(p)
+    p = sub.add_parser("stage2", help="stage 2: pseudo-label global clouds by repeated grid sampling, fine-tune")
+    _add_common(p)
+    _add_train(p)
+    p = sub.add_parser("eval", help="open-vocabulary evaluation on labelled scenes (mIoU, mAcc, hIoU, by size)")
+    _add_common(p)
+    p.add_argument("--checkpoint", help="shared-format checkpoint (default: eval.checkpoint, else the run's "
+                                        "stage2 then stage1 model.pt)")
+    p.add_argument("--scenes", nargs="+", help="labelled scene folders or labels PLYs (default: data.val)")
+    p.add_argument("--json", action="store_true", help="print the metrics as JSON")
+    p = sub.add_parser("all", help="prepare (synthetic) + stage1 + stage2 + eval of both; writes results.json")
+    _add_common(p)
+    _add_train(p)
+    _mount_label_parser(sub)
+    return parser
+
+
+def _mount_label_parser(sub) -> None:
+    """The 2D labelling issue's parser, when its module exists (imported lazily: it may pull heavy packages)."""
+    try:
+        from ..labelling.cli import add_label_parser
+    except ImportError as exc:
+        missing = str(exc)
+        p = sub.add_parser("label", help="2D pseudo labels (not available: ov3d_ros.labelling.cli missing)")
+        p.set_defaults(_label_missing=missing)
+        return
+    add_label_parser(sub)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    if args.command == "label":
+        if getattr(args, "_label_missing", None):
+            parser.error(f"'label' needs ov3d_ros.labelling.cli ({args._label_missing})")
+        func = getattr(args, "func", None) or getattr(args, "handler", None)
+        if func is None:
+            parser.error("the labelling parser registered no handler (set_defaults(func=...))")
+        return int(func(args) or 0)
+
+    from .config import ConfigError, load_config
+    from .loop import TrainingInterrupted
+    from . import pipeline
+
+    try:
+        cfg = load_config(args.config, args.overrides)
+    except (ConfigError, FileNotFoundError) as exc:
+        parser.error(str(exc))
+    progress = not args.no_progress
+    resume = not getattr(args, "restart", False)
+    try:
+        if args.command == "prepare":
+            if cfg["data"]["kind"] != "synthetic":
+                parser.error("prepare generates synthetic scenes: set data.kind=synthetic")
+            train, val = pipeline.prepare_synthetic(cfg, progress=progress)
+            print(json.dumps({"train": train, "val": val}, indent=2))
+        elif args.command == "stage1":
+            pipeline.run_stage1(cfg, resume=resume, progress=progress)
+        elif args.command == "stage2":
+            pipeline.run_stage2(cfg, resume=resume, progress=progress)
+        elif args.command == "eval":
+            result = pipeline.run_eval(cfg, checkpoint=args.checkpoint, scenes=args.scenes, progress=progress)
+            if args.json:
+                print(json.dumps(result, indent=2))
+        elif args.command == "all":
+            result = pipeline.run_all(cfg, resume=resume, progress=progress)
+            print(json.dumps({k: v for k, v in result.items() if k != "config"}, indent=2))
+    except TrainingInterrupted as exc:
+        log.warning("%s", exc)
+        return 130
+    except (ValueError, FileNotFoundError) as exc:
+        log.error("%s", exc)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,97 @@
+"""Open-vocabulary evaluation: labelled global clouds, a class list used as text queries, mIoU / mAcc / per-class IoU,
+base/novel hIoU, IoU by object size.
+
+The model never sees ground-truth class ids: every class is a text query ("{prompt}".format(name)); a point's
+prediction is the query with the highest cosine similarity. Ground-truth classes are matched to queries by name;
+ground-truth classes outside the query list (or in ``eval.ignore_classes``) are not evaluated.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Callable
+
+import numpy as np
+import torch
+
+from .datasets import LabelledScene
+from .metrics import SegmentationMetrics, SegmentationReport
+
+log = logging.getLogger("ov3d.train")
+
+# predict(xyz (N,3) float32, rgb (N,3) uint8, queries list[str]) -> (N,) int index into queries
+Predictor = Callable[[np.ndarray, np.ndarray, list[str]], np.ndarray]
+
+
+def map_ground_truth(label: np.ndarray, scene_classes: list[str], classes: list[str],
+                     ignore: list[str] | tuple = ()) -> np.ndarray:
+    """Scene GT indices (into scene_classes) -> indices into ``classes``; -1 where not evaluated."""
+    if len(label) and label.max() >= len(scene_classes):
+        raise ValueError(f"ground truth holds class {label.max()} but the scene lists {len(scene_classes)} classes")
+    index = {name: i for i, name in enumerate(classes)}
+    lut = np.array([(-1 if (n in ignore or n not in index) else index[n]) for n in scene_classes] + [-1],
+                   dtype=np.int32)
+    return lut[np.where(label >= 0, label, len(scene_classes))]
+
+
+@torch.no_grad()
+def model_predictor(ctx, prompt: str = "{}", chunk_points: int = 0) -> Predictor:
+    """Argmax of cosine(point feature, query embedding) with the model of a TrainingContext."""
+
+    def predict(xyz: np.ndarray, rgb: np.ndarray, queries: list[str]) -> np.ndarray:
+        was_training = ctx.model.training
+        ctx.model.eval()
+        try:
+            text = ctx.embed([prompt.format(q) for q in queries])
+            feats = ctx.model(torch.from_numpy(xyz).to(ctx.device), torch.from_numpy(rgb).to(ctx.device))
+            return (feats.float() @ text.T).argmax(dim=1).cpu().numpy().astype(np.int32)
+        finally:
+            ctx.model.train(was_training)
+
+    return predict
+
+
+def segmenter_predictor(checkpoint: str, device: str = "auto", prompt: str = "{}", text_encoder=None) -> Predictor:
+    """The deployed path: Segmenter.load(checkpoint) and .label_points - what the nodes run.
+
+    ``text_encoder``: an already built encoder to reuse (it must match the checkpoint's; Segmenter checks the dim).
+    """
+    from ..segmenter import Segmenter
+
+    seg = Segmenter.load(checkpoint, device=device, text_encoder=text_encoder)
+
+    def predict(xyz: np.ndarray, rgb: np.ndarray, queries: list[str]) -> np.ndarray:
+        # min_score below any cosine: the protocol assigns every point its best query (no "unknown").
+        label, _ = seg.label_points(xyz, rgb, [prompt.format(q) for q in queries], min_score=-2.0)
+        return np.asarray(label, dtype=np.int32)
+
+    return predict
+
+
+def evaluate_scenes(predict: Predictor, scenes: list[LabelledScene], eval_cfg: dict, *,
+                    progress: bool = False) -> SegmentationReport:
+    """Run ``predict`` on every labelled scene and accumulate the metrics over all of them."""
+    if not scenes:
+        raise ValueError("no labelled scenes to evaluate (data.val is empty)")
+    classes = list(eval_cfg.get("classes") or [])
+    if not classes:
+        # Default query list: the union of the scenes' class names, in first-seen order.
+        for scene in scenes:
+            classes += [c for c in scene.class_names if c not in classes]
+    ignore = list(eval_cfg.get("ignore_classes") or [])
+    classes = [c for c in classes if c not in ignore]
+    if not classes:
+        raise ValueError("no classes to query: set eval.classes or give scenes with class names")
+    metrics = SegmentationMetrics(classes, small_instance_points=int(eval_cfg.get("small_instance_points", 2000)))
+    items = scenes
+    if progress:
+        from tqdm import tqdm
+        items = tqdm(scenes, desc="eval", leave=False, dynamic_ncols=True)
+    for scene in items:
+        cloud = scene.cloud
+        gt = map_ground_truth(np.asarray(cloud.label), scene.class_names, classes, ignore)
+        pred = np.asarray(predict(cloud.xyz, cloud.rgb, classes))
+        if pred.shape != gt.shape:
+            raise ValueError(f"predictor returned {pred.shape} labels for {gt.shape} points")
+        metrics.update(gt, pred.astype(np.int64), cloud.instance)
+    return metrics.report(list(eval_cfg.get("base_classes") or []) or None,
+                          list(eval_cfg.get("novel_classes") or []) or None)

@@ -1,0 +1,239 @@
+"""The optimisation loop shared by stage 1 and stage 2: AdamW, cosine schedule with warm-up, mixed precision on GPU,
+checkpoints every N steps with exact resume, a tqdm bar and TensorBoard scalars.
+
+Exact resume: every step draws its randomness from ``np.random.default_rng((seed, stage_tag, step))``, so a step
+redone after a resume sees the same frames and augmentation as it would have in an uninterrupted run. The training
+state file holds the model, optimiser, scheduler and GradScaler states, the step, and the torch / numpy / python
+RNG states (for anything outside the per-step generator). Files are written to a temporary name and renamed
+(atomic on POSIX), so a kill in the middle of a save leaves the previous checkpoint intact.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+import random
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+log = logging.getLogger("ov3d.train")
+
+STATE_FILE = "state.pt"
+
+
+class TrainingInterrupted(RuntimeError):
+    """Raised when a run stops before its last step (stop hook, SIGTERM or Ctrl-C) after saving its state."""
+
+    def __init__(self, step: int, reason: str):
+        super().__init__(f"training stopped at step {step} ({reason}); rerun the same command to resume")
+        self.step = step
+        self.reason = reason
+
+
+def cosine_with_warmup(step: int, *, warmup_steps: int, total_steps: int, min_lr_ratio: float) -> float:
+    """LR multiplier: linear warm-up from 1/warmup to 1, then cosine decay to ``min_lr_ratio`` at ``total_steps``."""
+    if warmup_steps > 0 and step < warmup_steps:
+        return (step + 1) / warmup_steps
+    span = max(1, total_steps - warmup_steps)
+    progress = min(1.0, (step - warmup_steps) / span)
+    return min_lr_ratio + (1.0 - min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def atomic_torch_save(obj, path: str | os.PathLike) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def step_rng(seed: int, tag: int, step: int) -> np.random.Generator:
+    return np.random.default_rng((int(seed), int(tag), int(step)))
+
+
+@dataclass
+class LoopConfig:
+    steps: int
+    lr: float
+    weight_decay: float
+    warmup_steps: int
+    min_lr_ratio: float
+    grad_clip: float
+    amp: bool
+    checkpoint_every: int
+    log_every: int
+
+    @classmethod
+    def from_section(cls, section: dict) -> "LoopConfig":
+        out = cls(**{k: section[k] for k in cls.__dataclass_fields__})
+        if out.steps < 1:
+            raise ValueError(f"steps must be >= 1, got {out.steps}")
+        if out.lr <= 0:
+            raise ValueError(f"lr must be > 0, got {out.lr}")
+        if out.checkpoint_every < 1:
+            raise ValueError(f"checkpoint_every must be >= 1, got {out.checkpoint_every}")
+        return out
+
+
+class _SignalStop:
+    """Turns SIGTERM into a flag the loop checks between steps, so a polite kill saves the state first."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = None
+
+    def __enter__(self):
+        try:
+            self._previous = signal.signal(signal.SIGTERM, self._handle)
+        except ValueError:  # not the main thread: no signal handling, checkpoints still bound the loss
+            self._previous = None
+        return self
+
+    def _handle(self, signum, frame):
+        self.requested = True
+
+    def __exit__(self, *exc):
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+        return False
+
+
+def train_loop(*, model: torch.nn.Module, loss_fn: Callable[[int, np.random.Generator], dict],
+               loop: LoopConfig, out_dir: str | os.PathLike, seed: int, tag: int, device: torch.device,
+               export_model: Callable[[Path, int], None], desc: str = "train",
+               stop_after_step: int | None = None, resume: bool = True, show_progress: bool = True) -> dict:
+    """Run ``loop.steps`` optimiser steps of ``loss_fn`` and return the last logged scalars.
+
+    ``loss_fn(step, rng)`` returns a dict with a differentiable ``"loss"`` tensor and any other scalars to log.
+    ``export_model(path, step)`` writes the shared-format model checkpoint (Segmenter reads it); it is called at
+    every checkpoint and at the end, as ``out_dir/model.pt``. ``stop_after_step``: a test/ops hook that stops the
+    run (raising TrainingInterrupted) right after that step, before any checkpoint of that step is written - the
+    same situation as a kill.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    state_path = out_dir / STATE_FILE
+    model.to(device)
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            # Norm scales/shifts and biases are not weight-decayed (standard AdamW practice).
+            (no_decay if p.ndim <= 1 else decay).append(p)
+    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": loop.weight_decay},
+                                   {"params": no_decay, "weight_decay": 0.0}], lr=loop.lr)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: cosine_with_warmup(s, warmup_steps=loop.warmup_steps, total_steps=loop.steps,
+                                                min_lr_ratio=loop.min_lr_ratio))
+    use_amp = bool(loop.amp) and device.type == "cuda"
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+
+    start = 0
+    if resume and state_path.exists():
+        state = torch.load(state_path, map_location=device, weights_only=False)
+        if state.get("total_steps") != loop.steps:
+            log.warning("%s: resuming a run planned for %s steps with steps=%s; the schedule follows the new "
+                        "value", desc, state.get("total_steps"), loop.steps)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        scaler.load_state_dict(state["scaler"])
+        torch.set_rng_state(state["rng"]["torch"])
+        if torch.cuda.is_available() and state["rng"].get("cuda") is not None:
+            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+        np.random.set_state(state["rng"]["numpy"])
+        random.setstate(state["rng"]["python"])
+        start = int(state["step"])
+        log.info("%s: resumed from %s at step %d/%d", desc, state_path, start, loop.steps)
+    elif state_path.exists():
+        log.info("%s: resume disabled, starting over (overwriting %s)", desc, state_path)
+
+    def save_state(step: int) -> None:
+        atomic_torch_save({
+            "step": step, "total_steps": loop.steps, "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
+            "rng": {"torch": torch.get_rng_state(),
+                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+                    "numpy": np.random.get_state(), "python": random.getstate()},
+        }, state_path)
+        export_model(out_dir / "model.pt", step)
+
+    writer = None
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+        writer = SummaryWriter(str(out_dir / "tb"), purge_step=start)
+    except ImportError:  # tensorboard is optional at run time; scalars still go to the log
+        log.warning("tensorboard is not installed (pip install tensorboard): no TensorBoard scalars")
+
+    last: dict = {}
+    running: dict[str, float] = {}
+    running_n = 0
+    t0 = time.monotonic()
+    cpu0 = time.process_time()
+    model.train()
+    try:
+        from tqdm import tqdm
+        bar = tqdm(total=loop.steps, initial=start, desc=desc, disable=not show_progress, dynamic_ncols=True)
+    except ImportError:
+        bar = None
+    try:
+        with _SignalStop() as stop:
+            for step in range(start, loop.steps):
+                rng = step_rng(seed, tag, step)
+                optimizer.zero_grad(set_to_none=True)
+                with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=use_amp):
+                    terms = loss_fn(step, rng)
+                loss = terms["loss"]
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(f"{desc}: loss is {float(loss)} at step {step}; lower the learning "
+                                             "rate or check the labels")
+                scaler.scale(loss).backward()
+                if loop.grad_clip > 0:
+                    scaler.unscale_(optimizer)
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), loop.grad_clip)
+                scaler.step(optimizer)
+                scaler.update()
+                scheduler.step()
+                done = step + 1
+                for key, value in terms.items():
+                    value = value.detach() if isinstance(value, torch.Tensor) else value
+                    running[key] = running.get(key, 0.0) + float(value)
+                running_n += 1
+                if bar is not None:
+                    bar.update(1)
+                if done % loop.log_every == 0 or done == loop.steps:
+                    last = {k: v / running_n for k, v in running.items()}
+                    last["lr"] = scheduler.get_last_lr()[0]
+                    if writer is not None:
+                        for key, value in last.items():
+                            writer.add_scalar(f"{desc}/{key}", value, done)
+                    if bar is not None and show_progress:
+                        bar.set_postfix({k: f"{v:.3f}" for k, v in last.items() if k != "lr"})
+                    else:
+                        log.info("%s step %d/%d: %s", desc, done, loop.steps,
+                                 " ".join(f"{k}={v:.4g}" for k, v in last.items()))
+                    running, running_n = {}, 0
+                if done % loop.checkpoint_every == 0 or done == loop.steps:
+                    save_state(done)
+                if stop_after_step is not None and done == stop_after_step and done < loop.steps:
+                    raise TrainingInterrupted(done, "stop hook")
+                if stop.requested:
+                    save_state(done)
+                    raise TrainingInterrupted(done, "SIGTERM")
+    except KeyboardInterrupt:
+        # Ctrl-C between or inside a step: the optimiser may be mid-update, so keep the last checkpoint as is.
+        raise TrainingInterrupted(-1, "Ctrl-C; progress since the last checkpoint is lost") from None
+    finally:
+        if bar is not None:
+            bar.close()
+        if writer is not None:
+            writer.close()
+    last["seconds"] = time.monotonic() - t0
+    # CPU time of this process: on a shared machine it estimates the wall time the run would take alone.
+    last["cpu_seconds"] = time.process_time() - cpu0
+    return last

@@ -1,0 +1,146 @@
+"""Curriculum losses (PGOV3D): cosine alignment to entity texts, inter-frame consistency, optional contrastive term.
+
+All functions take L2-normalised features (N, D) and text embeddings (Q, D); they re-normalise defensively so that a
+caller passing raw features still gets cosines, not dot products.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def _check_features(name: str, x: torch.Tensor) -> None:
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if x.ndim != 2:
+        raise ValueError(f"{name} must be (N, D), got shape {tuple(x.shape)}")
+
+
+def _check_labels(labels: torch.Tensor, n: int, n_classes: int) -> torch.Tensor:
+    if not isinstance(labels, torch.Tensor):
+        raise TypeError(f"labels must be a torch.Tensor, got {type(labels).__name__}")
+    if labels.ndim != 1 or labels.shape[0] != n:
+        raise ValueError(f"labels must be (N={n},), got shape {tuple(labels.shape)}")
+    if labels.dtype.is_floating_point:
+        raise TypeError(f"labels must be an integer tensor, got {labels.dtype}")
+    labels = labels.long()
+    if labels.numel() and (labels.max() >= n_classes or labels.min() < -1):
+        raise ValueError(f"labels must be in [-1, {n_classes - 1}] (-1 = ignore), got range "
+                         f"[{int(labels.min())}, {int(labels.max())}]")
+    return labels
+
+
+def alignment_loss(features: torch.Tensor, text: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """L_align = mean over labelled points of (1 - cos(f_point, f_text(entity))); labels -1 are ignored.
+
+    Returns a zero that still carries a graph when no point is labelled, so a step over unlabelled frames is a
+    harmless no-op instead of a NaN.
+    """
+    _check_features("features", features)
+    _check_features("text", text)
+    if features.shape[1] != text.shape[1]:
+        raise ValueError(f"feature dim {features.shape[1]} != text dim {text.shape[1]}")
+    labels = _check_labels(labels, features.shape[0], text.shape[0])
+    keep = labels >= 0
+    if not bool(keep.any()):
+        return features.sum() * 0.0
+    f = F.normalize(features[keep].float(), dim=1)
+    t = F.normalize(text.float(), dim=1)[labels[keep]]
+    return (1.0 - (f * t).sum(dim=1)).mean()
+
+
+def consistency_loss(features_a: torch.Tensor, features_b: torch.Tensor) -> torch.Tensor:
+    """L_cons = 1 - mean cos(f_a[i], f_b[i]) over matched rows (the caller gathers matches from match_points)."""
+    _check_features("features_a", features_a)
+    _check_features("features_b", features_b)
+    if features_a.shape != features_b.shape:
+        raise ValueError(f"matched features must have the same shape, got {tuple(features_a.shape)} and "
+                         f"{tuple(features_b.shape)}")
+    if features_a.shape[0] == 0:
+        return (features_a.sum() + features_b.sum()) * 0.0
+    a = F.normalize(features_a.float(), dim=1)
+    b = F.normalize(features_b.float(), dim=1)
+    return 1.0 - (a * b).sum(dim=1).mean()
+
+
+def contrastive_loss(features: torch.Tensor, text: torch.Tensor, labels: torch.Tensor,
+                     temperature: float = 0.07) -> torch.Tensor:
+    """Cross-entropy over the vocabulary on cos / temperature (OpenScene/PLA-style), labelled points only.
+
+    The plain cosine alignment pulls each point to its own text but never pushes it away from the others; with
+    text embeddings that are themselves similar (e.g. 'chair' and 'sofa' at cos ~0.5) that leaves classes poorly
+    separated. This term adds the push. It is off by default (weight 0); recipes that enable it say so.
+    """
+    _check_features("features", features)
+    _check_features("text", text)
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    labels = _check_labels(labels, features.shape[0], text.shape[0])
+    keep = labels >= 0
+    if not bool(keep.any()):
+        return features.sum() * 0.0
+    logits = F.normalize(features[keep].float(), dim=1) @ F.normalize(text.float(), dim=1).T / temperature
+    return F.cross_entropy(logits, labels[keep])
+
+
+def class_probabilities(features: torch.Tensor, text: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Softmax over the vocabulary of cos(f, t) / temperature: (N, Q) probabilities (stage-2 pseudo labels)."""
+    _check_features("features", features)
+    _check_features("text", text)
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    logits = F.normalize(features.float(), dim=1) @ F.normalize(text.float(), dim=1).T / temperature
+    return torch.softmax(logits, dim=1)
+
+
+# -- voxel-level forms ----------------------------------------------------------------------------------------------
+# Every point of a voxel gets that voxel's feature, so a sum over points of a term that is linear in the point's
+# label (one-hot) collapses to a sum over voxels weighted by the voxel's label histogram. The values are exactly the
+# point-level losses above, but the cost scales with voxels instead of points: no (N, D) gather, no (N, D) backward
+# scatter, which on CPU was most of a training step.
+
+
+def voxel_label_histogram(inverse: torch.Tensor, labels: torch.Tensor, n_voxels: int, n_classes: int
+                          ) -> torch.Tensor:
+    """(M, Q) float32 counts of each label among a voxel's points (labels -1 are left out)."""
+    if inverse.shape != labels.shape or inverse.ndim != 1:
+        raise ValueError(f"inverse and labels must be (N,) of one length, got {tuple(inverse.shape)} and "
+                         f"{tuple(labels.shape)}")
+    labels = _check_labels(labels, labels.shape[0], n_classes)
+    keep = labels >= 0
+    flat = inverse[keep].long() * n_classes + labels[keep]
+    counts = torch.bincount(flat, minlength=n_voxels * n_classes)
+    return counts.reshape(n_voxels, n_classes).float()
+
+
+def alignment_loss_voxels(voxel_features: torch.Tensor, text: torch.Tensor, histogram: torch.Tensor
+                          ) -> torch.Tensor:
+    """``alignment_loss`` of the points, from voxel features and the voxels' label histograms (same value)."""
+    _check_features("voxel_features", voxel_features)
+    _check_features("text", text)
+    if histogram.shape != (voxel_features.shape[0], text.shape[0]):
+        raise ValueError(f"histogram must be (M={voxel_features.shape[0]}, Q={text.shape[0]}), got "
+                         f"{tuple(histogram.shape)}")
+    n = histogram.sum()
+    if float(n) == 0:
+        return voxel_features.sum() * 0.0
+    f = F.normalize(voxel_features.float(), dim=1)
+    target = histogram @ F.normalize(text.float(), dim=1)  # (M, D): sum of the texts of the voxel's points
+    return 1.0 - (f * target).sum() / n
+
+
+def contrastive_loss_voxels(voxel_features: torch.Tensor, text: torch.Tensor, histogram: torch.Tensor,
+                            temperature) -> torch.Tensor:
+    """``contrastive_loss`` of the points, from voxel features and label histograms (same value)."""
+    _check_features("voxel_features", voxel_features)
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    if histogram.shape != (voxel_features.shape[0], text.shape[0]):
+        raise ValueError(f"histogram must be (M={voxel_features.shape[0]}, Q={text.shape[0]}), got "
+                         f"{tuple(histogram.shape)}")
+    n = histogram.sum()
+    if float(n) == 0:
+        return voxel_features.sum() * 0.0
+    logits = F.normalize(voxel_features.float(), dim=1) @ F.normalize(text.float(), dim=1).T / temperature
+    nll = torch.logsumexp(logits, dim=1, keepdim=True) - logits  # (M, Q): -log p(class | voxel)
+    return (histogram * nll).sum() / n

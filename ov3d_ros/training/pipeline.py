@@ -1,0 +1,247 @@
+"""The curriculum as callable steps (what `ov3d-train` runs): prepare data, stage 1, stage 2, eval, all.
+
+Output layout under ``output_dir``::
+
+    data/train/<scene>/, data/val/<scene>/   synthetic scenes in the ScanNet layout (+ pseudo_labels/ for train)
+    stage1/  config.yaml state.pt model.pt tb/
+    stage2/  config.yaml state.pt model.pt tb/ pseudo_labels.json
+    eval/    <checkpoint-name>.json           metrics
+    results.json                               `all`: stage 1 vs stage 1+2 figures
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .config import save_resolved_config
+
+log = logging.getLogger("ov3d.train")
+
+
+def _apply_threads(cfg: dict) -> None:
+    if int(cfg.get("threads", 0)) > 0:
+        torch.set_num_threads(int(cfg["threads"]))
+
+
+def output_dir(cfg: dict) -> Path:
+    return Path(cfg["output_dir"])
+
+
+# -- data -----------------------------------------------------------------------------------------------------------
+def _synthetic_root(cfg: dict) -> Path:
+    return Path(cfg["data"]["root"]) if cfg["data"]["root"] else output_dir(cfg) / "data"
+
+
+def prepare_synthetic(cfg: dict, *, progress: bool = True) -> tuple[list[str], list[str]]:
+    """Generate the synthetic train scenes (with noisy pseudo labels) and held-out val scenes (GT only).
+
+    Scenes are written once per setting: a scene folder whose stamp matches the settings is reused.
+    """
+    from ..data.pseudo_labels import write_synthetic_pseudo_labels
+    from ..data.scannet import write_scannet_scene
+    from ..data.synthetic import CLASS_NAMES, SyntheticRoom, render_sequence
+
+    syn = cfg["data"]["synthetic"]
+    root = _synthetic_root(cfg)
+    train_seeds, val_seeds = list(syn["train_seeds"]), list(syn["val_seeds"])
+    if set(train_seeds) & set(val_seeds):
+        raise ValueError(f"synthetic train and val seeds overlap: {sorted(set(train_seeds) & set(val_seeds))}; "
+                         "held-out scenes must never be trained on")
+    jobs = [("train", s) for s in train_seeds] + [("val", s) for s in val_seeds]
+    items = jobs
+    if progress:
+        from tqdm import tqdm
+        items = tqdm(jobs, desc="prepare synthetic scenes", dynamic_ncols=True)
+    out = {"train": [], "val": []}
+    for split, seed in items:
+        scene_dir = root / split / f"synthetic_{seed:05d}"
+        spec = {k: syn[k] for k in ("n_frames", "width", "height", "noise", "gt_spacing")}
+        spec.update(seed=seed, split=split, label_noise=syn["label_noise"] if split == "train" else None)
+        stamp = hashlib.sha1(json.dumps(spec, sort_keys=True).encode()).hexdigest()
+        stamp_file = scene_dir / ".ov3d_prepared"
+        out[split].append(str(scene_dir))
+        if stamp_file.exists() and stamp_file.read_text().strip() == stamp:
+            continue
+        room = SyntheticRoom.generate(seed)
+        frames = render_sequence(room, n_frames=int(syn["n_frames"]), width=int(syn["width"]),
+                                 height=int(syn["height"]), noise=bool(syn["noise"]), seed=seed)
+        gt = room.ground_truth_cloud(spacing=float(syn["gt_spacing"]))
+        write_scannet_scene(str(scene_dir), [f.frame for f in frames], ground_truth=gt,
+                            class_names=list(CLASS_NAMES))
+        if split == "train":
+            write_synthetic_pseudo_labels(str(scene_dir), frames, list(CLASS_NAMES), seed=seed,
+                                          **syn["label_noise"])
+        stamp_file.write_text(stamp)
+    log.info("synthetic data under %s: %d train, %d val scenes", root, len(out["train"]), len(out["val"]))
+    return out["train"], out["val"]
+
+
+def resolve_scenes(cfg: dict, *, progress: bool = True) -> tuple[list[str], list[str]]:
+    """(train, val) scene paths: from the recipe, or generated for data.kind=synthetic."""
+    kind = cfg["data"]["kind"]
+    if kind == "synthetic":
+        if cfg["data"]["train"] or cfg["data"]["val"]:
+            return list(cfg["data"]["train"]), list(cfg["data"]["val"])
+        return prepare_synthetic(cfg, progress=progress)
+    if kind not in ("scannet", "rosbag"):
+        raise ValueError(f"data.kind must be 'synthetic', 'scannet' or 'rosbag', got {kind!r}")
+    return list(cfg["data"]["train"]), list(cfg["data"]["val"])
+
+
+def load_train_data(cfg: dict, train_paths: list[str], *, progress: bool = True):
+    from .datasets import load_training_scenes
+
+    s1 = cfg["stage1"]
+    return load_training_scenes(train_paths, cfg["data"], pair_max_gap=int(s1["pair_max_gap"]),
+                                min_pair_matches=int(s1["min_pair_matches"]), match_voxel=float(s1["match_voxel"]),
+                                progress=progress)
+
+
+# -- stages ---------------------------------------------------------------------------------------------------------
+def run_stage1(cfg: dict, *, scenes=None, vocabulary=None, resume: bool = True, progress: bool = True,
+               stop_after_step: int | None = None, text_encoder=None) -> dict:
+    from .common import TrainingContext
+    from .stage1 import train_stage1
+
+    _apply_threads(cfg)
+    torch.manual_seed(int(cfg["seed"]))
+    np.random.seed(int(cfg["seed"]) % 2 ** 32)
+    if scenes is None:
+        train_paths, _ = resolve_scenes(cfg, progress=progress)
+        scenes, vocabulary = load_train_data(cfg, train_paths, progress=progress)
+    out = output_dir(cfg) / "stage1"
+    save_resolved_config(cfg, out)
+    ctx = TrainingContext(cfg, text_encoder=text_encoder)  # after seeding: the initial weights are reproducible
+    t0 = time.monotonic()
+    result = train_stage1(ctx, scenes, vocabulary, cfg, out, stop_after_step=stop_after_step, resume=resume,
+                          show_progress=progress)
+    result["wall_seconds"] = time.monotonic() - t0
+    result["checkpoint"] = str(out / "model.pt")
+    log.info("stage 1 done: %s", _fmt(result))
+    return result
+
+
+def run_stage2(cfg: dict, *, scenes=None, vocabulary=None, resume: bool = True, progress: bool = True,
+               stop_after_step: int | None = None, text_encoder=None) -> dict:
+    from .common import TrainingContext
+    from .stage2 import train_stage2
+
+    _apply_threads(cfg)
+    torch.manual_seed(int(cfg["seed"]) + 1)
+    init = cfg["stage2"]["init"] or str(output_dir(cfg) / "stage1" / "model.pt")
+    if not Path(init).exists():
+        raise FileNotFoundError(f"stage 2 starts from a stage-1 checkpoint, but {init} does not exist; run "
+                                "`ov3d-train stage1` first or set stage2.init")
+    if scenes is None:
+        train_paths, _ = resolve_scenes(cfg, progress=progress)
+        scenes, vocabulary = load_train_data(cfg, train_paths, progress=progress)
+    out = output_dir(cfg) / "stage2"
+    save_resolved_config(cfg, out)
+    ctx = TrainingContext.from_checkpoint(cfg, init, text_encoder=text_encoder)
+    t0 = time.monotonic()
+    result = train_stage2(ctx, scenes, vocabulary, cfg, out, stop_after_step=stop_after_step, resume=resume,
+                          show_progress=progress)
+    result["wall_seconds"] = time.monotonic() - t0
+    result["checkpoint"] = str(out / "model.pt")
+    log.info("stage 2 done: %s", _fmt(result))
+    return result
+
+
+def default_checkpoint(cfg: dict) -> str:
+    if cfg["eval"]["checkpoint"]:
+        return cfg["eval"]["checkpoint"]
+    for stage in ("stage2", "stage1"):
+        path = output_dir(cfg) / stage / "model.pt"
+        if path.exists():
+            return str(path)
+    raise FileNotFoundError(f"no checkpoint to evaluate under {output_dir(cfg)}; set eval.checkpoint")
+
+
+def run_eval(cfg: dict, *, checkpoint: str | None = None, scenes: list[str] | None = None,
+             progress: bool = True, text_encoder=None) -> dict:
+    """Evaluate a shared-format checkpoint on labelled scenes; writes output_dir/eval/<name>.json."""
+    from .datasets import load_labelled_scene
+    from .evaluate import evaluate_scenes
+
+    _apply_threads(cfg)
+    checkpoint = checkpoint or default_checkpoint(cfg)
+    if scenes is None:
+        _, scenes = resolve_scenes(cfg, progress=progress)
+    labelled = [load_labelled_scene(p) for p in scenes]
+    predict = _predictor_for(cfg, checkpoint, text_encoder)
+    report = evaluate_scenes(predict, labelled, cfg["eval"], progress=progress)
+    log.info("evaluation of %s on %d scenes:\n%s", checkpoint, len(labelled), report.format_table())
+    result = report.as_dict()
+    result["checkpoint"] = str(checkpoint)
+    result["scenes"] = [str(s) for s in scenes]
+    out = output_dir(cfg) / "eval"
+    out.mkdir(parents=True, exist_ok=True)
+    name = Path(checkpoint).parent.name + "_" + Path(checkpoint).stem
+    (out / f"{name}.json").write_text(json.dumps(result, indent=2))
+    return result
+
+
+def _predictor_for(cfg: dict, checkpoint: str, text_encoder=None):
+    """Prefer the deployed Segmenter path; fall back to rebuilding the model here if the segmenter is absent."""
+    from .evaluate import model_predictor, segmenter_predictor
+
+    try:
+        return segmenter_predictor(checkpoint, device=cfg["device"], prompt=cfg["eval"]["prompt"],
+                                   text_encoder=text_encoder)
+    except ImportError:
+        from .common import TrainingContext
+
+        log.warning("ov3d_ros.segmenter is not importable; evaluating with the training model code")
+        return model_predictor(TrainingContext.from_checkpoint(cfg, checkpoint, text_encoder=text_encoder),
+                               prompt=cfg["eval"]["prompt"])
+
+
+def run_all(cfg: dict, *, resume: bool = True, progress: bool = True) -> dict:
+    """Data prep (synthetic) + stage 1 + stage 2 + eval of both checkpoints; writes output_dir/results.json."""
+    t0 = time.monotonic()
+    cpu0 = time.process_time()
+    train_paths, val_paths = resolve_scenes(cfg, progress=progress)
+    t_data = time.monotonic()
+    scenes, vocabulary = load_train_data(cfg, train_paths, progress=progress)
+    t_load = time.monotonic()
+    s1 = run_stage1(cfg, scenes=scenes, vocabulary=vocabulary, resume=resume, progress=progress)
+    s2 = run_stage2(cfg, scenes=scenes, vocabulary=vocabulary, resume=resume, progress=progress)
+    results = {"timing_seconds": {"prepare": t_data - t0, "load": t_load - t_data,
+                                  "stage1": s1["wall_seconds"], "stage2": s2["wall_seconds"]},
+               "stage2_labelled_share": s2.get("labelled_share")}
+    t_eval = time.monotonic()
+    if val_paths:
+        results["stage1"] = _summary(run_eval(cfg, checkpoint=s1["checkpoint"], scenes=val_paths, progress=progress))
+        results["stage1+2"] = _summary(run_eval(cfg, checkpoint=s2["checkpoint"], scenes=val_paths,
+                                                progress=progress))
+    results["timing_seconds"]["eval"] = time.monotonic() - t_eval
+    results["timing_seconds"]["total"] = time.monotonic() - t0
+    # CPU seconds of this process (all threads): on a shared machine, a bound on the run's wall time alone.
+    results["timing_seconds"]["total_cpu"] = time.process_time() - cpu0
+    results["timing_seconds"]["torch_threads"] = torch.get_num_threads()
+    results["config"] = {"consistency_weight": cfg["stage1"]["consistency_weight"],
+                         "contrastive_weight": [cfg["stage1"]["contrastive_weight"],
+                                                cfg["stage2"]["contrastive_weight"]],
+                         "stage1_steps": cfg["stage1"]["steps"], "stage2_steps": cfg["stage2"]["steps"]}
+    out = output_dir(cfg)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(results, indent=2))
+    save_resolved_config(cfg, out)
+    log.info("curriculum done in %.0f s: %s", results["timing_seconds"]["total"],
+             {k: results[k]["miou"] for k in ("stage1", "stage1+2") if k in results})
+    return results
+
+
+def _summary(result: dict) -> dict:
+    keys = ("miou", "macc", "overall_acc", "per_class_iou", "size_miou", "base_miou", "novel_miou", "hiou")
+    return {k: result[k] for k in keys if k in result}
+
+
+def _fmt(result: dict) -> str:
+    return ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in result.items())

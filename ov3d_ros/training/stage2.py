@@ -1,0 +1,174 @@
+"""Stage 2 (global scenes): pseudo-label each scene's global cloud with the stage-1 model by repeated grid sampling,
+then fine-tune from the stage-1 weights on whole scenes with the same cosine alignment loss.
+
+Per scene: the frames' vocabularies are merged into the scene vocabulary; the global cloud is the frames fused in a
+VoxelMap (or a PLY given in ``stage2.global_ply``); class probabilities are a softmax over the scene vocabulary of
+cosine * the model's logit scale (its learned inverse temperature); labels below the confidence threshold are -1
+(ignored by the loss). The share of points that got a label is logged and written to ``pseudo_labels.json``.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .augment import augment_points
+from .common import TrainingContext, export_checkpoint
+from .datasets import SceneData, fuse_global_cloud
+from .grid_sampling import confident_labels, repeated_grid_sampling
+from .loop import LoopConfig, train_loop
+from .losses import alignment_loss_voxels, contrastive_loss_voxels, voxel_label_histogram
+
+log = logging.getLogger("ov3d.train")
+
+STAGE2_TAG = 2
+
+
+@dataclass
+class GlobalScene:
+    name: str
+    xyz: np.ndarray  # (N, 3) float32
+    rgb: np.ndarray  # (N, 3) uint8
+    label: np.ndarray  # (N,) int32 training-vocabulary index, -1 = unconfident / ignored
+    score: np.ndarray  # (N,) float32 averaged probability of the argmax
+    vocab_ids: np.ndarray
+    passes: int
+
+    @property
+    def labelled_share(self) -> float:
+        return float((self.label >= 0).mean()) if len(self.label) else 0.0
+
+
+@torch.no_grad()
+def scene_probabilities(ctx: TrainingContext, xyz: np.ndarray, rgb: np.ndarray, text: torch.Tensor,
+                        idx: np.ndarray) -> np.ndarray:
+    """Class probabilities (len(idx), Q) of the model on the subset ``idx`` (one point per voxel of a pass)."""
+    model = ctx.model
+    feats = model(torch.from_numpy(xyz[idx]).to(ctx.device), torch.from_numpy(rgb[idx]).to(ctx.device))
+    logits = model.logit_scale_value() * (feats.float() @ text.T)
+    return torch.softmax(logits, dim=1).cpu().numpy()
+
+
+def pseudo_label_scene(ctx: TrainingContext, name: str, xyz: np.ndarray, rgb: np.ndarray, vocab_ids: np.ndarray,
+                       text: torch.Tensor, s2: dict, rng: np.random.Generator) -> GlobalScene:
+    """Repeated grid sampling over the scene vocabulary; returns labels in training-vocabulary indices."""
+    if len(vocab_ids) == 0:
+        raise ValueError(f"scene {name}: empty scene vocabulary, nothing to pseudo-label with")
+    was_training = ctx.model.training
+    ctx.model.eval()
+    try:
+        scene_text = text[torch.as_tensor(vocab_ids, device=ctx.device)]
+        result = repeated_grid_sampling(
+            xyz, lambda idx: scene_probabilities(ctx, xyz, rgb, scene_text, idx), voxel_size=float(s2["grid_voxel"]),
+            coverage=int(s2["coverage"]), rng=rng, max_passes=int(s2["max_passes"]))
+    finally:
+        ctx.model.train(was_training)
+    local, score = confident_labels(result.probabilities, float(s2["confidence"]))
+    label = np.where(local >= 0, vocab_ids[np.maximum(local, 0)], -1).astype(np.int32)
+    return GlobalScene(name, xyz, rgb, label, score, vocab_ids, result.passes)
+
+
+def build_global_scenes(ctx: TrainingContext, scenes: list[SceneData], vocabulary: list[str], cfg: dict,
+                        out_dir: Path) -> list[GlobalScene]:
+    """Fuse (or read) every scene's global cloud and pseudo-label it; writes pseudo_labels.json with the shares."""
+    s2 = cfg["stage2"]
+    text = ctx.embed(vocabulary)
+    given = {str(Path(k)): v for k, v in (s2["global_ply"] or {}).items()}
+    out = []
+    report = {}
+    for i, scene in enumerate(scenes):
+        if str(Path(scene.path)) in given:
+            from ..data.ply import read_ply
+
+            cloud, _ = read_ply(given[str(Path(scene.path))])
+        else:
+            cloud = fuse_global_cloud(scene.frames, float(s2["global_voxel"]))
+        rng = np.random.default_rng((int(cfg["seed"]), STAGE2_TAG, 10_000 + i))
+        g = pseudo_label_scene(ctx, scene.name, cloud.xyz, cloud.rgb, scene.vocab_ids, text, s2, rng)
+        log.info("stage 2 pseudo labels %s: %d points, %d passes, %.1f%% labelled (confidence >= %.2f)",
+                 scene.name, len(g.xyz), g.passes, 100 * g.labelled_share, s2["confidence"])
+        report[scene.name] = {"points": int(len(g.xyz)), "passes": g.passes, "labelled_share": g.labelled_share}
+        out.append(g)
+    total = sum(len(g.xyz) for g in out)
+    share = sum(int((g.label >= 0).sum()) for g in out) / max(total, 1)
+    report["_all"] = {"points": total, "labelled_share": share}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "pseudo_labels.json").write_text(json.dumps(report, indent=2))
+    log.info("stage 2: %.1f%% of %d global points got a pseudo label", 100 * share, total)
+    return out
+
+
+def stage2_loss_fn(ctx: TrainingContext, scenes: list[GlobalScene], text: torch.Tensor, cfg: dict):
+    s2 = cfg["stage2"]
+    beta = float(s2["contrastive_weight"])
+    radius = float(s2["crop_radius"])
+    aug_cfg = s2["augment"]
+    model = ctx.model
+    device = ctx.device
+    usable = [g for g in scenes if (g.label >= 0).any()]
+    if not usable:
+        raise ValueError("stage 2: no scene has any confident pseudo label; lower stage2.confidence")
+    power = float(s2["class_balance"])
+    if power < 0:
+        raise ValueError(f"stage2.class_balance must be >= 0, got {power}")
+    class_weight = {}
+    for g in usable:
+        # Per-scene class weights n_c^-power, scaled so the labelled points' mean weight is 1. Self-training on a
+        # weak stage-1 model otherwise drifts to the classes that dominate the pseudo labels (walls, floors).
+        counts = np.bincount(g.label[g.label >= 0], minlength=len(text)).astype(np.float64)
+        w = np.where(counts > 0, np.maximum(counts, 1.0) ** -power, 0.0)
+        w *= counts.sum() / max((w * counts).sum(), 1e-12)
+        class_weight[id(g)] = torch.as_tensor(w, dtype=torch.float32, device=device)
+
+    def loss_fn(step: int, rng: np.random.Generator) -> dict:
+        g = usable[int(rng.integers(len(usable)))]
+        idx = np.arange(len(g.xyz))
+        if radius > 0:
+            centre = g.xyz[int(rng.integers(len(g.xyz)))]
+            idx = np.flatnonzero(((g.xyz[:, :2] - centre[:2]) ** 2).sum(axis=1) <= radius ** 2)
+        xyz, rgb, _ = augment_points(g.xyz[idx], g.rgb[idx], rng, aug_cfg)
+        vox = model.voxelize(torch.from_numpy(xyz).to(device), torch.from_numpy(rgb).to(device))
+        vfeat = model.encode_voxels(vox)
+        label = torch.from_numpy(g.label[idx].astype(np.int64)).to(device)
+        hist = voxel_label_histogram(vox.inverse, label, len(vox), text.shape[0])
+        if power > 0:
+            hist = hist * class_weight[id(g)]  # the losses divide by the histogram total: a weighted mean
+        l_align = alignment_loss_voxels(vfeat, text, hist)
+        out = {"align": l_align.detach()}
+        loss = l_align
+        if beta > 0:
+            ids = torch.as_tensor(g.vocab_ids, device=device)
+            l_con = contrastive_loss_voxels(vfeat, text[ids], hist[:, ids], temperature=1.0 / model.logit_scale_value())
+            loss = loss + beta * l_con
+            out["contrast"] = l_con.detach()
+        out["loss"] = loss
+        return out
+
+    return loss_fn
+
+
+def train_stage2(ctx: TrainingContext, scenes: list[SceneData], vocabulary: list[str], cfg: dict, out_dir: Path, *,
+                 stop_after_step: int | None = None, resume: bool = True, show_progress: bool = True) -> dict:
+    """Pseudo-label the global scenes with ``ctx.model`` (stage-1 weights) and fine-tune it; returns the last scalars
+    plus ``labelled_share``. Writes out_dir/pseudo_labels.json, state.pt and model.pt."""
+    out_dir = Path(out_dir)
+    # Pseudo labels come from ctx.model as given (the stage-1 weights) before train_loop loads any stage-2 resume
+    # state; grid sampling is seeded, so a resumed run gets the very same labels.
+    global_scenes = build_global_scenes(ctx, scenes, vocabulary, cfg, out_dir)
+    text = ctx.embed(vocabulary)
+    loop = LoopConfig.from_section(cfg["stage2"])
+
+    def export(path: Path, step: int) -> None:
+        export_checkpoint(path, ctx, vocabulary, meta={"stage": 2, "step": step, "steps": loop.steps})
+
+    result = train_loop(model=ctx.model, loss_fn=stage2_loss_fn(ctx, global_scenes, text, cfg), loop=loop,
+                        out_dir=out_dir, seed=int(cfg["seed"]), tag=STAGE2_TAG, device=ctx.device,
+                        export_model=export, desc="stage2", stop_after_step=stop_after_step, resume=resume,
+                        show_progress=show_progress)
+    total = sum(len(g.xyz) for g in global_scenes)
+    result["labelled_share"] = sum(int((g.label >= 0).sum()) for g in global_scenes) / max(total, 1)
+    return result

@@ -1,0 +1,82 @@
+"""Metrics on hand-built confusion cases."""
+import math
+
+import numpy as np
+import pytest
+
+from ov3d_ros.training.metrics import SegmentationMetrics, confusion_matrix, harmonic_mean, iou_from_confusion
+
+
+def test_confusion_and_iou_by_hand():
+    gt = np.array([0, 0, 0, 1, 1, 2, -1])
+    pred = np.array([0, 0, 1, 1, -1, 2, 0])
+    conf = confusion_matrix(gt, pred, 3)
+    # the gt=-1 point is dropped; pred -1 lands in the extra "no label" column
+    assert conf.tolist() == [[2, 1, 0, 0], [0, 1, 0, 1], [0, 0, 1, 0]]
+    iou = iou_from_confusion(conf)
+    # class 0: TP 2, FN 1, FP 0 -> 2/3; class 1: TP 1, FN 1 (the -1), FP 1 -> 1/3; class 2: 1
+    assert iou.tolist() == pytest.approx([2 / 3, 1 / 3, 1.0])
+
+
+def test_report_means_skip_absent_classes():
+    m = SegmentationMetrics(["wall", "chair", "lamp"])
+    m.update(np.array([0, 0, 1, 1]), np.array([0, 1, 1, 1]))
+    rep = m.report()
+    # wall: 1/2, chair: 2/3, lamp: absent from GT -> NaN, not in the mean
+    assert rep.iou[0] == pytest.approx(0.5)
+    assert rep.iou[1] == pytest.approx(2 / 3)
+    assert math.isnan(rep.iou[2])
+    assert rep.miou == pytest.approx((0.5 + 2 / 3) / 2)
+    assert rep.macc == pytest.approx((0.5 + 1.0) / 2)
+    assert rep.overall_acc == pytest.approx(0.75)
+    assert "mIoU" in rep.format_table()
+
+
+def test_accumulates_over_scenes():
+    m = SegmentationMetrics(["a", "b"])
+    m.update(np.array([0, 1]), np.array([0, 0]))
+    m.update(np.array([1, 1]), np.array([1, 1]))
+    rep = m.report()
+    # a: TP1 FP1 -> 1/2 ; b: TP2 FN1 -> 2/3
+    assert rep.iou.tolist() == pytest.approx([0.5, 2 / 3])
+
+
+def test_base_novel_hiou():
+    m = SegmentationMetrics(["a", "b", "c", "d"])
+    gt = np.array([0, 1, 2, 3])
+    pred = np.array([0, 1, 2, 0])  # d wrong: a IoU 1/2, b 1, c 1, d 0
+    m.update(gt, pred)
+    rep = m.report(base_classes=["a", "b"], novel_classes=["c", "d"])
+    assert rep.base_miou == pytest.approx(0.75)
+    assert rep.novel_miou == pytest.approx(0.5)
+    assert rep.hiou == pytest.approx(2 * 0.75 * 0.5 / 1.25)
+    assert harmonic_mean(0.0, 0.0) == 0.0
+    with pytest.raises(ValueError, match="not in the class list"):
+        m.report(base_classes=["a"], novel_classes=["zebra"])
+    with pytest.raises(ValueError, match="both"):
+        m.report(base_classes=["a"])
+
+
+def test_iou_by_object_size():
+    m = SegmentationMetrics(["floor", "cup"], small_instance_points=3)
+    # instance 7: 4 floor points (large); instance 9: 2 cup points (small), one predicted floor
+    gt = np.array([0, 0, 0, 0, 1, 1])
+    pred = np.array([0, 0, 0, 0, 1, 0])
+    inst = np.array([7, 7, 7, 7, 9, 9])
+    m.update(gt, pred, inst)
+    rep = m.report()
+    assert rep.size_instances == {"small": 1, "large": 1}
+    # small bucket: only the cup points: cup TP1 FN1 -> 1/2; floor has no GT there but 1 FP -> NaN (absent)
+    assert rep.size_miou["small"] == pytest.approx(0.5)
+    assert rep.size_miou["large"] == pytest.approx(1.0)
+
+
+def test_rejects_bad_input():
+    with pytest.raises(ValueError, match="gt values"):
+        confusion_matrix(np.array([3]), np.array([0]), 3)
+    with pytest.raises(ValueError, match="same length"):
+        confusion_matrix(np.array([0, 1]), np.array([0]), 3)
+    with pytest.raises(TypeError, match="integer"):
+        confusion_matrix(np.array([0.0]), np.array([0]), 3)
+    with pytest.raises(ValueError, match="unique"):
+        SegmentationMetrics(["a", "a"])
