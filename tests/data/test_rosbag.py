@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-pytest.importorskip("rosbags", reason="the rosbags package is not installed")
 
 from rosbags.rosbag2 import StoragePlugin, Writer  # noqa: E402
 from rosbags.typesys import Stores, get_typestore  # noqa: E402

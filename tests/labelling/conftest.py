@@ -18,7 +18,7 @@ def _clip_config(embed_dim):
 @pytest.fixture(scope="session")
 def tiny_clip(tmp_path_factory):
     """(model name, checkpoint path) of a tiny open_clip model registered with open_clip.add_model_config."""
-    open_clip = pytest.importorskip("open_clip", reason="open_clip_torch is not installed in this environment")
+    import open_clip
     import torch
 
     folder = tmp_path_factory.mktemp("clip_configs")
@@ -35,7 +35,6 @@ def tiny_clip(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_sam_checkpoint(tmp_path_factory):
     """A tiny custom-size SAM (masks.CUSTOM_SAM_DEFAULTS, 64x64 input) saved as a state dict."""
-    pytest.importorskip("segment_anything", reason="segment-anything is not installed in this environment")
     import torch
 
     from ov3d_ros.labelling.masks import _build_custom_sam

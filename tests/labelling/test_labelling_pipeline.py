@@ -343,7 +343,6 @@ def write_bag(path, synthetic_frames):
 
 
 def test_rosbag_labels_land_where_stage1_reads_them(tmp_path):
-    pytest.importorskip("rosbags", reason="the rosbags package is not installed")
     from ov3d_ros.training.config import DEFAULTS
     from ov3d_ros.training.datasets import load_training_scenes
 
