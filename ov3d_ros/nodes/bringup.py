@@ -213,7 +213,9 @@ def run_demo(args) -> int:
         n_frames = camera.p["n_frames"]
         with tqdm(total=n_frames, desc="frames", unit="frame", disable=args.quiet) as bar:
             def progress() -> bool:
-                bar.update(camera.frames_published - bar.n)
+                new_frames = camera.frames_published - bar.n
+                if new_frames:  # tqdm redraws on every update call, even of 0: keep logs to one line a frame
+                    bar.update(new_frames)
                 return camera.finished.is_set()
             wait_for(progress, args.timeout, "the synthetic camera to publish its frames")
         # The last frames may still be in flight: wait until every published frame was matched or counted as
