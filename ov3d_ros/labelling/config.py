@@ -13,7 +13,7 @@ from typing import Any
 import yaml
 
 from ..training.config import DEFAULTS as TRAINING_DEFAULTS
-from ..training.config import ConfigError, deep_merge, parse_override
+from ..training.config import ConfigError, check_types, deep_merge, parse_override
 from .masks import CUSTOM_SAM_DEFAULTS
 from .naming import DEFAULT_TEMPLATES
 from .vocabulary import DESCRIBE_PROMPT, LIST_PROMPT
@@ -78,39 +78,6 @@ _FLEXIBLE = {"vocabulary.fixed.names": (str, list), "sam.checkpoint": (str,), "n
              "vocabulary.mllm.model": (str,), "rosbag.pose_topic": (str,)}
 
 
-def _check_types(config: dict, defaults: dict, path: str = "") -> None:
-    for key, default in defaults.items():
-        where = f"{path}.{key}" if path else key
-        value = config.get(key)
-        if isinstance(default, dict):
-            if not isinstance(value, dict):
-                raise ConfigError(f"config key '{where}' must be a mapping, got {value!r}")
-            _check_types(value, default, where)
-            continue
-        if value is None:
-            if default is not None:
-                raise ConfigError(f"config key '{where}' must not be empty (default {default!r})")
-            continue
-        if where in _FLEXIBLE:
-            if not isinstance(value, _FLEXIBLE[where]):
-                kinds = " or ".join(t.__name__ for t in _FLEXIBLE[where])
-                raise ConfigError(f"config key '{where}' must be a {kinds}, got {value!r}")
-        elif isinstance(default, bool):
-            if not isinstance(value, bool):
-                raise ConfigError(f"config key '{where}' must be true/false, got {value!r}")
-        elif isinstance(default, (int, float)):
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise ConfigError(f"config key '{where}' must be a number, got {value!r}")
-            if isinstance(default, int) and isinstance(value, float):
-                if not value.is_integer():
-                    raise ConfigError(f"config key '{where}' must be an integer, got {value!r}")
-                config[key] = int(value)
-        elif isinstance(default, list) and not isinstance(value, list):
-            raise ConfigError(f"config key '{where}' must be a list, got {value!r}")
-        elif isinstance(default, str) and not isinstance(value, str):
-            raise ConfigError(f"config key '{where}' must be a string, got {value!r}")
-
-
 def _resolve_paths(recipe: dict, folder: Path) -> None:
     """Model and names paths in a recipe are relative to the recipe's folder (recipes travel with their models)."""
     def fix(section: dict | None, key: str) -> None:
@@ -147,6 +114,6 @@ def load_label_config(path: str | os.PathLike | None = None, overrides: list[str
         for part in reversed(parts):
             nested = {part: nested}
         config = deep_merge(config, nested)
-    _check_types(config, LABEL_DEFAULTS)
+    check_types(config, LABEL_DEFAULTS, kinds=_FLEXIBLE, allow_empty=False)
     return config
 

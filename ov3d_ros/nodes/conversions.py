@@ -191,24 +191,21 @@ def matrix_to_quaternion(R: np.ndarray) -> tuple[float, float, float, float]:
     return tuple(float(v) for v in q)
 
 
-def pose_to_matrix(pose: Pose) -> np.ndarray:
+def _rigid_matrix(q, t, what: str) -> np.ndarray:
     T = np.eye(4)
-    o = pose.orientation
-    T[:3, :3] = quaternion_to_matrix(o.x, o.y, o.z, o.w)
-    T[:3, 3] = (pose.position.x, pose.position.y, pose.position.z)
+    T[:3, :3] = quaternion_to_matrix(q.x, q.y, q.z, q.w)
+    T[:3, 3] = (t.x, t.y, t.z)
     if not np.all(np.isfinite(T)):
-        raise ValueError("pose contains non-finite values")
+        raise ValueError(f"{what} contains non-finite values")
     return T
+
+
+def pose_to_matrix(pose: Pose) -> np.ndarray:
+    return _rigid_matrix(pose.orientation, pose.position, "pose")
 
 
 def transform_to_matrix(transform: Transform) -> np.ndarray:
-    T = np.eye(4)
-    r = transform.rotation
-    T[:3, :3] = quaternion_to_matrix(r.x, r.y, r.z, r.w)
-    T[:3, 3] = (transform.translation.x, transform.translation.y, transform.translation.z)
-    if not np.all(np.isfinite(T)):
-        raise ValueError("transform contains non-finite values")
-    return T
+    return _rigid_matrix(transform.rotation, transform.translation, "transform")
 
 
 def matrix_to_pose(T: np.ndarray) -> Pose:

@@ -219,18 +219,36 @@ def apply_overrides(config: dict, overrides: list[str] | None) -> dict:
     return config
 
 
-def _check_types(config: dict, defaults: dict, path: str = "") -> None:
-    """Numbers must stay numbers and flags flags, so ``--set stage1.steps=abc`` fails before training starts."""
+def check_types(config: dict, defaults: dict, *, free_form=(), kinds: dict | None = None,
+                allow_empty: bool = True, path: str = "") -> None:
+    """Numbers must stay numbers and flags flags, so ``--set stage1.steps=abc`` fails before anything runs.
+
+    free_form: dotted sections passed through to another API (any content). kinds: dotted keys that accept other
+    types than their default's, e.g. ``{"sam.checkpoint": (str,)}`` for a key whose default is None.
+    allow_empty: whether None may replace a non-None default. Shared by ov3d-train and ov3d-train label.
+    """
+    kinds = kinds or {}
     for key, default in defaults.items():
         where = f"{path}.{key}" if path else key
         value = config.get(key)
         if isinstance(default, dict):
-            if isinstance(value, dict) and where not in FREE_FORM:
-                _check_types(value, default, where)
+            if where in free_form:
+                continue
+            if not isinstance(value, dict):
+                raise ConfigError(f"config key '{where}' must be a mapping, got {value!r}")
+            check_types(value, default, free_form=free_form, kinds=kinds, allow_empty=allow_empty, path=where)
             continue
-        if default is None or value is None:
+        if value is None:
+            if default is not None and not allow_empty:
+                raise ConfigError(f"config key '{where}' must not be empty (default {default!r})")
             continue
-        if isinstance(default, bool):
+        if where in kinds:
+            if not isinstance(value, kinds[where]):
+                names = " or ".join(t.__name__ for t in kinds[where])
+                raise ConfigError(f"config key '{where}' must be a {names}, got {value!r}")
+        elif default is None:
+            continue
+        elif isinstance(default, bool):
             if not isinstance(value, bool):
                 raise ConfigError(f"config key '{where}' must be true/false, got {value!r}")
         elif isinstance(default, (int, float)):
@@ -243,7 +261,7 @@ def _check_types(config: dict, defaults: dict, path: str = "") -> None:
                     pass
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise ConfigError(f"config key '{where}' must be a number, got {value!r}")
-            if isinstance(default, int) and not isinstance(default, bool) and isinstance(value, float):
+            if isinstance(default, int) and isinstance(value, float):
                 if not value.is_integer():
                     raise ConfigError(f"config key '{where}' must be an integer, got {value!r}")
                 config[key] = int(value)
@@ -259,7 +277,7 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] | No
     if path is not None:
         config = deep_merge(config, load_recipe_layers(path))
     config = apply_overrides(config, overrides)
-    _check_types(config, DEFAULTS)
+    check_types(config, DEFAULTS, free_form=FREE_FORM)
     return config
 
 
