@@ -3,7 +3,7 @@
 ``import ov3d_ros.model`` needs torch and spconv (core requirements); nothing heavier.
 """
 from .unet import MAX_LOGIT_SCALE, PRESETS, SpUNet, build_model, resolve_config
-from .voxelize import IN_CHANNELS, Voxelized, voxelize
+from .voxelize import HEIGHT_OFFSET, IN_CHANNELS, Voxelized, in_channels, voxelize
 
-__all__ = ["build_model", "PRESETS", "voxelize", "SpUNet", "Voxelized", "IN_CHANNELS", "resolve_config",
-           "MAX_LOGIT_SCALE"]
+__all__ = ["build_model", "PRESETS", "voxelize", "SpUNet", "Voxelized", "IN_CHANNELS", "HEIGHT_OFFSET", "in_channels",
+           "resolve_config", "MAX_LOGIT_SCALE"]

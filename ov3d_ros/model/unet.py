@@ -24,14 +24,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from .backend import set_conv_algo, spconv
-from .voxelize import IN_CHANNELS, Voxelized, voxelize
+from .voxelize import Voxelized, in_channels, voxelize
 
 # Presets. "small": CPU tests and CPU training (3 levels, 1 block per stage, ~1.3M parameters, ~5 MB checkpoint)
 # at 4 cm voxels. "full": GPU (Pointcept SpUNet-v1m1 widths and depths, ~39M parameters) at 2 cm voxels.
 # embed_dim defaults to the demo text encoder (all-MiniLM-L6-v2, 384-d); set it to the encoder's dimension.
 PRESETS: dict[str, dict] = {
     "small": {
-        "in_channels": IN_CHANNELS,
+        "height_feature": True,  # voxelize(height=True): z is height above the floor in a z-up frame
+        "in_channels": in_channels(True),
         "embed_dim": 384,
         "voxel_size": 0.04,
         "stem_channels": 16,
@@ -44,7 +45,8 @@ PRESETS: dict[str, dict] = {
         "logit_scale_init": math.log(1.0 / 0.07),
     },
     "full": {
-        "in_channels": IN_CHANNELS,
+        "height_feature": True,
+        "in_channels": in_channels(True),
         "embed_dim": 512,
         "voxel_size": 0.02,
         "stem_channels": 32,
@@ -85,6 +87,16 @@ def resolve_config(cfg: dict | str | None) -> dict:
 
     for name in ("in_channels", "embed_dim", "stem_channels", "stem_kernel"):
         positive_int(name, out[name])
+    if not isinstance(out["height_feature"], bool):
+        raise ValueError(f"model config height_feature must be true or false, got {out['height_feature']!r}")
+    if "in_channels" not in cfg:
+        out["in_channels"] = in_channels(out["height_feature"])
+    elif "height_feature" not in cfg:
+        # A config that fixes in_channels alone (checkpoints from before the height channel) says which it is.
+        out["height_feature"] = out["in_channels"] == in_channels(True)
+    if out["in_channels"] != in_channels(out["height_feature"]):
+        raise ValueError(f"model config in_channels={out['in_channels']} does not match the voxel features "
+                         f"({in_channels(out['height_feature'])} with height_feature={out['height_feature']})")
     if out["stem_kernel"] % 2 == 0:
         raise ValueError(f"model config stem_kernel must be odd (a centred submanifold conv), got {out['stem_kernel']}")
     lists = ("encoder_channels", "encoder_layers", "decoder_channels", "decoder_layers")
@@ -210,7 +222,8 @@ class SpUNet(nn.Module):
     # -- forward ------------------------------------------------------------------------------------------------
     def voxelize(self, xyz, rgb, batch=None) -> Voxelized:
         """Voxelise points on the model's device at its voxel size, grid aligned for its downsampling."""
-        return voxelize(xyz, rgb, self.voxel_size, batch=batch, align=2 ** self.levels, device=self.device)
+        return voxelize(xyz, rgb, self.voxel_size, batch=batch, align=2 ** self.levels, device=self.device,
+                        height=self.cfg["height_feature"])
 
     def encode_voxels(self, vox: Voxelized) -> torch.Tensor:
         """(M, embed_dim) raw (un-normalised) head output, one row per voxel of ``vox``."""

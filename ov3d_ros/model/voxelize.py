@@ -13,8 +13,17 @@ import torch
 
 # Per-voxel input channels: mean colour in [-1, 1] (3) and the mean point's offset from the voxel centre,
 # scaled to [-1, 1] (3). Both are invariant to translating the cloud by whole voxels, unlike xyz relative to a
-# cloud centre, which would change with every chunk or crop.
+# cloud centre, which would change with every chunk or crop. ``height=True`` adds one more: the mean point's z in
+# metres minus HEIGHT_OFFSET. In a z-up world frame whose floor is near z = 0 (a ground robot's REP 105 map/odom,
+# an axis-aligned ScanNet scan) that is height above the floor, the strongest single cue indoors (table tops,
+# seats, pictures, lamps); it is the same for every chunk or crop of a map, as the chunked segmenter needs.
 IN_CHANNELS = 6
+HEIGHT_OFFSET = 1.0  # metres; centres the feature on the rooms' usable heights (0 to ~2.5 m)
+
+
+def in_channels(height: bool) -> int:
+    """Input channels of voxelize's features with or without the height channel."""
+    return IN_CHANNELS + int(bool(height))
 
 
 @dataclass
@@ -22,7 +31,7 @@ class Voxelized:
     """A voxelised batch of point clouds.
 
     coords: (M, 4) int32 [batch, i, j, k], i/j/k >= 0 (shifted grid indices, spconv's layout).
-    feats: (M, IN_CHANNELS) float32 voxel features.
+    feats: (M, in_channels(height)) float32 voxel features.
     inverse: (N,) int64, the voxel row of every input point (features_per_point = voxel_features[inverse]).
     origin: (3,) int64 grid index subtracted from floor(xyz / voxel_size) (a multiple of ``align``).
     spatial_shape: [X, Y, Z] grid extent (for spconv.SparseConvTensor).
@@ -76,13 +85,15 @@ def as_points(xyz, rgb, device=None) -> tuple[torch.Tensor, torch.Tensor]:
     return xyz_t, rgb_t
 
 
-def voxelize(xyz, rgb, voxel_size: float, *, batch=None, align: int = 1, device=None) -> Voxelized:
+def voxelize(xyz, rgb, voxel_size: float, *, batch=None, align: int = 1, device=None,
+             height: bool = False) -> Voxelized:
     """Average points into voxels of edge ``voxel_size`` metres.
 
     xyz: (N, 3) float; rgb: (N, 3) uint8 or float in [0, 1]; batch: optional (N,) int cloud index per point
     (clouds of one batch never share a voxel). ``align``: the grid origin is rounded down to a multiple of it, so
     a U-Net's strided downsampling (stride 2 per level) groups the same voxels whichever crop is voxelised; the
-    model passes 2 ** levels. Runs on the tensors' device (or ``device``).
+    model passes 2 ** levels. ``height``: append the height channel (see HEIGHT_OFFSET). Runs on the tensors'
+    device (or ``device``).
     """
     if not (isinstance(voxel_size, (int, float)) and np.isfinite(voxel_size) and voxel_size > 0):
         raise ValueError(f"voxel_size must be a positive number of metres, got {voxel_size!r}")
@@ -135,7 +146,10 @@ def voxelize(xyz, rgb, voxel_size: float, *, batch=None, align: int = 1, device=
     voxel_centre = (coords[:, 1:] + origin).double() + 0.5
     offset = ((means[:, :3] - voxel_centre) * 2.0).float()
     colour = (means[:, 3:] * 2.0 - 1.0).float()
-    feats = torch.cat([colour, offset], dim=1).contiguous()
+    parts = [colour, offset]
+    if height:
+        parts.append((means[:, 2:3] * float(voxel_size) - HEIGHT_OFFSET).float())
+    feats = torch.cat(parts, dim=1).contiguous()
     return Voxelized(
         coords=coords.int().contiguous(),
         feats=feats,

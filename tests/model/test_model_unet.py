@@ -40,7 +40,9 @@ def test_cpu_inference_is_deterministic(tiny_cfg, cloud):
 def test_batched_forward_equals_separate_clouds(tiny_cfg, cloud):
     xyz, rgb, _ = cloud
     model = build_model(tiny_cfg).eval()
-    shifted = xyz + np.float32(10.0)  # whole voxels and blocks of 2**levels voxels: the same local structure
+    # 10 m sideways: whole voxels and blocks of 2**levels voxels, the same local structure and the same heights
+    # (the height channel is absolute z, so only a horizontal shift leaves the features unchanged).
+    shifted = xyz + np.array([10.0, 10.0, 0.0], dtype=np.float32)
     with torch.no_grad():
         alone = model(xyz, rgb)
         both = model(np.concatenate([xyz, shifted]), np.concatenate([rgb, rgb]),
@@ -83,6 +85,17 @@ def test_presets_resolve_and_small_is_a_few_megabytes():
     assert resolve_config(small.cfg) == small.cfg
 
 
+def test_height_feature_sets_the_input_channels():
+    assert resolve_config("small")["height_feature"] is True and resolve_config("small")["in_channels"] == 7
+    assert resolve_config({"height_feature": False})["in_channels"] == 6
+    # A stored config from before the height channel (in_channels only) is read as one without it.
+    old = resolve_config({"in_channels": 6})
+    assert old["height_feature"] is False
+    model = build_model(old).eval()
+    with torch.no_grad():
+        assert model(np.zeros((5, 3), np.float32), np.zeros((5, 3), np.uint8)).shape == (5, model.embed_dim)
+
+
 @pytest.mark.parametrize("cfg, match", [
     ({"preset": "huge"}, "unknown model preset"),
     ({"widths": [1]}, "unknown model config keys"),
@@ -90,6 +103,8 @@ def test_presets_resolve_and_small_is_a_few_megabytes():
     ({"embed_dim": 0}, "embed_dim must be a positive int"),
     ({"stem_kernel": 4}, "stem_kernel must be odd"),
     ({"voxel_size": -0.1}, "voxel_size must be a positive"),
+    ({"in_channels": 6, "height_feature": True}, "does not match the voxel features"),
+    ({"height_feature": 1}, "height_feature must be true or false"),
 ])
 def test_bad_configs_raise(cfg, match):
     with pytest.raises(ValueError, match=match):

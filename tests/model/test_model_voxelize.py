@@ -94,3 +94,17 @@ def test_wrong_dtypes_raise_type_error():
         voxelize(np.zeros((1, 3), np.int32), np.zeros((1, 3), np.uint8), 0.1)
     with pytest.raises(TypeError, match="rgb must be uint8"):
         voxelize(np.zeros((1, 3), np.float32), np.zeros((1, 3), np.int16), 0.1)
+
+
+def test_height_channel_is_the_mean_z_above_the_offset():
+    from ov3d_ros.model import HEIGHT_OFFSET, in_channels
+
+    xyz = np.array([[0.01, 0.01, 0.72], [0.02, 0.03, 0.78], [3.0, 2.0, 2.05]], np.float32)
+    rgb = np.zeros((3, 3), np.uint8)
+    vox = voxelize(xyz, rgb, 0.1, height=True)
+    assert vox.feats.shape == (2, in_channels(True)) == (2, IN_CHANNELS + 1)
+    h = vox.feats[vox.inverse, -1].numpy()
+    np.testing.assert_allclose(h, [0.75 - HEIGHT_OFFSET, 0.75 - HEIGHT_OFFSET, 2.05 - HEIGHT_OFFSET], atol=1e-5)
+    # The other channels are those of the plain voxelisation.
+    plain = voxelize(xyz, rgb, 0.1)
+    torch.testing.assert_close(vox.feats[:, :IN_CHANNELS], plain.feats)
