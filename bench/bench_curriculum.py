@@ -1,11 +1,13 @@
 """The curriculum's figures: held-out mIoU of stage 1 vs stage 1+2, with inter-frame consistency on vs off.
 
     python bench/bench_curriculum.py --config training/demo.yaml --out runs/figures        # trains both (~2 x demo)
+    python bench/bench_curriculum.py --config training/demo.yaml --out runs/figures --parallel   # both at once
     python bench/bench_curriculum.py --out runs/figures --report-only                       # re-print the table
 
 Runs ``ov3d-train all`` twice on the same synthetic data (consistency_weight = the recipe's value, then 0), each in
 its own folder under --out, and prints mIoU / mAcc / small-object mIoU / stage-2 labelled share and the wall and CPU
-seconds of each run. Extra ``--set`` overrides apply to both runs.
+seconds of each run. Extra ``--set`` overrides apply to both runs. ``--parallel`` prepares the data once, then runs
+the two curricula side by side, one torch thread each (a 2-core machine: about the time of one run).
 """
 from __future__ import annotations
 
@@ -30,6 +32,7 @@ def main(argv=None) -> int:
     parser.add_argument("--out", default="runs/figures", help="folder for the two runs and the shared data")
     parser.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[], metavar="KEY=VALUE")
     parser.add_argument("--report-only", action="store_true", help="print the table from existing results.json")
+    parser.add_argument("--parallel", action="store_true", help="run both curricula at once, 1 torch thread each")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     out = Path(args.out)
@@ -38,11 +41,31 @@ def main(argv=None) -> int:
         from ov3d_ros.training import pipeline
         from ov3d_ros.training.config import load_config
 
+        extras = {}
         for name, folder in runs.items():
-            extra = [f"output_dir={folder}", f"data.root={out / 'data'}"]
+            extras[name] = [f"output_dir={folder}", f"data.root={out / 'data'}"]
             if name == "consistency off":
-                extra.append("stage1.consistency_weight=0")
-            pipeline.run_all(load_config(args.config, args.overrides + extra), progress=False)
+                extras[name].append("stage1.consistency_weight=0")
+        if args.parallel:
+            import subprocess
+            import sys
+
+            pipeline.resolve_scenes(load_config(args.config, args.overrides + extras["consistency on"]))
+            procs = []
+            for name, extra in extras.items():
+                Path(runs[name]).mkdir(parents=True, exist_ok=True)
+                cmd = [sys.executable, "-m", "ov3d_ros.training.cli", "all", "--no-progress", "--config", args.config,
+                       "--set", *args.overrides, *extra, "threads=1"]
+                log_file = open(Path(runs[name]) / "all.log", "w")
+                print(f"{name}: {' '.join(cmd)} > {log_file.name}", flush=True)
+                procs.append((name, subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT)))
+            failed = [name for name, proc in procs if proc.wait() != 0]
+            if failed:
+                print(f"failed: {failed}; see all.log in their folders")
+                return 1
+        else:
+            for name, extra in extras.items():
+                pipeline.run_all(load_config(args.config, args.overrides + extra), progress=False)
     results = {name: json.loads((folder / "results.json").read_text()) for name, folder in runs.items()
                if (folder / "results.json").exists()}
     print(f"\n{'held-out synthetic rooms':<28} {'mIoU':>6} {'mAcc':>6} {'small':>7} {'large':>7}")

@@ -3,7 +3,9 @@
 A room is an axis-aligned box [0, Lx] x [0, Ly] (world z up, floor at z = 0, no ceiling) with four walls, a floor
 and 8-20 pieces of furniture built from primitives (oriented boxes, vertical cylinders / cone frustums, spheres).
 Every class has one consistent, distinctive shape (a chair is always seat + 4 legs + backrest) whose sizes vary
-moderately per instance, and colours are drawn per instance, so a network has to tell classes apart by geometry.
+moderately per instance. Colours follow ``appearance``: "materials" (default) draws each instance's albedo from
+materials typical of its class (wood, fabric, painted plaster, dark plastic ...), which overlap between classes as
+they do in real rooms; "random" draws any colour, so only geometry tells classes apart.
 
 The renderer intersects every pixel ray with every primitive analytically (numpy), for a camera moving on a smooth
 loop around the room centre. Each frame gives colour (Lambertian shading x instance colour x a texture fixed to the
@@ -24,7 +26,9 @@ from ov3d_ros.fusion import RGBDFrame
 from ov3d_ros.geometry import CameraModel, check_rigid
 
 __all__ = [
+    "APPEARANCES",
     "CLASS_NAMES",
+    "MATERIALS",
     "Box",
     "Cylinder",
     "Sphere",
@@ -33,6 +37,7 @@ __all__ = [
     "SyntheticRoom",
     "SyntheticFrame",
     "default_camera",
+    "labelled_reconstruction",
     "render_frame",
     "render_sequence",
 ]
@@ -578,11 +583,18 @@ class SyntheticRoom:
 
     # ------------------------------------------------------------------------------------------------ generation
     @classmethod
-    def generate(cls, seed: int = 0, *, min_objects: int = 8, max_objects: int = 20) -> "SyntheticRoom":
-        """A random room; the same seed gives the same room."""
+    def generate(cls, seed: int = 0, *, min_objects: int = 8, max_objects: int = 20,
+                 appearance: str = "materials") -> "SyntheticRoom":
+        """A random room; the same seed gives the same room.
+
+        ``appearance``: "materials" or "random" colours (see the module docstring). The geometry of a seed is the
+        same in both modes: colours come from their own random stream.
+        """
         if not (1 <= min_objects <= max_objects):
             raise ValueError(f"SyntheticRoom.generate: need 1 <= min_objects <= max_objects, "
                              f"got {min_objects}, {max_objects}")
+        if appearance not in APPEARANCES:
+            raise ValueError(f"SyntheticRoom.generate: appearance must be one of {APPEARANCES}, got {appearance!r}")
         rng = np.random.default_rng(np.random.SeedSequence([int(seed), 0x5eed]))
         Lx, Ly = _vary(rng, 4.0, 7.0), _vary(rng, 4.0, 7.0)
         wall_h = _vary(rng, 2.5, 3.0)
@@ -593,7 +605,8 @@ class SyntheticRoom:
             "phase": _vary(rng, 0, 2 * math.pi),
             "pitch": math.radians(_vary(rng, 12.0, 18.0)),
         }
-        builder = _RoomBuilder(rng, Lx, Ly, wall_h, trajectory)
+        color_rng = np.random.default_rng(np.random.SeedSequence([int(seed), 0xc0104]))
+        builder = _RoomBuilder(rng, Lx, Ly, wall_h, trajectory, color_rng if appearance == "materials" else None)
         objects = builder.build(min_objects, max_objects)
         return cls((Lx, Ly), wall_h, objects, trajectory, seed)
 
@@ -812,8 +825,9 @@ class _RoomBuilder:
 
     WALL_GAP = 0.0  # against-wall objects are flush with the wall (their backs are never seen)
 
-    def __init__(self, rng, Lx, Ly, wall_h, trajectory):
+    def __init__(self, rng, Lx, Ly, wall_h, trajectory, color_rng=None):
         self.rng, self.Lx, self.Ly, self.wall_h = rng, Lx, Ly, wall_h
+        self.color_rng = color_rng  # None: random colours; else class materials drawn from this stream
         self.objects: list[SceneObject] = []
         self.floor_prints: list[_Footprint] = []
         self.wall_prints: list[_Footprint] = []
@@ -825,19 +839,25 @@ class _RoomBuilder:
 
     def _new_object(self, class_name, prims) -> SceneObject:
         rng = self.rng
-        # Random hue/saturation/value per instance: colour carries no class information.
+        # Random hue/saturation/value per instance (drawn in both modes so the geometry stream stays the same).
         color = _hsv_to_rgb(rng.uniform(0, 1), rng.uniform(0.15, 0.75), rng.uniform(0.35, 0.95))
+        if self.color_rng is not None and class_name not in ("wall", "floor"):
+            color = _material_color(self.color_rng, class_name)
         shades = [float(rng.uniform(0.8, 1.1)) for _ in prims]
         obj = SceneObject(class_name, len(self.objects), prims, color, shades)
         self.objects.append(obj)
         return obj
+
+    def _structure_color(self, class_name, random_color):
+        return random_color if self.color_rng is None else _material_color(self.color_rng, class_name)
 
     def _structure(self):
         Lx, Ly, h = self.Lx, self.Ly, self.wall_h
         rng = self.rng
         floor = Quad([0, 0, 0], [Lx, 0, 0], [0, Ly, 0])
         obj = self._new_object("floor", [floor])
-        obj.color = _hsv_to_rgb(rng.uniform(0, 1), rng.uniform(0.1, 0.5), rng.uniform(0.4, 0.8))
+        obj.color = self._structure_color(
+            "floor", _hsv_to_rgb(rng.uniform(0, 1), rng.uniform(0.1, 0.5), rng.uniform(0.4, 0.8)))
         walls = [
             Quad([0, 0, 0], [Lx, 0, 0], [0, 0, h]),
             Quad([Lx, 0, 0], [0, Ly, 0], [0, 0, h]),
@@ -846,7 +866,8 @@ class _RoomBuilder:
         ]
         for wall in walls:
             obj = self._new_object("wall", [wall])
-            obj.color = _hsv_to_rgb(rng.uniform(0, 1), rng.uniform(0.05, 0.35), rng.uniform(0.6, 0.95))
+            obj.color = self._structure_color(
+                "wall", _hsv_to_rgb(rng.uniform(0, 1), rng.uniform(0.05, 0.35), rng.uniform(0.6, 0.95)))
 
     def _clear_of_path(self, fp: _Footprint, clearance: float) -> bool:
         R = _rot_z(fp.yaw)[:2, :2]
@@ -1046,6 +1067,39 @@ class _RoomBuilder:
         self.supports.append({"kind": obj.class_name, "fp": fp, "z": float(top), "items": []})
 
 
+# Materials per class: (weight, hue range, saturation range, value range) in HSV, hue in [0, 1). They overlap on
+# purpose (white tables and walls, black chairs and monitors, wooden tables, cabinets and floors), as in real rooms.
+_ANY = (0.0, 1.0)
+_WOOD = ((0.05, 0.11), (0.35, 0.65), (0.30, 0.65))
+_WHITE = (_ANY, (0.0, 0.08), (0.78, 0.95))
+_BLACK = (_ANY, (0.0, 0.15), (0.08, 0.25))
+_GREY = (_ANY, (0.0, 0.10), (0.30, 0.65))
+_FABRIC = (_ANY, (0.20, 0.60), (0.30, 0.70))
+MATERIALS: dict[str, list[tuple]] = {
+    "wall": [(3, _ANY, (0.03, 0.18), (0.75, 0.95)), (1, (0.05, 0.15), (0.10, 0.30), (0.65, 0.85))],
+    "floor": [(2, *_WOOD), (1, *_GREY), (1, _ANY, (0.05, 0.25), (0.40, 0.75))],
+    "table": [(3, *_WOOD), (1, *_WHITE), (1, *_BLACK)],
+    "chair": [(2, *_BLACK), (1, *_WOOD), (2, *_FABRIC)],
+    "cabinet": [(2, *_WOOD), (2, *_WHITE), (1, *_GREY)],
+    "sofa": [(3, *_FABRIC), (1, *_GREY)],
+    "bed": [(2, *_WHITE), (1, _ANY, (0.10, 0.35), (0.65, 0.90))],
+    "lamp": [(2, *_WHITE), (1, *_GREY), (1, (0.08, 0.16), (0.20, 0.50), (0.70, 0.95))],
+    "monitor": [(3, *_BLACK), (1, *_GREY)],
+    "bin": [(1, *_GREY), (1, *_BLACK), (2, _ANY, (0.40, 0.80), (0.35, 0.75))],
+    "book": [(1, _ANY, (0.45, 0.90), (0.35, 0.85))],
+    "picture": [(1, _ANY, (0.30, 0.85), (0.25, 0.90))],
+}
+APPEARANCES = ("materials", "random")
+
+
+def _material_color(rng, class_name: str) -> np.ndarray:
+    """An albedo for one instance: a material typical of the class, then a colour within its ranges."""
+    materials = MATERIALS[class_name]
+    w = np.array([m[0] for m in materials], dtype=np.float64)
+    _, hue, sat, val = materials[int(rng.choice(len(materials), p=w / w.sum()))]
+    return _hsv_to_rgb(rng.uniform(*hue) % 1.0, rng.uniform(*sat), rng.uniform(*val))
+
+
 def _hsv_to_rgb(h, s, v) -> np.ndarray:
     i = int(h * 6) % 6
     f = h * 6 - int(h * 6)
@@ -1135,3 +1189,58 @@ def render_sequence(room: SyntheticRoom, n_frames: int = 60, width: int = 320, h
         raise TypeError(f"render_sequence: camera must be a CameraModel, got {type(camera).__name__}")
     return [render_frame(room, T, camera, noise=noise, seed=seed, index=i)
             for i, T in enumerate(room.camera_poses(int(n_frames), loop_fraction))]
+
+
+def labelled_reconstruction(frames: list[SyntheticFrame], voxel_size: float = 0.02, *, stride: int = 1,
+                            max_depth: float = 10.0) -> PointCloud:
+    """The sequence fused into a labelled cloud, as a benchmark annotates a scan (ScanNet labels the vertices of
+    the reconstructed mesh): every valid pixel is back-projected with its ground-truth class and instance, and each
+    ``voxel_size`` voxel keeps the mean position and colour of its points and their majority class and instance.
+
+    Unlike ``SyntheticRoom.ground_truth_cloud`` (every exposed surface, ideally sampled, unshaded colours), this is
+    what the nodes and the curriculum actually see: observed surfaces only, sensor noise, shaded colours. Voxels
+    whose points carry no class (rays that escaped the room) are left out.
+    """
+    from ov3d_ros.fusion import make_partial_cloud
+
+    if not frames:
+        raise ValueError("labelled_reconstruction: no frames")
+    if not (float(voxel_size) > 0 and math.isfinite(float(voxel_size))):
+        raise ValueError(f"labelled_reconstruction: voxel_size must be > 0, got {voxel_size}")
+    xyz, rgb, cls, inst = [], [], [], []
+    for f in frames:
+        p = make_partial_cloud(f.frame, stride=stride, max_depth=max_depth)
+        u, v = p.pixels[:, 0], p.pixels[:, 1]
+        xyz.append(p.xyz)
+        rgb.append(p.rgb)
+        cls.append(f.class_map[v, u])
+        inst.append(f.instance_map[v, u])
+    xyz, rgb = np.concatenate(xyz).astype(np.float64), np.concatenate(rgb).astype(np.float64)
+    cls, inst = np.concatenate(cls).astype(np.int64), np.concatenate(inst).astype(np.int64)
+    keep = cls >= 0
+    xyz, rgb, cls, inst = xyz[keep], rgb[keep], cls[keep], inst[keep]
+    grid = np.floor(xyz / float(voxel_size)).astype(np.int64)
+    grid -= grid.min(axis=0)
+    extent = grid.max(axis=0) + 1
+    _, voxel = np.unique((grid[:, 0] * extent[1] + grid[:, 1]) * extent[2] + grid[:, 2], return_inverse=True)
+    voxel = voxel.reshape(-1)
+    m = int(voxel.max()) + 1
+    count = np.bincount(voxel, minlength=m).astype(np.float64)
+    mean_xyz = np.stack([np.bincount(voxel, xyz[:, k], m) for k in range(3)], 1) / count[:, None]
+    mean_rgb = np.stack([np.bincount(voxel, rgb[:, k], m) for k in range(3)], 1) / count[:, None]
+
+    def majority(values: np.ndarray) -> np.ndarray:
+        # Count (voxel, value) pairs, then keep each voxel's most frequent value.
+        lo = int(values.min())
+        span = int(values.max()) - lo + 1
+        keys, n = np.unique(voxel * span + (values - lo), return_counts=True)
+        vox, val = keys // span, keys % span + lo
+        order = np.lexsort((-n, vox))
+        first = np.ones(len(order), dtype=bool)
+        first[1:] = vox[order[1:]] != vox[order[:-1]]
+        out = np.empty(m, dtype=np.int64)
+        out[vox[order[first]]] = val[order[first]]
+        return out
+
+    return PointCloud(xyz=mean_xyz.astype(np.float32), rgb=np.clip(np.rint(mean_rgb), 0, 255).astype(np.uint8),
+                      label=majority(cls).astype(np.int32), instance=majority(inst).astype(np.int32))

@@ -30,6 +30,7 @@ class FrameData:
     label: np.ndarray  # (N,) int32
     index: int  # frame number in its sequence
     partial: object = None  # the fusion.PartialCloud (kept for matching / global fusion)
+    vocab_ids: np.ndarray | None = None  # the frame's own entity texts (its image's vocabulary), training indices
 
     def __len__(self) -> int:
         return len(self.xyz)
@@ -161,7 +162,8 @@ def load_training_scenes(paths: list[str], data_cfg: dict, *, pair_max_gap: int,
                 label = np.full(len(partial), -1, dtype=np.int32)
             else:
                 label = label_points_from_image(partial.pixels, label_image, entities, text_index)
-            frames.append(FrameData(partial.xyz, partial.rgb, label, int(partial.index), partial))
+            frame_vocab = np.array(sorted({text_index[t] for t in entities}), dtype=np.int64)
+            frames.append(FrameData(partial.xyz, partial.rgb, label, int(partial.index), partial, frame_vocab))
         scene_vocab = sorted({t for *_, ents in labelled for t in ents})
         scene = SceneData(name=path.name, path=str(path), frames=frames, vocabulary=scene_vocab,
                           vocab_ids=np.array([text_index[t] for t in scene_vocab], dtype=np.int64))

@@ -61,17 +61,17 @@ def prepare_synthetic(cfg: dict, *, progress: bool = True) -> tuple[list[str], l
     out = {"train": [], "val": []}
     for split, seed in items:
         scene_dir = root / split / f"synthetic_{seed:05d}"
-        spec = {k: syn[k] for k in ("n_frames", "width", "height", "noise", "gt_spacing")}
+        spec = {k: syn[k] for k in ("n_frames", "width", "height", "noise", "gt_spacing", "appearance", "ground_truth")}
         spec.update(seed=seed, split=split, label_noise=syn["label_noise"] if split == "train" else None)
         stamp = hashlib.sha1(json.dumps(spec, sort_keys=True).encode()).hexdigest()
         stamp_file = scene_dir / ".ov3d_prepared"
         out[split].append(str(scene_dir))
         if stamp_file.exists() and stamp_file.read_text().strip() == stamp:
             continue
-        room = SyntheticRoom.generate(seed)
+        room = SyntheticRoom.generate(seed, appearance=syn["appearance"])
         frames = render_sequence(room, n_frames=int(syn["n_frames"]), width=int(syn["width"]),
                                  height=int(syn["height"]), noise=bool(syn["noise"]), seed=seed)
-        gt = room.ground_truth_cloud(spacing=float(syn["gt_spacing"]))
+        gt = synthetic_ground_truth(room, syn)
         write_scannet_scene(str(scene_dir), [f.frame for f in frames], ground_truth=gt,
                             class_names=list(CLASS_NAMES))
         if split == "train":
@@ -80,6 +80,26 @@ def prepare_synthetic(cfg: dict, *, progress: bool = True) -> tuple[list[str], l
         stamp_file.write_text(stamp)
     log.info("synthetic data under %s: %d train, %d val scenes", root, len(out["train"]), len(out["val"]))
     return out["train"], out["val"]
+
+
+def synthetic_ground_truth(room, syn: dict):
+    """The labelled cloud a synthetic scene is scored on (``data.synthetic.ground_truth``).
+
+    "reconstruction" (default): the camera loop re-rendered without sensor noise and fused with its per-pixel
+    ground truth, like a benchmark's labelled scan: observed surfaces, shaded colours. "surfaces": every exposed
+    surface of the room sampled on a grid, with unshaded colours, including faces the camera never sees.
+    """
+    from ..data.synthetic import labelled_reconstruction, render_sequence
+
+    spacing = float(syn["gt_spacing"])
+    if syn["ground_truth"] == "surfaces":
+        return room.ground_truth_cloud(spacing=spacing)
+    if syn["ground_truth"] != "reconstruction":
+        raise ValueError(f"data.synthetic.ground_truth must be 'reconstruction' or 'surfaces', "
+                         f"got {syn['ground_truth']!r}")
+    clean = render_sequence(room, n_frames=int(syn["n_frames"]), width=int(syn["width"]), height=int(syn["height"]),
+                            noise=False, seed=room.seed)
+    return labelled_reconstruction(clean, spacing, stride=2)
 
 
 def resolve_scenes(cfg: dict, *, progress: bool = True) -> tuple[list[str], list[str]]:

@@ -19,7 +19,8 @@ from .augment import augment_points
 from .common import TrainingContext, export_checkpoint
 from .datasets import FramePair, SceneData
 from .loop import LoopConfig, train_loop
-from .losses import alignment_loss_voxels, consistency_loss, contrastive_loss_voxels, voxel_label_histogram
+from .losses import (alignment_loss_voxels, class_balance_weights, consistency_loss, contrastive_loss_voxels,
+                     voxel_label_histogram)
 
 log = logging.getLogger("ov3d.train")
 
@@ -62,7 +63,14 @@ def stage1_loss_fn(ctx: TrainingContext, scenes: list[SceneData], text: torch.Te
     aug_cfg = s1["augment"]
     model = ctx.model
     device = ctx.device
-    scene_text = [text[torch.as_tensor(s.vocab_ids, device=device)] for s in scenes]
+    contrast_vocabulary = s1["contrast_vocabulary"]
+    if contrast_vocabulary not in ("frame", "scene"):
+        raise ValueError(f"stage1.contrast_vocabulary must be 'frame' or 'scene', got {contrast_vocabulary!r}")
+    counts = np.zeros(text.shape[0], dtype=np.int64)
+    for scene in scenes:
+        for frame in scene.frames:
+            counts += np.bincount(frame.label[frame.label >= 0], minlength=text.shape[0])
+    class_weight = class_balance_weights(counts, float(s1["class_balance"])).to(device)
 
     def loss_fn(step: int, rng: np.random.Generator) -> dict:
         # Pairs are drawn whether or not the consistency term is on, so "consistency off" sees the same data.
@@ -89,16 +97,22 @@ def stage1_loss_fn(ctx: TrainingContext, scenes: list[SceneData], text: torch.Te
         loss = l_align
         out = {"align": l_align.detach()}
         if beta > 0:
-            # Softmax over each frame's own scene vocabulary (the texts that could appear there).
+            # Softmax over a frame's candidate texts: its scene's merged vocabulary (stage1.contrast_vocabulary
+            # "scene") or only the texts its own image was labelled with ("frame"), class-weighted (class_balance).
             voxel_batch = vox.coords[:, 0].long()
             terms, weights = [], []
             for b, (s, f) in enumerate(picks):
+                frame = scenes[s].frames[f]
+                vocab = frame.vocab_ids if contrast_vocabulary == "frame" else scenes[s].vocab_ids
+                if vocab is None or len(vocab) < 2:
+                    continue  # one text (or none): nothing to tell apart
                 rows = voxel_batch == b
-                h = hist[rows][:, torch.as_tensor(scenes[s].vocab_ids, device=device)]
-                terms.append(contrastive_loss_voxels(vfeat[rows], scene_text[s], h,
+                ids = torch.as_tensor(vocab, device=device)
+                h = hist[rows][:, ids] * class_weight[ids]
+                terms.append(contrastive_loss_voxels(vfeat[rows], text[ids], h,
                                                      temperature=1.0 / model.logit_scale_value()) * h.sum())
                 weights.append(h.sum())
-            l_con = torch.stack(terms).sum() / torch.stack(weights).sum().clamp(min=1.0)
+            l_con = torch.stack(terms).sum() / torch.stack(weights).sum().clamp(min=1.0) if terms else vfeat.sum() * 0.0
             loss = loss + beta * l_con
             out["contrast"] = l_con.detach()
         # Consistency on every drawn pair (computed for logging even when its weight is 0).

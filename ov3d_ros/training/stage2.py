@@ -21,7 +21,7 @@ from .common import TrainingContext, export_checkpoint
 from .datasets import SceneData, fuse_global_cloud
 from .grid_sampling import confident_labels, repeated_grid_sampling
 from .loop import LoopConfig, train_loop
-from .losses import alignment_loss_voxels, contrastive_loss_voxels, voxel_label_histogram
+from .losses import alignment_loss_voxels, class_balance_weights, contrastive_loss_voxels, voxel_label_histogram
 
 log = logging.getLogger("ov3d.train")
 
@@ -45,10 +45,16 @@ class GlobalScene:
 
 @torch.no_grad()
 def scene_probabilities(ctx: TrainingContext, xyz: np.ndarray, rgb: np.ndarray, text: torch.Tensor,
-                        idx: np.ndarray) -> np.ndarray:
-    """Class probabilities (len(idx), Q) of the model on the subset ``idx`` (one point per voxel of a pass)."""
+                        idx: np.ndarray, angle: float = 0.0) -> np.ndarray:
+    """Class probabilities (len(idx), Q) of the model on the subset ``idx`` (one point per voxel of a pass), with
+    the cloud turned by ``angle`` radians about the vertical axis through its centre."""
     model = ctx.model
-    feats = model(torch.from_numpy(xyz[idx]).to(ctx.device), torch.from_numpy(rgb[idx]).to(ctx.device))
+    pts = xyz[idx].astype(np.float64)
+    if angle:
+        c, s = np.cos(angle), np.sin(angle)
+        centre = pts[:, :2].mean(axis=0)
+        pts[:, :2] = (pts[:, :2] - centre) @ np.array([[c, s], [-s, c]]) + centre
+    feats = model(torch.from_numpy(pts.astype(np.float32)).to(ctx.device), torch.from_numpy(rgb[idx]).to(ctx.device))
     logits = model.logit_scale_value() * (feats.float() @ text.T)
     return torch.softmax(logits, dim=1).cpu().numpy()
 
@@ -62,8 +68,14 @@ def pseudo_label_scene(ctx: TrainingContext, name: str, xyz: np.ndarray, rgb: np
     ctx.model.eval()
     try:
         scene_text = text[torch.as_tensor(vocab_ids, device=ctx.device)]
+        rotate = bool(s2["rotate_passes"])
+
+        def predict(idx: np.ndarray) -> np.ndarray:
+            angle = float(rng.uniform(0.0, 2.0 * np.pi)) if rotate else 0.0
+            return scene_probabilities(ctx, xyz, rgb, scene_text, idx, angle)
+
         result = repeated_grid_sampling(
-            xyz, lambda idx: scene_probabilities(ctx, xyz, rgb, scene_text, idx), voxel_size=float(s2["grid_voxel"]),
+            xyz, predict, voxel_size=float(s2["grid_voxel"]),
             coverage=int(s2["coverage"]), rng=rng, max_passes=int(s2["max_passes"]))
     finally:
         ctx.model.train(was_training)
@@ -113,16 +125,12 @@ def stage2_loss_fn(ctx: TrainingContext, scenes: list[GlobalScene], text: torch.
     if not usable:
         raise ValueError("stage 2: no scene has any confident pseudo label; lower stage2.confidence")
     power = float(s2["class_balance"])
-    if power < 0:
-        raise ValueError(f"stage2.class_balance must be >= 0, got {power}")
-    class_weight = {}
+    # Class weights n_c^-power over all pseudo-labelled points (weighted mean 1), on the contrastive term as in
+    # stage 1: self-training otherwise drifts to the classes that dominate the pseudo labels (walls, floors).
+    counts = np.zeros(len(text), dtype=np.int64)
     for g in usable:
-        # Per-scene class weights n_c^-power, scaled so the labelled points' mean weight is 1. Self-training on a
-        # weak stage-1 model otherwise drifts to the classes that dominate the pseudo labels (walls, floors).
-        counts = np.bincount(g.label[g.label >= 0], minlength=len(text)).astype(np.float64)
-        w = np.where(counts > 0, np.maximum(counts, 1.0) ** -power, 0.0)
-        w *= counts.sum() / max((w * counts).sum(), 1e-12)
-        class_weight[id(g)] = torch.as_tensor(w, dtype=torch.float32, device=device)
+        counts += np.bincount(g.label[g.label >= 0], minlength=len(text))
+    class_weight = class_balance_weights(counts, power).to(device)
 
     def loss_fn(step: int, rng: np.random.Generator) -> dict:
         g = usable[int(rng.integers(len(usable)))]
@@ -135,14 +143,14 @@ def stage2_loss_fn(ctx: TrainingContext, scenes: list[GlobalScene], text: torch.
         vfeat = model.encode_voxels(vox)
         label = torch.from_numpy(g.label[idx].astype(np.int64)).to(device)
         hist = voxel_label_histogram(vox.inverse, label, len(vox), text.shape[0])
-        if power > 0:
-            hist = hist * class_weight[id(g)]  # the losses divide by the histogram total: a weighted mean
         l_align = alignment_loss_voxels(vfeat, text, hist)
         out = {"align": l_align.detach()}
         loss = l_align
         if beta > 0:
             ids = torch.as_tensor(g.vocab_ids, device=device)
-            l_con = contrastive_loss_voxels(vfeat, text[ids], hist[:, ids], temperature=1.0 / model.logit_scale_value())
+            # The loss divides by the histogram's total, so weighting its columns gives a class-weighted mean.
+            h = hist[:, ids] * class_weight[ids]
+            l_con = contrastive_loss_voxels(vfeat, text[ids], h, temperature=1.0 / model.logit_scale_value())
             loss = loss + beta * l_con
             out["contrast"] = l_con.detach()
         out["loss"] = loss

@@ -12,8 +12,10 @@ from ov3d_ros.data.synthetic import (
     Cylinder,
     SceneObject,
     Sphere,
+    MATERIALS,
     SyntheticRoom,
     default_camera,
+    labelled_reconstruction,
     render_sequence,
 )
 from ov3d_ros.fusion import RGBDFrame
@@ -149,14 +151,62 @@ def test_supported_things_rest_on_tables_or_cabinets_and_pictures_hang_on_walls(
                 assert abs(lo[2]) < 1e-9  # on the floor
 
 
-def test_instance_colours_do_not_give_away_the_class():
+def _colours_by_class(appearance):
     colours = {}
     for seed in range(15):
-        for obj in SyntheticRoom.generate(seed).furniture:
+        for obj in SyntheticRoom.generate(seed, appearance=appearance).objects:
             colours.setdefault(obj.class_name, []).append(obj.color)
-    for name, cols in colours.items():
-        if len(cols) >= 5:
-            assert np.std(np.array(cols), axis=0).max() > 0.1, name
+    return {name: np.array(cols) for name, cols in colours.items()}
+
+
+def test_instance_colours_vary_within_every_class():
+    for appearance in ("random", "materials"):
+        for name, cols in _colours_by_class(appearance).items():
+            if len(cols) >= 5:
+                assert np.std(cols, axis=0).max() > 0.05, (appearance, name)
+
+
+def test_material_colours_are_typical_of_their_class():
+    colours = _colours_by_class("materials")
+    brightness = {name: cols.max(axis=1) for name, cols in colours.items()}  # HSV value
+    saturation = {name: 1 - cols.min(axis=1) / np.maximum(cols.max(axis=1), 1e-9) for name, cols in colours.items()}
+    # Walls are light and pale, monitors mostly dark, books saturated: as their materials promise.
+    assert brightness["wall"].min() >= 0.65 and saturation["wall"].max() <= 0.3 + 1e-9
+    assert np.mean(brightness["monitor"] <= 0.25 + 1e-9) >= 0.5
+    assert saturation["book"].min() >= 0.45 - 1e-9
+    assert set(MATERIALS) == set(CLASS_NAMES)
+
+
+def test_appearance_changes_colours_only():
+    a = SyntheticRoom.generate(4, appearance="materials")
+    b = SyntheticRoom.generate(4, appearance="random")
+    assert [o.class_name for o in a.objects] == [o.class_name for o in b.objects]
+    for oa, ob in zip(a.objects, b.objects):
+        for pa, pb in zip(oa.primitives, ob.primitives):
+            np.testing.assert_array_equal(pa.aabb()[0], pb.aabb()[0])
+            np.testing.assert_array_equal(pa.aabb()[1], pb.aabb()[1])
+    assert any(not np.allclose(oa.color, ob.color) for oa, ob in zip(a.objects, b.objects))
+    with pytest.raises(ValueError, match="appearance"):
+        SyntheticRoom.generate(0, appearance="neon")
+
+
+def test_labelled_reconstruction_keeps_each_pixels_class_on_observed_surfaces(room, clean_frames, gt_cloud):
+    rec = labelled_reconstruction(clean_frames, 0.02, stride=2)
+    assert len(rec.xyz) > 10_000 and rec.label.shape == rec.instance.shape == (len(rec.xyz),)
+    # Every reconstructed point lies on a ground-truth surface of its own class (clean depth, 2 cm voxels).
+    from scipy.spatial import cKDTree
+
+    d, i = cKDTree(gt_cloud.xyz).query(rec.xyz)
+    assert np.median(d) < 0.01
+    near = d < 0.01
+    assert np.mean(gt_cloud.label[i[near]] == rec.label[near]) > 0.97
+    # Majority vote per voxel, so a voxel's class is one its pixels had: the floor points are at z = 0.
+    floor = rec.label == FLOOR
+    assert np.abs(rec.xyz[floor, 2]).max() < 0.011
+    # Observed surfaces only: far fewer points than every exposed surface.
+    assert len(rec.xyz) < len(gt_cloud.xyz)
+    with pytest.raises(ValueError, match="no frames"):
+        labelled_reconstruction([])
 
 
 def test_poses_are_rigid_optical_frames_looking_down_and_overlapping(room, clean_frames):

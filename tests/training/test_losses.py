@@ -120,3 +120,20 @@ def test_voxel_forms_equal_point_forms():
     assert torch.allclose(a.grad, b.grad, atol=1e-6)
     empty = voxel_label_histogram(inverse, torch.full((6,), -1), 3, 3)
     assert alignment_loss_voxels(vfeat, TEXT, empty).item() == 0.0
+
+
+def test_class_balance_weights_hand_values():
+    from ov3d_ros.training.losses import class_balance_weights
+
+    counts = torch.tensor([900.0, 100.0, 0.0])
+    # power 0: unweighted
+    torch.testing.assert_close(class_balance_weights(counts, 0.0), torch.tensor([1.0, 1.0, 0.0]))
+    # power 1: both present classes weigh the same in total, weighted point mean 1, absent class 0
+    w = class_balance_weights(counts, 1.0)
+    torch.testing.assert_close(w * counts, torch.tensor([500.0, 500.0, 0.0]))
+    # power 0.5: w ~ 1/sqrt(n), scaled so sum(w n) = sum(n): w = [1/30, 1/10] * 1000 / (30 + 10)
+    torch.testing.assert_close(class_balance_weights(counts, 0.5), torch.tensor([25.0 / 30, 2.5, 0.0]))
+    with pytest.raises(ValueError):
+        class_balance_weights(counts, -1.0)
+    with pytest.raises(ValueError):
+        class_balance_weights(torch.tensor([1.0, -2.0]), 0.5)

@@ -18,7 +18,6 @@ TINY = [
     "data.synthetic.width=160", "data.synthetic.height=120", "data.synthetic.gt_spacing=0.05",
     "data.pixel_stride=2", "stage1.frames_per_step=2", "stage1.warmup_steps=2", "stage1.log_every=5",
     "stage2.steps=3", "stage2.warmup_steps=1", "stage2.log_every=3", "stage2.global_voxel=0.04",
-    "stage2.class_balance=0.5",
 ]
 
 
@@ -115,3 +114,59 @@ def test_resume_after_interruption_gives_identical_weights(prepared, encoder):
     ma = torch.load(root / "full" / "stage1" / "model.pt", weights_only=True)["state_dict"]
     mb = torch.load(root / "broken" / "stage1" / "model.pt", weights_only=True)["state_dict"]
     assert all(torch.equal(ma[k], mb[k]) for k in ma)
+
+
+def test_frames_keep_their_own_vocabulary_within_the_merged_scene_vocabulary(prepared):
+    from ov3d_ros.data.pseudo_labels import labelled_frame_ids, read_frame_labels
+
+    _, train, _, scenes, vocabulary = prepared
+    for path, scene in zip(train, scenes):
+        assert set(scene.vocabulary) <= set(vocabulary)
+        merged = set()
+        for frame in scene.frames:
+            names = {vocabulary[i] for i in frame.vocab_ids}
+            # Every label a point carries is one of its own frame's texts.
+            assert {vocabulary[i] for i in np.unique(frame.label[frame.label >= 0])} <= names
+            merged |= names
+        # Stage 2's scene vocabulary is exactly the union of its frames' vocabularies.
+        assert merged == set(scene.vocabulary)
+        # And a frame's vocabulary is what its pseudo-label file lists.
+        first = labelled_frame_ids(path)[0]
+        _, entities = read_frame_labels(path, first)
+        assert {vocabulary[i] for i in scene.frames[0].vocab_ids} == set(entities)
+
+
+def test_stage1_rejects_an_unknown_contrast_vocabulary(prepared, encoder):
+    from ov3d_ros.training.common import TrainingContext
+    from ov3d_ros.training.stage1 import stage1_loss_fn
+
+    root, _, _, scenes, vocabulary = prepared
+    cfg = _cfg(root, "bad", ["stage1.contrast_vocabulary=image"])
+    ctx = TrainingContext(cfg, text_encoder=encoder)
+    with pytest.raises(ValueError, match="contrast_vocabulary"):
+        stage1_loss_fn(ctx, scenes, ctx.embed(vocabulary), cfg)
+
+
+def test_rotated_passes_average_over_turned_copies_of_the_scene(prepared, encoder):
+    """With rotate_passes, each grid-sampling pass sees the cloud turned about gravity: the pseudo-label
+    probabilities then differ from the unturned passes' for a model that is not rotation invariant, and the
+    same seed gives the same labels (resume relies on it)."""
+    from ov3d_ros.training.common import TrainingContext
+    from ov3d_ros.training.datasets import fuse_global_cloud
+    from ov3d_ros.training.stage2 import pseudo_label_scene
+
+    root, _, _, scenes, vocabulary = prepared
+    scene = scenes[0]
+    cloud = fuse_global_cloud(scene.frames, 0.05)
+    results = {}
+    for rotate in (True, False):
+        cfg = _cfg(root, "rot", [f"stage2.rotate_passes={str(rotate).lower()}", "stage2.confidence=0.0"])
+        torch.manual_seed(0)
+        ctx = TrainingContext(cfg, text_encoder=encoder)
+        text = ctx.embed(vocabulary)
+        runs = [pseudo_label_scene(ctx, scene.name, cloud.xyz, cloud.rgb, scene.vocab_ids, text, cfg["stage2"],
+                                   np.random.default_rng(5)) for _ in range(2)]
+        np.testing.assert_array_equal(runs[0].label, runs[1].label)
+        np.testing.assert_array_equal(runs[0].score, runs[1].score)
+        results[rotate] = runs[0]
+    assert not np.allclose(results[True].score, results[False].score)
