@@ -18,7 +18,7 @@ from ov3d_ros.nodes.segmenter_node import SegmenterNode
 from ov3d_ros.nodes.synthetic_camera_node import SyntheticCameraNode
 
 CHECKPOINT = default_checkpoint()
-SEED = 0            # the demo room; the dev/demo checkpoints are trained on other seeds
+SEED = 1000         # the demo room: held out, the demo checkpoint was trained on seeds 0-11
 N_FRAMES = 16       # one loop of the trajectory at 320x240 (the demo uses 60; 16 keeps the test short)
 # Thresholds. With 12 queries a label-blind model scores IoU ~0.05 per class. Walls and floor are most of a room's
 # surface: a checkpoint that "actually segments the scene" must get them (a short stage-1 curriculum run reaches
