@@ -82,7 +82,7 @@ DEFAULTS: dict[str, Any] = {
         "class_balance": 0.5,
         # the texts L_contrast tells apart: "scene" (merged over the scene's frames) or "frame" (the image's own
         # vocabulary only). "frame" keeps the merge for stage 2 alone, but with few texts per frame stage 1 learns
-        # weak separations (held-out mIoU 37 vs 53 after 1200 steps) that stage 2 did not recover (37 after it)
+        # weak separations (held-out mIoU 37 vs 50 after 1200 steps) that stage 2 did not recover (37 after it)
         "contrast_vocabulary": "scene",
         "pair_max_gap": 3,  # consistency pairs: frames of the same sequence at most this many frames apart
         "min_pair_matches": 200,  # pairs with fewer matched points are not used
@@ -99,8 +99,8 @@ DEFAULTS: dict[str, Any] = {
             "jitter_sigma": 0.005,  # metres
             "jitter_clip": 0.02,
             "color_jitter": 0.2,  # brightness/contrast range and per-channel shift (fraction of 255)
-            # random channel order per cloud: keeps colour contrast, hides absolute colour. Off: what things are
-            # made of (wood, fabric, dark plastic) is a real cue, and hiding it halved what 400 steps learned.
+            # random channel order per cloud: keeps colour contrast, hides absolute colour. Off by default: what
+            # things are made of (wood, fabric, dark plastic) is a real cue; on for rooms of random colours.
             "color_permute": False,
             "color_gain": 0.3,  # per-channel gain in [1 - g, 1 + g]
         },
