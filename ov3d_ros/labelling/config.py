@@ -13,7 +13,7 @@ from typing import Any
 import yaml
 
 from ..training.config import DEFAULTS as TRAINING_DEFAULTS
-from ..training.config import ConfigError, check_types, deep_merge, parse_override
+from ..training.config import ConfigError, apply_overrides, check_types, deep_merge
 from .masks import CUSTOM_SAM_DEFAULTS
 from .naming import DEFAULT_TEMPLATES
 from .vocabulary import DESCRIBE_PROMPT, LIST_PROMPT
@@ -108,12 +108,7 @@ def load_label_config(path: str | os.PathLike | None = None, overrides: list[str
             raise ConfigError(f"label recipe {path} must be a YAML mapping, got {type(recipe).__name__}")
         _resolve_paths(recipe, path.resolve().parent)
         config = deep_merge(config, recipe)
-    for text in overrides or []:
-        parts, value = parse_override(text)
-        nested: Any = value
-        for part in reversed(parts):
-            nested = {part: nested}
-        config = deep_merge(config, nested)
+    config = apply_overrides(config, overrides)
     check_types(config, LABEL_DEFAULTS, kinds=_FLEXIBLE, allow_empty=False)
     return config
 

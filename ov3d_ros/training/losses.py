@@ -133,14 +133,18 @@ def voxel_label_histogram(inverse: torch.Tensor, labels: torch.Tensor, n_voxels:
     return counts.reshape(n_voxels, n_classes).float()
 
 
+def _check_histogram(histogram: torch.Tensor, voxel_features: torch.Tensor, text: torch.Tensor) -> None:
+    if histogram.shape != (voxel_features.shape[0], text.shape[0]):
+        raise ValueError(f"histogram must be (M={voxel_features.shape[0]}, Q={text.shape[0]}), got "
+                         f"{tuple(histogram.shape)}")
+
+
 def alignment_loss_voxels(voxel_features: torch.Tensor, text: torch.Tensor, histogram: torch.Tensor
                           ) -> torch.Tensor:
     """``alignment_loss`` of the points, from voxel features and the voxels' label histograms (same value)."""
     _check_features("voxel_features", voxel_features)
     _check_features("text", text)
-    if histogram.shape != (voxel_features.shape[0], text.shape[0]):
-        raise ValueError(f"histogram must be (M={voxel_features.shape[0]}, Q={text.shape[0]}), got "
-                         f"{tuple(histogram.shape)}")
+    _check_histogram(histogram, voxel_features, text)
     n = histogram.sum()
     if float(n) == 0:
         return voxel_features.sum() * 0.0
@@ -155,9 +159,7 @@ def contrastive_loss_voxels(voxel_features: torch.Tensor, text: torch.Tensor, hi
     _check_features("voxel_features", voxel_features)
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
-    if histogram.shape != (voxel_features.shape[0], text.shape[0]):
-        raise ValueError(f"histogram must be (M={voxel_features.shape[0]}, Q={text.shape[0]}), got "
-                         f"{tuple(histogram.shape)}")
+    _check_histogram(histogram, voxel_features, text)
     n = histogram.sum()
     if float(n) == 0:
         return voxel_features.sum() * 0.0
