@@ -116,6 +116,9 @@ DEFAULTS: dict[str, Any] = {
         # model sees differently (test-time augmentation), not only over which point represents a voxel
         "rotate_passes": True,
         "confidence": 0.5,  # averaged probability needed to keep a label
+        # > 0: each predicted class also keeps its most confident fraction of points, whatever their probability
+        # (per-class bars, so rare classes keep pseudo labels); 0 = the single bar above
+        "class_top_fraction": 0.0,
         "steps": 300,
         "crop_radius": 0.0,  # > 0: train on random vertical-cylinder crops of the global cloud (large scenes)
         "class_balance": 0.5,  # as stage1.class_balance, over the pseudo-labelled global points

@@ -4,8 +4,8 @@ A global cloud is far denser than the model's voxels. One pass voxelises it (wit
 group points differently), keeps one random point per voxel, asks the model for that subset's class probabilities,
 and gives every point of a voxel its sampled point's probabilities. Passes repeat until every point has been covered
 at least ``coverage`` times; each point's probabilities are averaged over the passes that covered it, and the argmax
-is kept only where that average reaches the confidence threshold. Unconfident points get -1 (ignored in training),
-never "background".
+is kept only where that average reaches the confidence threshold (optionally lowered per class, see
+``confident_labels``). Unconfident points get -1 (ignored in training), never "background".
 """
 from __future__ import annotations
 
@@ -85,14 +85,28 @@ def repeated_grid_sampling(xyz: np.ndarray, predict: Callable[[np.ndarray], np.n
     return GridSamplingResult(probabilities=mean, coverage=counts, passes=passes)
 
 
-def confident_labels(probabilities: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray]:
-    """(label int32 with -1 where max probability < threshold, max probability float32)."""
+def confident_labels(probabilities: np.ndarray, threshold: float,
+                     class_top_fraction: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+    """(label int32 with -1 where the point is not confident enough, max probability float32).
+
+    A point keeps its argmax class c when its probability reaches ``threshold``. With ``class_top_fraction`` q > 0
+    the bar for class c is lowered to the (1 - q) quantile of the probabilities of the points predicted c, when that
+    is lower: the most confident q of every predicted class is kept (class-balanced self-training). One global bar
+    otherwise keeps nearly all wall and floor points and drops small objects, whose averaged probabilities are
+    lower, so the fine-tuning set loses exactly the classes that need it.
+    """
     probabilities = np.asarray(probabilities)
     if probabilities.ndim != 2 or probabilities.shape[1] == 0:
         raise ValueError(f"probabilities must be (N, Q) with Q >= 1, got {probabilities.shape}")
     if not 0.0 <= threshold <= 1.0:
         raise ValueError(f"confidence threshold must be in [0, 1], got {threshold}")
+    if not 0.0 <= class_top_fraction <= 1.0:
+        raise ValueError(f"class_top_fraction must be in [0, 1], got {class_top_fraction}")
     label = probabilities.argmax(axis=1).astype(np.int32)
     score = probabilities.max(axis=1).astype(np.float32)
-    label[score < threshold] = -1
-    return label, score
+    bar = np.full(probabilities.shape[1], threshold, dtype=np.float64)
+    if class_top_fraction > 0 and len(label):
+        for c in np.unique(label):
+            bar[c] = min(threshold, float(np.quantile(score[label == c], 1.0 - class_top_fraction)))
+    keep = score >= bar[label]
+    return np.where(keep, label, -1).astype(np.int32), score

@@ -79,7 +79,7 @@ def pseudo_label_scene(ctx: TrainingContext, name: str, xyz: np.ndarray, rgb: np
             coverage=int(s2["coverage"]), rng=rng, max_passes=int(s2["max_passes"]))
     finally:
         ctx.model.train(was_training)
-    local, score = confident_labels(result.probabilities, float(s2["confidence"]))
+    local, score = confident_labels(result.probabilities, float(s2["confidence"]), float(s2["class_top_fraction"]))
     label = np.where(local >= 0, vocab_ids[np.maximum(local, 0)], -1).astype(np.int32)
     return GlobalScene(name, xyz, rgb, label, score, vocab_ids, result.passes)
 
@@ -101,13 +101,18 @@ def build_global_scenes(ctx: TrainingContext, scenes: list[SceneData], vocabular
             cloud = fuse_global_cloud(scene.frames, float(s2["global_voxel"]))
         rng = np.random.default_rng((int(cfg["seed"]), STAGE2_TAG, 10_000 + i))
         g = pseudo_label_scene(ctx, scene.name, cloud.xyz, cloud.rgb, scene.vocab_ids, text, s2, rng)
-        log.info("stage 2 pseudo labels %s: %d points, %d passes, %.1f%% labelled (confidence >= %.2f)",
-                 scene.name, len(g.xyz), g.passes, 100 * g.labelled_share, s2["confidence"])
+        log.info("stage 2 pseudo labels %s: %d points, %d passes, %.1f%% labelled (confidence >= %.2f%s)",
+                 scene.name, len(g.xyz), g.passes, 100 * g.labelled_share, s2["confidence"],
+                 f", or in the top {s2['class_top_fraction']:.0%} of its class" if s2["class_top_fraction"] else "")
         report[scene.name] = {"points": int(len(g.xyz)), "passes": g.passes, "labelled_share": g.labelled_share}
         out.append(g)
     total = sum(len(g.xyz) for g in out)
     share = sum(int((g.label >= 0).sum()) for g in out) / max(total, 1)
-    report["_all"] = {"points": total, "labelled_share": share}
+    per_class = np.zeros(len(vocabulary), dtype=np.int64)
+    for g in out:
+        per_class += np.bincount(g.label[g.label >= 0], minlength=len(vocabulary))
+    report["_all"] = {"points": total, "labelled_share": share,
+                      "labelled_points_per_class": {vocabulary[c]: int(n) for c, n in enumerate(per_class) if n}}
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "pseudo_labels.json").write_text(json.dumps(report, indent=2))
     log.info("stage 2: %.1f%% of %d global points got a pseudo label", 100 * share, total)

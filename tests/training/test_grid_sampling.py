@@ -102,6 +102,24 @@ def test_confidence_threshold_ignores_unconfident_points():
         confident_labels(probs, 1.5)
 
 
+def test_class_top_fraction_keeps_the_most_confident_share_of_every_class():
+    # Class 0 (a wall): 6 confident points. Class 1 (a book): 4 points, all below the global bar of 0.7.
+    wall = [[0.95, 0.05], [0.9, 0.1], [0.85, 0.15], [0.8, 0.2], [0.75, 0.25], [0.72, 0.28]]
+    book = [[0.4, 0.6], [0.35, 0.65], [0.45, 0.55], [0.48, 0.52]]
+    probs = np.array(wall + book)
+    only_bar, _ = confident_labels(probs, 0.7)
+    assert only_bar.tolist() == [0] * 6 + [-1] * 4  # one bar: the book loses every pseudo label
+    label, score = confident_labels(probs, 0.7, class_top_fraction=0.5)
+    # The book's bar drops to the median of its scores (0.575): its two most confident points are kept. The wall's
+    # median (0.825) is above 0.7, so its bar stays 0.7 and nothing of it changes.
+    assert label.tolist() == [0] * 6 + [1, 1, -1, -1]
+    assert score.tolist() == pytest.approx([0.95, 0.9, 0.85, 0.8, 0.75, 0.72, 0.6, 0.65, 0.55, 0.52])
+    everything, _ = confident_labels(probs, 0.7, class_top_fraction=1.0)
+    assert everything.tolist() == probs.argmax(axis=1).tolist()
+    with pytest.raises(ValueError, match="class_top_fraction"):
+        confident_labels(probs, 0.7, class_top_fraction=1.5)
+
+
 def test_bad_input():
     with pytest.raises(ValueError, match="coverage"):
         repeated_grid_sampling(np.zeros((3, 3)), lambda i: np.ones((len(i), 1)), voxel_size=1, coverage=0,

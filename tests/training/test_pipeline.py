@@ -80,6 +80,10 @@ def test_tiny_curriculum_lowers_loss_and_beats_chance(prepared, encoder):
     loss = [e.value for e in events.Scalars("stage1/loss")]
     assert len(loss) == 4 and loss[-1] < 0.8 * loss[0], loss
     assert 0.0 < s2["labelled_share"] <= 1.0
+    shares = json.loads((root / "run" / "stage2" / "pseudo_labels.json").read_text())["_all"]
+    per_class = shares["labelled_points_per_class"]  # every labelled point counted once, under a vocabulary name
+    assert set(per_class) <= set(vocabulary)
+    assert sum(per_class.values()) == round(shares["labelled_share"] * shares["points"])
     assert (root / "run" / "stage1" / "config.yaml").exists() and s1["checkpoint"].endswith("model.pt")
     chance = _chance_miou(val)
     assert after["miou"] > chance + 0.05, (after["miou"], chance)
