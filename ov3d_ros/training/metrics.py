@@ -85,6 +85,7 @@ class SegmentationReport:
     hiou: float | None = None
     size_miou: dict[str, float] = field(default_factory=dict)  # {"small": .., "large": ..}
     size_instances: dict[str, int] = field(default_factory=dict)
+    confusion: np.ndarray | None = None  # (C, C+1) rows = ground truth, columns = prediction, last = no label
 
     def as_dict(self) -> dict:
         out = {
@@ -97,15 +98,32 @@ class SegmentationReport:
         if self.size_miou:
             out["size_miou"] = dict(self.size_miou)
             out["size_instances"] = dict(self.size_instances)
+        if self.confusion is not None:
+            # Which class each class is mistaken for: rows are ground truth, columns predictions, point counts.
+            out["confusion"] = {"columns": self.class_names + ["(no label)"],
+                                "rows": {n: [int(v) for v in row] for n, row in zip(self.class_names, self.confusion)}}
         return out
+
+    def _top_mistake(self, c: int) -> str:
+        """'<class> <share>%' of class c's ground-truth points most often given another label; '' if none."""
+        if self.confusion is None:
+            return ""
+        row = self.confusion[c].astype(np.float64)
+        total = row.sum()
+        row[c] = 0.0
+        if total == 0 or row.max() == 0:
+            return ""
+        j = int(row.argmax())
+        name = self.class_names[j] if j < len(self.class_names) else "(no label)"
+        return f"{name} {100 * row[j] / total:.0f}%"
 
     def format_table(self) -> str:
         width = max([len(n) for n in self.class_names] + [10])
-        lines = [f"{'class':<{width}}  {'IoU':>6}  {'Acc':>6}"]
-        for name, iou, acc in zip(self.class_names, self.iou, self.acc):
+        lines = [f"{'class':<{width}}  {'IoU':>6}  {'Acc':>6}  most often mistaken for"]
+        for c, (name, iou, acc) in enumerate(zip(self.class_names, self.iou, self.acc)):
             iou_s = "   n/a" if np.isnan(iou) else f"{100 * iou:6.1f}"
             acc_s = "   n/a" if np.isnan(acc) else f"{100 * acc:6.1f}"
-            lines.append(f"{name:<{width}}  {iou_s}  {acc_s}")
+            lines.append(f"{name:<{width}}  {iou_s}  {acc_s}  {self._top_mistake(c)}".rstrip())
         lines.append(f"{'mIoU':<{width}}  {100 * self.miou:6.1f}  mAcc {100 * self.macc:5.1f}  "
                      f"allAcc {100 * self.overall_acc:5.1f}  ({self.n_points} points)")
         if self.hiou is not None:
@@ -165,7 +183,8 @@ class SegmentationMetrics:
         total = self.conf.sum()
         rep = SegmentationReport(
             class_names=self.class_names, iou=iou, acc=acc, miou=_nanmean(iou), macc=_nanmean(acc),
-            overall_acc=float(np.trace(self.conf[:, :-1]) / total) if total else float("nan"), n_points=int(total))
+            overall_acc=float(np.trace(self.conf[:, :-1]) / total) if total else float("nan"), n_points=int(total),
+            confusion=self.conf.copy())
         if base_classes or novel_classes:
             if not (base_classes and novel_classes):
                 raise ValueError("a base/novel split needs both base_classes and novel_classes")

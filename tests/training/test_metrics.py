@@ -39,6 +39,11 @@ def test_accumulates_over_scenes():
     rep = m.report()
     # a: TP1 FP1 -> 1/2 ; b: TP2 FN1 -> 2/3
     assert rep.iou.tolist() == pytest.approx([0.5, 2 / 3])
+    # the report keeps the summed confusion: b was taken for a once, never left unlabelled
+    assert rep.as_dict()["confusion"] == {"columns": ["a", "b", "(no label)"], "rows": {"a": [1, 0, 0], "b": [1, 2, 0]}}
+    rows = rep.format_table().splitlines()
+    assert rows[1].split() == ["a", "50.0", "100.0"]  # nothing of a was mistaken
+    assert rows[2].split() == ["b", "66.7", "66.7", "a", "33%"]
 
 
 def test_base_novel_hiou():
