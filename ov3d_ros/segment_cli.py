@@ -44,6 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="'auto' (cuda if available), 'cpu', 'cuda' or 'cuda:N'")
     p.add_argument("--chunk-points", type=int, default=400_000,
                    help="most points per network pass; lower it if memory runs out")
+    p.add_argument("--passes", type=int, default=1,
+                   help="test-time passes averaged per voxel, each on one random point per voxel of the cloud "
+                        "turned about gravity (helps dense maps; costs one network run per pass)")
     p.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
     return p
 
@@ -69,7 +72,8 @@ def _run(args) -> int:
         raise ValueError("--out must differ from the input cloud")
     cloud, extras = read_ply(args.cloud)
     log.info("read %d points from %s", len(cloud), args.cloud)
-    segmenter = Segmenter.load(args.checkpoint, device=args.device, chunk_points=args.chunk_points)
+    segmenter = Segmenter.load(args.checkpoint, device=args.device, chunk_points=args.chunk_points,
+                               passes=args.passes)
     queries = segmenter.check_queries(queries)
     log.info("model on %s; %d queries: %s", segmenter.device, len(queries), ", ".join(queries))
     start = time.perf_counter()

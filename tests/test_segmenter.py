@@ -159,6 +159,47 @@ def test_features_are_normalised_deterministic_and_chunking_is_exact():
     assert (label == ref_label.numpy()).mean() > 0.999  # ties within float noise may flip
 
 
+def lattice(spacing=0.05):
+    """A floor and a wall with one point at the centre of every spacing-sized cell: whatever a grid of that cell
+    size is shifted by, each of its cells holds exactly one point."""
+    a = (np.arange(40) + 0.5) * spacing
+    b = (np.arange(30) + 0.5) * spacing
+    u, v = np.meshgrid(a, b, indexing="ij")
+    floor = np.c_[u.ravel(), v.ravel(), np.full(u.size, 0.5 * spacing)]
+    wall = np.c_[u.ravel(), np.full(u.size, 0.5 * spacing), v.ravel() + 2 * spacing]
+    xyz = np.concatenate([floor, wall]).astype(np.float32)
+    rgb = np.concatenate([np.tile([[150, 120, 90]], (len(floor), 1)), np.tile([[220, 220, 210]], (len(wall), 1))])
+    return xyz, rgb.astype(np.uint8)
+
+
+def test_unturned_passes_over_one_point_per_voxel_reproduce_the_single_pass():
+    # One point per cell: every pass samples every point, so the average of the passes is the single pass itself.
+    xyz, rgb = lattice()
+    model = busy_model()
+    single = Segmenter(model, BasisEncoder(WORDS)).features(xyz, rgb)
+    averaged = Segmenter(model, BasisEncoder(WORDS), passes=3, rotate_passes=False).features(xyz, rgb)
+    torch.testing.assert_close(averaged, single, rtol=1e-5, atol=1e-5)
+
+
+def test_turned_passes_are_seeded_and_give_one_feature_per_voxel():
+    xyz, rgb = room()
+    model = busy_model()
+    seg = Segmenter(model, BasisEncoder(WORDS), passes=4, seed=3)
+    a = seg.features(xyz, rgb)
+    norms = a.norm(dim=1)
+    assert bool(((norms - 1).abs() < 1e-5).all())
+    assert torch.equal(a, Segmenter(model, BasisEncoder(WORDS), passes=4, seed=3).features(xyz, rgb))
+    assert not torch.allclose(a, Segmenter(model, BasisEncoder(WORDS), passes=4, seed=4).features(xyz, rgb))
+    assert not torch.allclose(a, Segmenter(model, BasisEncoder(WORDS)).features(xyz, rgb))
+    # Averages are kept per voxel of the plain pass: points sharing a voxel share the feature.
+    vox = model.voxelize(torch.from_numpy(xyz), torch.from_numpy(rgb))
+    first = torch.zeros(len(vox), dtype=torch.int64).scatter_(0, vox.inverse, torch.arange(len(xyz)))
+    torch.testing.assert_close(a, a[first[vox.inverse]])
+    for bad in (0, 1.5, True):
+        with pytest.raises(ValueError, match="passes"):
+            Segmenter(model, BasisEncoder(WORDS), passes=bad)
+
+
 def test_plan_chunks_covers_every_point_once():
     xyz, _ = room(5000, seed=3)
     chunks = plan_chunks(xyz, 1000, 0.2)
@@ -226,12 +267,12 @@ def test_segment_cli_writes_labels_scores_and_sidecar(minilm_checkpoint, tmp_pat
     src = write_ply(tmp_path / "scene.ply", PointCloud(xyz, rgb))
     out = tmp_path / "labelled.ply"
     rc = main([str(src), "--checkpoint", str(minilm_checkpoint), "--queries", "chair, table,floor",
-               "--out", str(out), "--min-score", "-1", "--device", "cpu", "--chunk-points", "1000"])
+               "--out", str(out), "--min-score", "-1", "--device", "cpu", "--chunk-points", "1000", "--passes", "2"])
     assert rc == 0
     labelled, _ = read_ply(out)
     assert len(labelled) == len(xyz) and labelled.label.dtype == np.int32 and labelled.score.dtype == np.float32
     np.testing.assert_allclose(labelled.xyz, xyz)
-    seg = Segmenter.load(minilm_checkpoint, device="cpu", chunk_points=1000)
+    seg = Segmenter.load(minilm_checkpoint, device="cpu", chunk_points=1000, passes=2)
     label, score = seg.label_points(xyz, rgb, ["chair", "table", "floor"], min_score=-1)
     np.testing.assert_array_equal(labelled.label, label)
     np.testing.assert_allclose(labelled.score, score)

@@ -34,6 +34,9 @@ SEGMENTER_PARAMS = [
           "the package (ov3d_ros/assets/ov3d_demo.pt)."),
     Param("device", "auto", "Torch device: auto (cuda if available), cpu, cuda or cuda:N."),
     Param("num_threads", 0, "Torch CPU threads (0 = torch's default).", minimum=0, maximum=256),
+    Param("test_time_passes", 1, "Network passes averaged per voxel, each on one random point per voxel of the "
+          "cloud turned about gravity (Segmenter passes); 1 = one plain pass. Costs one network run per pass.",
+          minimum=1, maximum=64),
     Param("partial_topic", "/fusion_node/partial_cloud", "Partial clouds to segment as they arrive."),
     Param("global_topic", "/fusion_node/global_cloud", "Global map clouds, segmented at global_rate."),
     Param("queries", ["chair", "table", "sofa", "bed", "lamp", "cabinet"],
@@ -94,7 +97,7 @@ class SegmenterNode(Node):
         from ov3d_ros.segmenter import Segmenter
 
         checkpoint = p["checkpoint"] or str(_default_checkpoint())
-        self.segmenter = Segmenter.load(checkpoint, device=p["device"])
+        self.segmenter = Segmenter.load(checkpoint, device=p["device"], passes=p["test_time_passes"])
         self.checkpoint = checkpoint
         self.segmenter.check_queries(validate_queries(p["queries"], p["max_queries"]))
         self._lock = threading.Lock()  # guards the caches (service and timers may run on different threads)

@@ -150,6 +150,7 @@ DEFAULTS: dict[str, Any] = {
         "small_instance_points": 2000,  # instances below this many points count as "small"
         "ignore_classes": [],  # GT classes left out of the metrics (e.g. "wall" in some protocols)
         "prompt": "{}",  # text template for a class name, e.g. "a {} in a scene"
+        "passes": 1,  # Segmenter test-time passes (one point per voxel, turned cloud; averaged); 1 = one plain pass
     },
 }
 

@@ -50,14 +50,16 @@ def model_predictor(ctx, prompt: str = "{}", chunk_points: int = 0) -> Predictor
     return predict
 
 
-def segmenter_predictor(checkpoint: str, device: str = "auto", prompt: str = "{}", text_encoder=None) -> Predictor:
+def segmenter_predictor(checkpoint: str, device: str = "auto", prompt: str = "{}", text_encoder=None,
+                        passes: int = 1) -> Predictor:
     """The deployed path: Segmenter.load(checkpoint) and .label_points - what the nodes run.
 
     ``text_encoder``: an already built encoder to reuse (it must match the checkpoint's; Segmenter checks the dim).
+    ``passes``: the Segmenter's test-time passes (the segmenter node's ``test_time_passes``).
     """
     from ..segmenter import Segmenter
 
-    seg = Segmenter.load(checkpoint, device=device, text_encoder=text_encoder)
+    seg = Segmenter.load(checkpoint, device=device, text_encoder=text_encoder, passes=passes)
 
     def predict(xyz: np.ndarray, rgb: np.ndarray, queries: list[str]) -> np.ndarray:
         # min_score below any cosine: the protocol assigns every point its best query (no "unknown").

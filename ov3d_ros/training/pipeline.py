@@ -213,7 +213,7 @@ def _predictor_for(cfg: dict, checkpoint: str, text_encoder=None):
 
     try:
         return segmenter_predictor(checkpoint, device=cfg["device"], prompt=cfg["eval"]["prompt"],
-                                   text_encoder=text_encoder)
+                                   text_encoder=text_encoder, passes=int(cfg["eval"]["passes"]))
     except ImportError:
         from .common import TrainingContext
 

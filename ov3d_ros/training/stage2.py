@@ -19,7 +19,7 @@ import torch
 from .augment import augment_points
 from .common import TrainingContext, export_checkpoint
 from .datasets import SceneData, fuse_global_cloud
-from .grid_sampling import confident_labels, repeated_grid_sampling
+from ..grid_sampling import confident_labels, repeated_grid_sampling
 from .loop import LoopConfig, train_loop
 from .losses import alignment_loss_voxels, class_balance_weights, contrastive_loss_voxels, voxel_label_histogram
 

@@ -51,7 +51,7 @@ def test_query_service_matches_the_core_segmenter_and_caches_features(checkpoint
     params = [Parameter("checkpoint", value=str(checkpoint)), Parameter("device", value="cpu"),
               Parameter("num_threads", value=1), Parameter("global_rate", value=0.0),
               Parameter("queries", value=QUERIES), Parameter("max_queries", value=4),
-              Parameter("stats_period", value=0.0)]
+              Parameter("stats_period", value=0.0), Parameter("test_time_passes", value=2)]
     io = Node("segmenter_test_io")
     logs = log_catcher(io)
     labelled, markers = [], []
@@ -95,8 +95,8 @@ def test_query_service_matches_the_core_segmenter_and_caches_features(checkpoint
         response = query(QUERIES, min_score=0.0, return_cloud=True)
         assert response.success, response.message
         assert segmenter.counters["feature_passes"] == 1
-        # Reference: the core Segmenter on the same cloud.
-        reference = Segmenter.load(checkpoint, device="cpu")
+        # Reference: the core Segmenter on the same cloud, with the same (seeded) test-time passes.
+        reference = Segmenter.load(checkpoint, device="cpu", passes=2)
         expected = reference.segment(scene, QUERIES)
         got = pointcloud2_to_cloud(response.labelled_cloud)
         assert [f.name for f in response.labelled_cloud.fields] == ["x", "y", "z", "rgb", "label", "score"]

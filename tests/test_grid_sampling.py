@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from ov3d_ros.training.grid_sampling import confident_labels, repeated_grid_sampling, sample_one_per_voxel
+from ov3d_ros.grid_sampling import confident_labels, repeated_grid_sampling, sample_one_per_voxel
 
 
 def test_one_point_per_voxel():
