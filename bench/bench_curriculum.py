@@ -2,12 +2,17 @@
 
     python bench/bench_curriculum.py --config training/demo.yaml --out runs/figures        # trains both (~2 x demo)
     python bench/bench_curriculum.py --config training/demo.yaml --out runs/figures --parallel   # both at once
+    python bench/bench_curriculum.py --out runs/figures --parallel --seeds 0 1 2           # three training seeds
     python bench/bench_curriculum.py --out runs/figures --report-only                       # re-print the table
 
 Runs ``ov3d-train all`` twice on the same synthetic data (consistency_weight = the recipe's value, then 0), each in
 its own folder under --out, and prints mIoU / mAcc / small-object mIoU / stage-2 labelled share and the wall and CPU
 seconds of each run. Extra ``--set`` overrides apply to both runs. ``--parallel`` prepares the data once, then runs
 the two curricula side by side, one torch thread each (a 2-core machine: about the time of one run).
+
+``--seeds`` repeats the pair for each training seed (model initialisation, frame sampling, augmentation; the rooms
+stay the same) in ``--out/seed<N>/`` and adds the mean and the range over seeds: single runs differ by a few
+points, as much as the effects being measured.
 """
 from __future__ import annotations
 
@@ -15,6 +20,9 @@ import argparse
 import json
 import logging
 from pathlib import Path
+
+ARMS = {"consistency on": "cons_on", "consistency off": "cons_off"}
+CELLS = [(arm, stage) for arm in ARMS for stage in ("stage1", "stage1+2")]
 
 
 def _row(name: str, result: dict, stage: str) -> str:
@@ -26,48 +34,43 @@ def _row(name: str, result: dict, stage: str) -> str:
             f"{100 * size.get('small', float('nan')):7.1f} {100 * size.get('large', float('nan')):7.1f}")
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", default="training/demo.yaml", help="curriculum recipe (default: the demo)")
-    parser.add_argument("--out", default="runs/figures", help="folder for the two runs and the shared data")
-    parser.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[], metavar="KEY=VALUE")
-    parser.add_argument("--report-only", action="store_true", help="print the table from existing results.json")
-    parser.add_argument("--parallel", action="store_true", help="run both curricula at once, 1 torch thread each")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    out = Path(args.out)
-    runs = {"consistency on": out / "cons_on", "consistency off": out / "cons_off"}
-    if not args.report_only:
-        from ov3d_ros.training import pipeline
-        from ov3d_ros.training.config import load_config
+def _run_pair(config: str, overrides: list[str], folder: Path, data: Path, parallel: bool) -> bool:
+    """Both arms of one seed into folder/cons_on and folder/cons_off; False if a run failed."""
+    from ov3d_ros.training import pipeline
+    from ov3d_ros.training.config import load_config
 
-        extras = {}
-        for name, folder in runs.items():
-            extras[name] = [f"output_dir={folder}", f"data.root={out / 'data'}"]
-            if name == "consistency off":
-                extras[name].append("stage1.consistency_weight=0")
-        if args.parallel:
-            import subprocess
-            import sys
+    extras = {}
+    for name, sub in ARMS.items():
+        extras[name] = [f"output_dir={folder / sub}", f"data.root={data}"]
+        if name == "consistency off":
+            extras[name].append("stage1.consistency_weight=0")
+    if not parallel:
+        for extra in extras.values():
+            pipeline.run_all(load_config(config, overrides + extra), progress=False)
+        return True
+    import subprocess
+    import sys
 
-            pipeline.resolve_scenes(load_config(args.config, args.overrides + extras["consistency on"]))
-            procs = []
-            for name, extra in extras.items():
-                Path(runs[name]).mkdir(parents=True, exist_ok=True)
-                cmd = [sys.executable, "-m", "ov3d_ros.training.cli", "all", "--no-progress", "--config", args.config,
-                       "--set", *args.overrides, *extra, "threads=1"]
-                log_file = open(Path(runs[name]) / "all.log", "w")
-                print(f"{name}: {' '.join(cmd)} > {log_file.name}", flush=True)
-                procs.append((name, subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT)))
-            failed = [name for name, proc in procs if proc.wait() != 0]
-            if failed:
-                print(f"failed: {failed}; see all.log in their folders")
-                return 1
-        else:
-            for name, extra in extras.items():
-                pipeline.run_all(load_config(args.config, args.overrides + extra), progress=False)
-    results = {name: json.loads((folder / "results.json").read_text()) for name, folder in runs.items()
-               if (folder / "results.json").exists()}
+    pipeline.resolve_scenes(load_config(config, overrides + extras["consistency on"]))
+    procs = []
+    for name, extra in extras.items():
+        run_dir = folder / ARMS[name]
+        run_dir.mkdir(parents=True, exist_ok=True)
+        cmd = [sys.executable, "-m", "ov3d_ros.training.cli", "all", "--no-progress", "--config", config,
+               "--set", *overrides, *extra, "threads=1"]
+        log_file = open(run_dir / "all.log", "w")
+        print(f"{name}: {' '.join(cmd)} > {log_file.name}", flush=True)
+        procs.append((name, subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT)))
+    failed = [name for name, proc in procs if proc.wait() != 0]
+    if failed:
+        print(f"failed: {failed}; see all.log in their folders")
+    return not failed
+
+
+def _report(folder: Path) -> dict:
+    """Print one seed's table; returns {arm: results.json}."""
+    results = {name: json.loads((folder / sub / "results.json").read_text()) for name, sub in ARMS.items()
+               if (folder / sub / "results.json").exists()}
     print(f"\n{'held-out synthetic rooms':<28} {'mIoU':>6} {'mAcc':>6} {'small':>7} {'large':>7}")
     for name, result in results.items():
         print(_row(f"stage 1, {name}", result, "stage1"))
@@ -80,9 +83,68 @@ def main(argv=None) -> int:
               f"{100 * (result.get('stage2_labelled_share') or 0):.1f}%, wall {t['total']:.0f} s, "
               f"CPU {t.get('total_cpu', float('nan')):.0f} s ({t.get('torch_threads', '?')} torch threads)")
     if len(results) == 2:
-        on, off = (results[n].get("stage1+2", {}).get("miou") for n in runs)
+        on, off = (results[n].get("stage1+2", {}).get("miou") for n in ARMS)
         if on is not None and off is not None:
             print(f"consistency on - off (stage 1+2): {100 * (on - off):+.1f} mIoU points")
+    return results
+
+
+def _summary(per_seed: dict[int, dict]) -> None:
+    """Mean and range over seeds of every cell, and of the two effects the issue asks about."""
+    def values(fn):
+        out = []
+        for results in per_seed.values():
+            try:
+                out.append(100 * fn(results))
+            except (KeyError, TypeError):
+                pass
+        return out
+
+    def line(name, vals):
+        if not vals:
+            return f"{name:<40} {'n/a':>6}"
+        mean = sum(vals) / len(vals)
+        return (f"{name:<40} {mean:6.1f}   [{min(vals):.1f}, {max(vals):.1f}]   "
+                f"({', '.join(f'{v:.1f}' for v in vals)})")
+
+    print(f"\nover {len(per_seed)} seeds {sorted(per_seed)}: mean mIoU   [min, max]   (per seed)")
+    for arm, stage in CELLS:
+        print(line(f"{stage}, {arm}", values(lambda r, a=arm, s=stage: r[a][s]["miou"])))
+    for arm in ARMS:
+        print(line(f"stage 2 gain, {arm}",
+                   values(lambda r, a=arm: r[a]["stage1+2"]["miou"] - r[a]["stage1"]["miou"])))
+    for stage in ("stage1", "stage1+2"):
+        print(line(f"consistency on - off, {stage}",
+                   values(lambda r, s=stage: r["consistency on"][s]["miou"] - r["consistency off"][s]["miou"])))
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", default="training/demo.yaml", help="curriculum recipe (default: the demo)")
+    parser.add_argument("--out", default="runs/figures", help="folder for the runs and the shared data")
+    parser.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--seeds", nargs="+", type=int, default=None, metavar="N",
+                        help="training seeds to repeat the pair over (default: the recipe's seed, one pair)")
+    parser.add_argument("--report-only", action="store_true", help="print the tables from existing results.json")
+    parser.add_argument("--parallel", action="store_true", help="run both curricula at once, 1 torch thread each")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    out = Path(args.out)
+    folders = {None: out} if args.seeds is None else {s: out / f"seed{s}" for s in args.seeds}
+    if not args.report_only:
+        for seed, folder in folders.items():
+            overrides = list(args.overrides) + ([] if seed is None else [f"seed={seed}"])
+            if not _run_pair(args.config, overrides, folder, out / "data", args.parallel):
+                return 1
+    per_seed = {}
+    for seed, folder in folders.items():
+        if seed is not None:
+            print(f"\n== training seed {seed} ({folder})")
+        results = _report(folder)
+        if seed is not None and len(results) == 2:
+            per_seed[seed] = results
+    if len(per_seed) > 1:
+        _summary(per_seed)
     return 0
 
 
