@@ -36,7 +36,10 @@ def sample_one_per_voxel(xyz: np.ndarray, voxel_size: float, rng: np.random.Gene
         raise ValueError(f"voxel_size must be > 0, got {voxel_size}")
     shift = np.zeros(3) if offset is None else np.asarray(offset, dtype=np.float64)
     grid = np.floor((xyz + shift) / voxel_size).astype(np.int64)
-    _, voxel_of_point = np.unique(grid, axis=0, return_inverse=True)
+    grid -= grid.min(axis=0)
+    # One int64 key per cell, row-major over the grid's extent: the same order as unique rows, several times faster.
+    _, sy, sz = grid.max(axis=0) + 1
+    _, voxel_of_point = np.unique((grid[:, 0] * sy + grid[:, 1]) * sz + grid[:, 2], return_inverse=True)
     voxel_of_point = voxel_of_point.reshape(-1)
     # A random key per point; the point with the smallest key in its voxel is that voxel's sample. Sorting by
     # (voxel, key) and keeping each voxel's first row does that in O(N log N) without a Python loop.
