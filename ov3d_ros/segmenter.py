@@ -14,7 +14,7 @@ Test-time passes (``passes`` > 1): the features are averaged over several networ
 per ``pass_voxel`` cell (a randomly shifted grid) of the cloud turned about gravity by a random angle - the repeated
 grid sampling that stage 2 pseudo-labels with, used at inference. The model is trained on single frames, about one
 point per voxel; a fused map holds many per voxel, and its voxel means are inputs the model never saw. On held-out
-synthetic rooms, 4 passes raised a stage-1 model from 55.0 to 62.8 mIoU. Passes are seeded (``seed``), so a cloud
+synthetic rooms, 4 passes raised a stage-1 model from 55.0 to 60.9 mIoU (bench/bench_passes.py). Passes are seeded (``seed``), so a cloud
 always gets the same labels; 4 passes cost about 5 single passes.
 """
 from __future__ import annotations
