@@ -22,6 +22,16 @@ class GridSamplingResult:
     passes: int
 
 
+def turn_about_gravity(xyz: np.ndarray, angle: float, centre_xy=None) -> np.ndarray:
+    """(N, 3) float64 copy of ``xyz`` turned by ``angle`` radians about the vertical (z) axis through ``centre_xy``
+    (default: the points' mean x, y). z is unchanged, so a height channel sees the same values."""
+    out = np.array(xyz, dtype=np.float64)
+    centre = out[:, :2].mean(axis=0) if centre_xy is None else np.asarray(centre_xy, dtype=np.float64)
+    c, s = np.cos(angle), np.sin(angle)
+    out[:, :2] = (out[:, :2] - centre) @ np.array([[c, s], [-s, c]]) + centre
+    return out
+
+
 def sample_one_per_voxel(xyz: np.ndarray, voxel_size: float, rng: np.random.Generator,
                          offset: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """One uniformly random point per occupied voxel.

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from .cloud import PointCloud
-from .grid_sampling import sample_one_per_voxel
+from .grid_sampling import sample_one_per_voxel, turn_about_gravity
 from .model.backend import resolve_device
 from .model.checkpoint import check_embed_dim, load_checkpoint
 from .model.unet import SpUNet
@@ -223,20 +223,14 @@ class Segmenter:
         """(n_voxels, D) normalised: per voxel of the one-pass grid, the mean over its points and over the passes
         of the feature each point gets in a pass (its sampling cell's sampled point's)."""
         rng = np.random.default_rng(self.seed)
-        xyz64 = xyz.double()
-        centre = xyz64[:, :2].mean(dim=0)
+        xyz_np = xyz.double().cpu().numpy()
         sums = None
         for _ in range(self.passes):
-            pts = xyz64.clone()
-            if self.rotate_passes:
-                a = float(rng.uniform(0.0, 2.0 * np.pi))
-                rot = torch.tensor([[np.cos(a), np.sin(a)], [-np.sin(a), np.cos(a)]], dtype=torch.float64,
-                                   device=xyz.device)
-                pts[:, :2] = (pts[:, :2] - centre) @ rot + centre
-            sampled, cell_of_point = sample_one_per_voxel(pts.cpu().numpy(), self.pass_voxel, rng,
-                                                          rng.random(3) * self.pass_voxel)
+            pts = turn_about_gravity(xyz_np, float(rng.uniform(0.0, 2.0 * np.pi))) if self.rotate_passes else xyz_np
+            sampled, cell_of_point = sample_one_per_voxel(pts, self.pass_voxel, rng, rng.random(3) * self.pass_voxel)
             sampled_t = torch.from_numpy(sampled).to(xyz.device)
-            sub = self.model.voxelize(pts[sampled_t].float(), rgb[sampled_t])
+            sub = self.model.voxelize(torch.from_numpy(pts[sampled].astype(np.float32)).to(xyz.device),
+                                      rgb[sampled_t])
             cell_feat = F.normalize(self.model.encode_voxels(sub), dim=1).index_select(0, sub.inverse)
             # Every point takes its cell's feature; sum them per one-pass voxel without an (N, D) array: one row
             # per distinct (voxel, cell) pair, weighted by its point count.

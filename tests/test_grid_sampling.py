@@ -2,7 +2,8 @@
 import numpy as np
 import pytest
 
-from ov3d_ros.grid_sampling import confident_labels, repeated_grid_sampling, sample_one_per_voxel
+from ov3d_ros.grid_sampling import (confident_labels, repeated_grid_sampling, sample_one_per_voxel,
+                                    turn_about_gravity)
 
 
 def test_one_point_per_voxel():
@@ -118,6 +119,15 @@ def test_class_top_fraction_keeps_the_most_confident_share_of_every_class():
     assert everything.tolist() == probs.argmax(axis=1).tolist()
     with pytest.raises(ValueError, match="class_top_fraction"):
         confident_labels(probs, 0.7, class_top_fraction=1.5)
+
+
+def test_turn_about_gravity_against_a_quarter_turn_by_hand():
+    xyz = np.array([[1.0, 0.0, 0.3], [0.0, 2.0, 1.5]])
+    turned = turn_about_gravity(xyz, np.pi / 2, centre_xy=[0.0, 0.0])
+    np.testing.assert_allclose(turned, [[0.0, 1.0, 0.3], [-2.0, 0.0, 1.5]], atol=1e-12)  # counter-clockwise
+    about_mean = turn_about_gravity(xyz, np.pi)
+    np.testing.assert_allclose(about_mean, [[0.0, 2.0, 0.3], [1.0, 0.0, 1.5]], atol=1e-12)  # swapped through (.5, 1)
+    assert xyz[0, 0] == 1.0  # the input is not modified
 
 
 def test_bad_input():

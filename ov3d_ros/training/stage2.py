@@ -19,7 +19,7 @@ import torch
 from .augment import augment_points
 from .common import TrainingContext, export_checkpoint
 from .datasets import SceneData, fuse_global_cloud
-from ..grid_sampling import confident_labels, repeated_grid_sampling
+from ..grid_sampling import confident_labels, repeated_grid_sampling, turn_about_gravity
 from .loop import LoopConfig, train_loop
 from .losses import alignment_loss_voxels, class_balance_weights, contrastive_loss_voxels, voxel_label_histogram
 
@@ -49,11 +49,7 @@ def scene_probabilities(ctx: TrainingContext, xyz: np.ndarray, rgb: np.ndarray, 
     """Class probabilities (len(idx), Q) of the model on the subset ``idx`` (one point per voxel of a pass), with
     the cloud turned by ``angle`` radians about the vertical axis through its centre."""
     model = ctx.model
-    pts = xyz[idx].astype(np.float64)
-    if angle:
-        c, s = np.cos(angle), np.sin(angle)
-        centre = pts[:, :2].mean(axis=0)
-        pts[:, :2] = (pts[:, :2] - centre) @ np.array([[c, s], [-s, c]]) + centre
+    pts = turn_about_gravity(xyz[idx], angle) if angle else xyz[idx].astype(np.float64)
     feats = model(torch.from_numpy(pts.astype(np.float32)).to(ctx.device), torch.from_numpy(rgb[idx]).to(ctx.device))
     logits = model.logit_scale_value() * (feats.float() @ text.T)
     return torch.softmax(logits, dim=1).cpu().numpy()
