@@ -133,36 +133,48 @@ def voxel_label_histogram(inverse: torch.Tensor, labels: torch.Tensor, n_voxels:
     return counts.reshape(n_voxels, n_classes).float()
 
 
-def _check_histogram(histogram: torch.Tensor, voxel_features: torch.Tensor, text: torch.Tensor) -> None:
-    if histogram.shape != (voxel_features.shape[0], text.shape[0]):
-        raise ValueError(f"histogram must be (M={voxel_features.shape[0]}, Q={text.shape[0]}), got "
+def voxel_cosines(voxel_features: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+    """(M, Q) cos(f_voxel, t) for every voxel and text, the input of the voxel-level losses below.
+
+    Only the (Q, D) text side is normalised; each row of the (M, Q) product is divided by its feature's norm. That
+    equals normalising the (M, D) features first, without the element-wise passes over M x D (and their backward)
+    that a training step on CPU spent about a fifth of its time in.
+    """
+    _check_features("voxel_features", voxel_features)
+    _check_features("text", text)
+    if voxel_features.shape[1] != text.shape[1]:
+        raise ValueError(f"feature dim {voxel_features.shape[1]} != text dim {text.shape[1]}")
+    f = voxel_features.float()
+    return (f @ F.normalize(text.float(), dim=1).T) / f.norm(dim=1, keepdim=True).clamp(min=1e-12)
+
+
+def _check_histogram(histogram: torch.Tensor, cosines: torch.Tensor) -> None:
+    _check_features("cosines", cosines)
+    if histogram.shape != cosines.shape:
+        raise ValueError(f"histogram must be (M, Q) = {tuple(cosines.shape)} like the cosines, got "
                          f"{tuple(histogram.shape)}")
 
 
-def alignment_loss_voxels(voxel_features: torch.Tensor, text: torch.Tensor, histogram: torch.Tensor
-                          ) -> torch.Tensor:
-    """``alignment_loss`` of the points, from voxel features and the voxels' label histograms (same value)."""
-    _check_features("voxel_features", voxel_features)
-    _check_features("text", text)
-    _check_histogram(histogram, voxel_features, text)
+def alignment_loss_voxels(cosines: torch.Tensor, histogram: torch.Tensor) -> torch.Tensor:
+    """``alignment_loss`` of the points (same value), from ``voxel_cosines`` and the voxels' label histograms."""
+    _check_histogram(histogram, cosines)
     n = histogram.sum()
     if float(n) == 0:
-        return voxel_features.sum() * 0.0
-    f = F.normalize(voxel_features.float(), dim=1)
-    target = histogram @ F.normalize(text.float(), dim=1)  # (M, D): sum of the texts of the voxel's points
-    return 1.0 - (f * target).sum() / n
+        return cosines.sum() * 0.0
+    return 1.0 - (histogram * cosines).sum() / n
 
 
-def contrastive_loss_voxels(voxel_features: torch.Tensor, text: torch.Tensor, histogram: torch.Tensor,
-                            temperature) -> torch.Tensor:
-    """``contrastive_loss`` of the points, from voxel features and label histograms (same value)."""
-    _check_features("voxel_features", voxel_features)
+def contrastive_loss_voxels(cosines: torch.Tensor, histogram: torch.Tensor, temperature) -> torch.Tensor:
+    """``contrastive_loss`` of the points (same value), from ``voxel_cosines`` and the voxels' label histograms.
+
+    Columns of both are the candidate texts of the softmax: pass ``cosines[:, ids]`` for a sub-vocabulary.
+    """
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
-    _check_histogram(histogram, voxel_features, text)
+    _check_histogram(histogram, cosines)
     n = histogram.sum()
     if float(n) == 0:
-        return voxel_features.sum() * 0.0
-    logits = F.normalize(voxel_features.float(), dim=1) @ F.normalize(text.float(), dim=1).T / temperature
+        return cosines.sum() * 0.0
+    logits = cosines / temperature
     nll = torch.logsumexp(logits, dim=1, keepdim=True) - logits  # (M, Q): -log p(class | voxel)
     return (histogram * nll).sum() / n

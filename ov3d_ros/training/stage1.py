@@ -20,7 +20,7 @@ from .common import TrainingContext, export_checkpoint
 from .datasets import FramePair, SceneData
 from .loop import LoopConfig, train_loop
 from .losses import (alignment_loss_voxels, class_balance_weights, consistency_loss, contrastive_loss_voxels,
-                     voxel_label_histogram)
+                     voxel_cosines, voxel_label_histogram)
 
 log = logging.getLogger("ov3d.train")
 
@@ -93,7 +93,8 @@ def stage1_loss_fn(ctx: TrainingContext, scenes: list[SceneData], text: torch.Te
         vfeat = model.encode_voxels(vox)
         label_t = torch.from_numpy(np.concatenate(labels).astype(np.int64)).to(device)
         hist = voxel_label_histogram(vox.inverse, label_t, len(vox), text.shape[0])
-        l_align = alignment_loss_voxels(vfeat, text, hist)
+        cos = voxel_cosines(vfeat, text)  # (voxels, vocabulary)
+        l_align = alignment_loss_voxels(cos, hist)
         loss = l_align
         out = {"align": l_align.detach()}
         if beta > 0:
@@ -109,7 +110,7 @@ def stage1_loss_fn(ctx: TrainingContext, scenes: list[SceneData], text: torch.Te
                 rows = voxel_batch == b
                 ids = torch.as_tensor(vocab, device=device)
                 h = hist[rows][:, ids] * class_weight[ids]
-                terms.append(contrastive_loss_voxels(vfeat[rows], text[ids], h,
+                terms.append(contrastive_loss_voxels(cos[rows][:, ids], h,
                                                      temperature=1.0 / model.logit_scale_value()) * h.sum())
                 weights.append(h.sum())
             l_con = torch.stack(terms).sum() / torch.stack(weights).sum().clamp(min=1.0) if terms else vfeat.sum() * 0.0

@@ -21,7 +21,8 @@ from .common import TrainingContext, export_checkpoint
 from .datasets import SceneData, fuse_global_cloud
 from ..grid_sampling import confident_labels, repeated_grid_sampling, turn_about_gravity
 from .loop import LoopConfig, train_loop
-from .losses import alignment_loss_voxels, class_balance_weights, contrastive_loss_voxels, voxel_label_histogram
+from .losses import (alignment_loss_voxels, class_balance_weights, contrastive_loss_voxels, voxel_cosines,
+                     voxel_label_histogram)
 
 log = logging.getLogger("ov3d.train")
 
@@ -144,14 +145,15 @@ def stage2_loss_fn(ctx: TrainingContext, scenes: list[GlobalScene], text: torch.
         vfeat = model.encode_voxels(vox)
         label = torch.from_numpy(g.label[idx].astype(np.int64)).to(device)
         hist = voxel_label_histogram(vox.inverse, label, len(vox), text.shape[0])
-        l_align = alignment_loss_voxels(vfeat, text, hist)
+        cos = voxel_cosines(vfeat, text)  # (voxels, vocabulary)
+        l_align = alignment_loss_voxels(cos, hist)
         out = {"align": l_align.detach()}
         loss = l_align
         if beta > 0:
             ids = torch.as_tensor(g.vocab_ids, device=device)
             # The loss divides by the histogram's total, so weighting its columns gives a class-weighted mean.
             h = hist[:, ids] * class_weight[ids]
-            l_con = contrastive_loss_voxels(vfeat, text[ids], h, temperature=1.0 / model.logit_scale_value())
+            l_con = contrastive_loss_voxels(cos[:, ids], h, temperature=1.0 / model.logit_scale_value())
             loss = loss + beta * l_con
             out["contrast"] = l_con.detach()
         out["loss"] = loss

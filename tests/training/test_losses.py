@@ -3,6 +3,7 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from ov3d_ros.training.losses import alignment_loss, class_probabilities, consistency_loss, contrastive_loss
 
@@ -99,7 +100,8 @@ def test_class_probabilities_softmax_of_scaled_cosines():
 
 def test_voxel_forms_equal_point_forms():
     # 5 points in 3 voxels; every point of a voxel carries the voxel's feature (as the model's inverse map does).
-    from ov3d_ros.training.losses import alignment_loss_voxels, contrastive_loss_voxels, voxel_label_histogram
+    from ov3d_ros.training.losses import (alignment_loss_voxels, contrastive_loss_voxels, voxel_cosines,
+                                         voxel_label_histogram)
 
     gen = torch.Generator().manual_seed(0)
     vfeat = torch.randn(3, 3, generator=gen)
@@ -108,18 +110,25 @@ def test_voxel_forms_equal_point_forms():
     hist = voxel_label_histogram(inverse, labels, 3, 3)
     assert hist.tolist() == [[1, 1, 0], [0, 0, 0], [1, 0, 2]]
     point_feats = vfeat[inverse]
-    assert alignment_loss_voxels(vfeat, TEXT, hist).item() == pytest.approx(
+    cos = voxel_cosines(vfeat, TEXT)
+    assert torch.allclose(cos, F.normalize(vfeat, dim=1) @ F.normalize(TEXT, dim=1).T, atol=1e-6)
+    assert alignment_loss_voxels(cos, hist).item() == pytest.approx(
         alignment_loss(point_feats, TEXT, labels).item(), abs=1e-6)
-    assert contrastive_loss_voxels(vfeat, TEXT, hist, 0.1).item() == pytest.approx(
+    assert contrastive_loss_voxels(cos, hist, 0.1).item() == pytest.approx(
         contrastive_loss(point_feats, TEXT, labels, 0.1).item(), rel=1e-5)
+    # a sub-vocabulary: the softmax over texts 0 and 2 only, as stage 1 does per frame
+    sub = torch.tensor([0, 2])
+    keep = labels != 1
+    assert contrastive_loss_voxels(cos[:, sub], hist[:, sub], 0.1).item() == pytest.approx(
+        contrastive_loss(point_feats[keep], TEXT[sub], torch.tensor([0, -1, 1, 1, 0]), 0.1).item(), rel=1e-5)
     # gradients agree too (the voxel form is the same function, not an approximation)
     a = vfeat.clone().requires_grad_(True)
-    alignment_loss_voxels(a, TEXT, hist).backward()
+    alignment_loss_voxels(voxel_cosines(a, TEXT), hist).backward()
     b = vfeat.clone().requires_grad_(True)
     alignment_loss(b[inverse], TEXT, labels).backward()
     assert torch.allclose(a.grad, b.grad, atol=1e-6)
     empty = voxel_label_histogram(inverse, torch.full((6,), -1), 3, 3)
-    assert alignment_loss_voxels(vfeat, TEXT, empty).item() == 0.0
+    assert alignment_loss_voxels(cos, empty).item() == 0.0
 
 
 def test_class_balance_weights_hand_values():
