@@ -32,7 +32,8 @@ from .voxelize import Voxelized, in_channels, voxelize
 PRESETS: dict[str, dict] = {
     "small": {
         "height_feature": True,  # voxelize(height=True): z is height above the floor in a z-up frame
-        "in_channels": in_channels(True),
+        "offset_feature": False,  # voxelize(offsets=False): features that do not depend on the point density
+        "in_channels": in_channels(True, False),
         "embed_dim": 384,
         "voxel_size": 0.04,
         "stem_channels": 16,
@@ -46,7 +47,8 @@ PRESETS: dict[str, dict] = {
     },
     "full": {
         "height_feature": True,
-        "in_channels": in_channels(True),
+        "offset_feature": False,
+        "in_channels": in_channels(True, False),
         "embed_dim": 512,
         "voxel_size": 0.02,
         "stem_channels": 32,
@@ -87,16 +89,22 @@ def resolve_config(cfg: dict | str | None) -> dict:
 
     for name in ("in_channels", "embed_dim", "stem_channels", "stem_kernel"):
         positive_int(name, out[name])
-    if not isinstance(out["height_feature"], bool):
-        raise ValueError(f"model config height_feature must be true or false, got {out['height_feature']!r}")
+    if "in_channels" in cfg and "offset_feature" not in cfg:
+        # Configs from before offset_feature existed (older checkpoints) all had the point offsets.
+        out["offset_feature"] = True
+    for name in ("height_feature", "offset_feature"):
+        if not isinstance(out[name], bool):
+            raise ValueError(f"model config {name} must be true or false, got {out[name]!r}")
     if "in_channels" not in cfg:
-        out["in_channels"] = in_channels(out["height_feature"])
+        out["in_channels"] = in_channels(out["height_feature"], out["offset_feature"])
     elif "height_feature" not in cfg:
         # A config that fixes in_channels alone (checkpoints from before the height channel) says which it is.
-        out["height_feature"] = out["in_channels"] == in_channels(True)
-    if out["in_channels"] != in_channels(out["height_feature"]):
+        out["height_feature"] = out["in_channels"] == in_channels(True, out["offset_feature"])
+    expected = in_channels(out["height_feature"], out["offset_feature"])
+    if out["in_channels"] != expected:
         raise ValueError(f"model config in_channels={out['in_channels']} does not match the voxel features "
-                         f"({in_channels(out['height_feature'])} with height_feature={out['height_feature']})")
+                         f"({expected} with height_feature={out['height_feature']}, "
+                         f"offset_feature={out['offset_feature']})")
     if out["stem_kernel"] % 2 == 0:
         raise ValueError(f"model config stem_kernel must be odd (a centred submanifold conv), got {out['stem_kernel']}")
     lists = ("encoder_channels", "encoder_layers", "decoder_channels", "decoder_layers")
@@ -223,7 +231,7 @@ class SpUNet(nn.Module):
     def voxelize(self, xyz, rgb, batch=None) -> Voxelized:
         """Voxelise points on the model's device at its voxel size, grid aligned for its downsampling."""
         return voxelize(xyz, rgb, self.voxel_size, batch=batch, align=2 ** self.levels, device=self.device,
-                        height=self.cfg["height_feature"])
+                        height=self.cfg["height_feature"], offsets=self.cfg["offset_feature"])
 
     def encode_voxels(self, vox: Voxelized) -> torch.Tensor:
         """(M, embed_dim) raw (un-normalised) head output, one row per voxel of ``vox``."""

@@ -11,19 +11,24 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-# Per-voxel input channels: mean colour in [-1, 1] (3) and the mean point's offset from the voxel centre,
-# scaled to [-1, 1] (3). Both are invariant to translating the cloud by whole voxels, unlike xyz relative to a
-# cloud centre, which would change with every chunk or crop. ``height=True`` adds one more: the mean point's z in
-# metres minus HEIGHT_OFFSET. In a z-up world frame whose floor is near z = 0 (a ground robot's REP 105 map/odom,
-# an axis-aligned ScanNet scan) that is height above the floor, the strongest single cue indoors (table tops,
-# seats, pictures, lamps); it is the same for every chunk or crop of a map, as the chunked segmenter needs.
-IN_CHANNELS = 6
+# Per-voxel input channels: mean colour in [-1, 1] (3), then, with ``offsets=True``, the mean point's offset from
+# the voxel centre scaled to [-1, 1] (3). Both are invariant to translating the cloud by whole voxels, unlike xyz
+# relative to a cloud centre, which would change with every chunk or crop. The offset depends on how many points a
+# voxel holds: one point of a single frame anywhere in the voxel, or the centroid of a dense fused map's surface
+# patch. A model trained on frames (stage 1) and run on maps meets a shifted input: the offsets are off by default.
+# ``height=True`` adds one more: the mean point's z in metres minus HEIGHT_OFFSET. In a z-up world frame whose
+# floor is near z = 0 (a ground robot's REP 105 map/odom, an axis-aligned ScanNet scan) that is height above the
+# floor, the strongest single cue indoors (table tops, seats, pictures, lamps); it is the same for every chunk or
+# crop of a map, as the chunked segmenter needs.
+COLOUR_CHANNELS = 3
+OFFSET_CHANNELS = 3
+IN_CHANNELS = COLOUR_CHANNELS + OFFSET_CHANNELS  # colour + offsets, no height (the original layout)
 HEIGHT_OFFSET = 1.0  # metres; centres the feature on the rooms' usable heights (0 to ~2.5 m)
 
 
-def in_channels(height: bool) -> int:
-    """Input channels of voxelize's features with or without the height channel."""
-    return IN_CHANNELS + int(bool(height))
+def in_channels(height: bool, offsets: bool = True) -> int:
+    """Input channels of voxelize's features with or without the height channel and the point offsets."""
+    return COLOUR_CHANNELS + OFFSET_CHANNELS * int(bool(offsets)) + int(bool(height))
 
 
 @dataclass
@@ -31,7 +36,7 @@ class Voxelized:
     """A voxelised batch of point clouds.
 
     coords: (M, 4) int32 [batch, i, j, k], i/j/k >= 0 (shifted grid indices, spconv's layout).
-    feats: (M, in_channels(height)) float32 voxel features.
+    feats: (M, in_channels(height, offsets)) float32 voxel features.
     inverse: (N,) int64, the voxel row of every input point (features_per_point = voxel_features[inverse]).
     origin: (3,) int64 grid index subtracted from floor(xyz / voxel_size) (a multiple of ``align``).
     spatial_shape: [X, Y, Z] grid extent (for spconv.SparseConvTensor).
@@ -86,14 +91,14 @@ def as_points(xyz, rgb, device=None) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def voxelize(xyz, rgb, voxel_size: float, *, batch=None, align: int = 1, device=None,
-             height: bool = False) -> Voxelized:
+             height: bool = False, offsets: bool = True) -> Voxelized:
     """Average points into voxels of edge ``voxel_size`` metres.
 
     xyz: (N, 3) float; rgb: (N, 3) uint8 or float in [0, 1]; batch: optional (N,) int cloud index per point
     (clouds of one batch never share a voxel). ``align``: the grid origin is rounded down to a multiple of it, so
     a U-Net's strided downsampling (stride 2 per level) groups the same voxels whichever crop is voxelised; the
-    model passes 2 ** levels. ``height``: append the height channel (see HEIGHT_OFFSET). Runs on the tensors'
-    device (or ``device``).
+    model passes 2 ** levels. ``height``: append the height channel (see HEIGHT_OFFSET); ``offsets``: include the
+    mean point's offset from the voxel centre. Runs on the tensors' device (or ``device``).
     """
     if not (isinstance(voxel_size, (int, float)) and np.isfinite(voxel_size) and voxel_size > 0):
         raise ValueError(f"voxel_size must be a positive number of metres, got {voxel_size!r}")
@@ -143,10 +148,10 @@ def voxelize(xyz, rgb, voxel_size: float, *, batch=None, align: int = 1, device=
     j = rest % sy
     rest = rest // sy
     coords = torch.stack([rest // sx, rest % sx, j, k], dim=1)
-    voxel_centre = (coords[:, 1:] + origin).double() + 0.5
-    offset = ((means[:, :3] - voxel_centre) * 2.0).float()
-    colour = (means[:, 3:] * 2.0 - 1.0).float()
-    parts = [colour, offset]
+    parts = [(means[:, 3:] * 2.0 - 1.0).float()]  # colour
+    if offsets:
+        voxel_centre = (coords[:, 1:] + origin).double() + 0.5
+        parts.append(((means[:, :3] - voxel_centre) * 2.0).float())
     if height:
         parts.append((means[:, 2:3] * float(voxel_size) - HEIGHT_OFFSET).float())
     feats = torch.cat(parts, dim=1).contiguous()

@@ -85,15 +85,18 @@ def test_presets_resolve_and_small_is_a_few_megabytes():
     assert resolve_config(small.cfg) == small.cfg
 
 
-def test_height_feature_sets_the_input_channels():
-    assert resolve_config("small")["height_feature"] is True and resolve_config("small")["in_channels"] == 7
-    assert resolve_config({"height_feature": False})["in_channels"] == 6
-    # A stored config from before the height channel (in_channels only) is read as one without it.
-    old = resolve_config({"in_channels": 6})
-    assert old["height_feature"] is False
-    model = build_model(old).eval()
-    with torch.no_grad():
-        assert model(np.zeros((5, 3), np.float32), np.zeros((5, 3), np.uint8)).shape == (5, model.embed_dim)
+def test_height_and_offset_features_set_the_input_channels():
+    small = resolve_config("small")
+    assert small["height_feature"] is True and small["offset_feature"] is False and small["in_channels"] == 4
+    assert resolve_config({"height_feature": False})["in_channels"] == 3
+    assert resolve_config({"offset_feature": True})["in_channels"] == 7
+    # Stored configs from before these keys (in_channels only) had the offsets: 7 with height, 6 without.
+    for channels, height in ((7, True), (6, False)):
+        old = resolve_config({"in_channels": channels})
+        assert old["height_feature"] is height and old["offset_feature"] is True
+        model = build_model(old).eval()
+        with torch.no_grad():
+            assert model(np.zeros((5, 3), np.float32), np.zeros((5, 3), np.uint8)).shape == (5, model.embed_dim)
 
 
 @pytest.mark.parametrize("cfg, match", [
@@ -104,7 +107,9 @@ def test_height_feature_sets_the_input_channels():
     ({"stem_kernel": 4}, "stem_kernel must be odd"),
     ({"voxel_size": -0.1}, "voxel_size must be a positive"),
     ({"in_channels": 6, "height_feature": True}, "does not match the voxel features"),
+    ({"in_channels": 7, "offset_feature": False}, "does not match the voxel features"),
     ({"height_feature": 1}, "height_feature must be true or false"),
+    ({"offset_feature": "no"}, "offset_feature must be true or false"),
 ])
 def test_bad_configs_raise(cfg, match):
     with pytest.raises(ValueError, match=match):

@@ -108,3 +108,22 @@ def test_height_channel_is_the_mean_z_above_the_offset():
     # The other channels are those of the plain voxelisation.
     plain = voxelize(xyz, rgb, 0.1)
     torch.testing.assert_close(vox.feats[:, :IN_CHANNELS], plain.feats)
+
+
+def test_without_offsets_a_voxel_reads_the_same_at_any_point_density():
+    from ov3d_ros.model import in_channels
+
+    # One point of a wall voxel (a single frame) and the same voxel densely sampled (a fused map), same colour.
+    one = np.array([[0.02, 0.07, 0.31]], np.float32)
+    g = np.linspace(0.005, 0.095, 7, dtype=np.float32)
+    dense = np.stack(np.meshgrid([0.02], g, g + 0.3, indexing="ij"), -1).reshape(-1, 3)
+    rgb = lambda n: np.full((n, 3), 180, np.uint8)  # noqa: E731
+    a = voxelize(one, rgb(1), 0.1, height=True, offsets=False)
+    b = voxelize(dense, rgb(len(dense)), 0.1, height=True, offsets=False)
+    assert a.feats.shape == (1, in_channels(True, False)) == (1, 4)
+    torch.testing.assert_close(a.feats[:, :3], b.feats[:, :3])  # colour
+    assert abs(float(a.feats[0, 3] - b.feats[0, 3])) < 0.1  # height differs by the points' spread in z only
+    # With offsets the two differ by most of the channels' range: the shift the default avoids.
+    a6 = voxelize(one, rgb(1), 0.1)
+    b6 = voxelize(dense, rgb(len(dense)), 0.1)
+    assert float((a6.feats[0, 3:] - b6.feats[0, 3:]).abs().max()) > 0.3
