@@ -12,9 +12,11 @@ model's receptive field (``SpUNet.receptive_field()``) chunked and one-pass feat
 
 Test-time passes (``passes`` > 1): the features are averaged over several network passes, each on one random point
 per ``pass_voxel`` cell (a randomly shifted grid) of the cloud turned about gravity by a random angle - the repeated
-grid sampling that stage 2 pseudo-labels with, used at inference. The model is trained on single frames, about one
-point per voxel; a fused map holds many per voxel, and its voxel means are inputs the model never saw. On held-out
-synthetic rooms, 4 passes raised a stage-1 model from 55.0 to 60.9 mIoU (bench/bench_passes.py). Passes are seeded (``seed``), so a cloud
+grid sampling that stage 2 pseudo-labels with, used at inference. They pay for checkpoints whose voxel features
+include the point offsets (``offset_feature``, older checkpoints): trained on single frames, about one point per
+voxel, those met voxel means of many points on fused maps; 4 passes raised such a stage-1 model from 55.0 to 60.9
+mIoU on held-out synthetic rooms. The current presets' features do not depend on the point density, and the demo
+checkpoint scores 60.1 with one pass and 59.6 with 4 (bench/bench_passes.py). Passes are seeded (``seed``), so a cloud
 always gets the same labels; 4 passes cost about 5 single passes.
 """
 from __future__ import annotations
