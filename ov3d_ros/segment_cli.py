@@ -46,7 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="most points per network pass; lower it if memory runs out")
     p.add_argument("--passes", type=int, default=1,
                    help="test-time passes averaged per voxel, each on one random point per voxel of the cloud "
-                        "turned about gravity (helps dense maps; costs one network run per pass)")
+                        "turned about gravity (costs one network run per pass; pays only for checkpoints with "
+                        "point offsets, offset_feature)")
     p.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
     return p
 

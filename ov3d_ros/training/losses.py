@@ -1,7 +1,8 @@
 """Curriculum losses (PGOV3D): cosine alignment to entity texts, inter-frame consistency, optional contrastive term.
 
-All functions take L2-normalised features (N, D) and text embeddings (Q, D); they re-normalise defensively so that a
-caller passing raw features still gets cosines, not dot products.
+The point forms take features (N, D) and text embeddings (Q, D) and normalise both, so raw features still give
+cosines, not dot products. The voxel forms that training runs take ``voxel_cosines`` (voxels x texts) and the
+voxels' label histograms instead, and give the same values.
 """
 from __future__ import annotations
 
