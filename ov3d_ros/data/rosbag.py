@@ -3,7 +3,8 @@
 Topics (all configurable):
 - colour: sensor_msgs/Image (rgb8, bgr8, rgba8, bgra8, mono8) or sensor_msgs/CompressedImage (jpeg/png);
 - depth: sensor_msgs/Image 16UC1 / mono16 (``depth_scale`` units per metre, default mm) or 32FC1 (metres), or a
-  CompressedImage in ``compressedDepth`` png form; the depth must be registered to the camera of ``info_topic``;
+  CompressedImage from compressed_depth_image_transport (png or rvl; 16UC1, or 32FC1 as quantised inverse depth); the
+  depth must be registered to the camera of ``info_topic``;
 - camera info: sensor_msgs/CameraInfo of the depth image (K of the first message is used);
 - pose, one of:
   * ``pose_topic``: nav_msgs/Odometry or geometry_msgs/PoseStamped (or PoseWithCovarianceStamped) giving the pose
@@ -268,23 +269,89 @@ def _decode_color(msg, msgtype: str) -> np.ndarray:
     return np.ascontiguousarray(img[..., :3])
 
 
-def _decode_depth(msg, msgtype: str) -> np.ndarray:
-    if msgtype == _COMPRESSED:
-        fmt = msg.format.lower()
-        if "compresseddepth" not in fmt:
-            raise ValueError(f"depth image: CompressedImage format '{msg.format}' is not compressedDepth")
+def decode_rvl(data: bytes, n_pixels: int) -> np.ndarray:
+    """Decode an RVL stream (Wilson 2017, as compressed_depth_image_transport writes it) into ``n_pixels`` uint16.
+
+    The stream is little-endian 32-bit words read four bits at a time from the top. Every number is a variable-length
+    code: 3 payload bits per nibble, least significant group first, the nibble's high bit set while more follow.
+    The numbers come as runs: a count of zeros, a count of non-zeros, then each non-zero as the zig-zag coded
+    difference from the previous non-zero value.
+    """
+    words = np.frombuffer(data[: len(data) // 4 * 4], dtype="<u4")
+    nibbles = ((words[:, None] >> np.arange(28, -1, -4, dtype=np.uint32)) & 0xF).reshape(-1).astype(np.int64)
+    last = (nibbles & 0x8) == 0  # the final nibble of a number
+    ends = np.flatnonzero(last)
+    if len(ends) == 0:
+        raise ValueError("RVL depth: the stream holds no complete number")
+    nibbles = nibbles[: ends[-1] + 1]
+    number = np.concatenate([[0], np.cumsum(last[: len(nibbles) - 1])])  # which number each nibble belongs to
+    starts = np.concatenate([[0], ends[:-1] + 1])
+    shift = 3 * (np.arange(len(nibbles)) - starts[number])
+    if shift.max(initial=0) > 30:
+        raise ValueError("RVL depth: a number runs over 32 bits (corrupt stream)")
+    values = np.bincount(number, weights=(nibbles & 0x7) << shift, minlength=len(ends)).astype(np.int64)
+
+    run_lengths, deltas = [], []
+    i = decoded = 0
+    while decoded < n_pixels:
+        zeros, nonzeros = (int(v) for v in values[i:i + 2]) if i + 2 <= len(values) else (0, len(values))
+        if i + 2 + nonzeros > len(values):
+            raise ValueError(f"RVL depth: the stream ends after {decoded} of {n_pixels} pixels")
+        if decoded + zeros + nonzeros > n_pixels:
+            raise ValueError(f"RVL depth: a run overflows the {n_pixels}-pixel image (corrupt stream)")
+        run_lengths += [zeros, nonzeros]
+        deltas.append(values[i + 2: i + 2 + nonzeros])
+        i += 2 + nonzeros
+        decoded += zeros + nonzeros
+    zigzag = np.concatenate(deltas) if deltas else np.zeros(0, np.int64)
+    delta = (zigzag >> 1) ^ -(zigzag & 1)
+    out = np.zeros(n_pixels, dtype=np.uint16)
+    nonzero = np.repeat(np.tile([False, True], len(run_lengths) // 2), run_lengths)
+    out[nonzero] = (np.cumsum(delta) & 0xFFFF).astype(np.uint16)  # uint16 arithmetic, as the encoder wraps
+    return out
+
+
+def _decode_compressed_depth(msg) -> np.ndarray:
+    """compressed_depth_image_transport messages: '<encoding>; compressedDepth [png|rvl]' (png when unnamed).
+
+    The data is a 12-byte header (int32 format, float32 quantisation A and B) and the image. 16-bit encodings hold
+    the raw depth; 32FC1 holds quantised inverse depth q, decoded as A / (q - B) metres (q = 0: no depth, NaN).
+    """
+    encoding, _, transport = msg.format.partition(";")
+    transport = transport.strip().lower()
+    if "compresseddepth" not in transport:
+        raise ValueError(f"depth image: CompressedImage format '{msg.format}' is not compressedDepth")
+    codec = transport.replace("compresseddepth", "", 1).strip() or "png"
+    if codec not in ("png", "rvl"):
+        raise ValueError(f"depth image: compressedDepth codec '{codec}' is not read (png and rvl are)")
+    data = np.asarray(msg.data, dtype=np.uint8).tobytes()
+    if len(data) <= 12:
+        raise ValueError(f"depth image: compressedDepth message of {len(data)} bytes holds no image")
+    quant_a, quant_b = np.frombuffer(data[4:12], dtype="<f4").astype(np.float64)
+    payload = data[12:]
+    if codec == "png":
         from PIL import Image
 
-        data = np.asarray(msg.data, dtype=np.uint8).tobytes()
-        # compressed_depth_image_transport prepends a 12-byte header (format + quantisation) to the PNG.
-        start = data.find(b"\x89PNG")
-        if start < 0:
-            raise ValueError("depth image: compressedDepth data holds no PNG (only png compressedDepth is read)")
-        with Image.open(io.BytesIO(data[start:])) as img:
-            depth = np.asarray(img)
-        if depth.dtype != np.uint16:
-            depth = depth.astype(np.uint16)
-        return depth
+        with Image.open(io.BytesIO(payload)) as img:
+            raw = np.asarray(img).astype(np.uint16)
+    else:
+        if len(payload) < 8:
+            raise ValueError("depth image: RVL compressedDepth payload too short for its size field")
+        cols, rows = (int(v) for v in np.frombuffer(payload[:8], dtype="<u4"))
+        if cols == 0 or rows == 0 or rows * cols > 5 * len(payload):  # RVL packs at most ~4 pixels per byte
+            raise ValueError(f"depth image: RVL compressedDepth reports an implausible size {cols}x{rows}")
+        raw = decode_rvl(payload[8:], rows * cols).reshape(rows, cols)
+    if encoding.strip().lower() != "32fc1":
+        return np.ascontiguousarray(raw)
+    depth = np.full(raw.shape, np.nan, dtype=np.float32)
+    valid = raw > 0
+    depth[valid] = quant_a / (raw[valid].astype(np.float64) - quant_b)
+    return depth
+
+
+def _decode_depth(msg, msgtype: str) -> np.ndarray:
+    if msgtype == _COMPRESSED:
+        return _decode_compressed_depth(msg)
     img = _image_array(msg, "depth image")[..., 0]
     if img.dtype == np.uint16:
         return np.ascontiguousarray(img)

@@ -15,6 +15,7 @@ from rosbags.typesys import Stores, get_typestore  # noqa: E402
 from ov3d_ros.data.rosbag import (  # noqa: E402
     RosbagScene,
     _PoseTrack,
+    decode_rvl,
     matrix_to_quaternion,
     pose_to_matrix,
     quaternion_to_matrix,
@@ -90,6 +91,62 @@ class _BagWriter:
         self.writer.write(self.conns[topic], int(round(t * 1e9)), TS.serialize_cdr(msg, msg.__msgtype__))
 
 
+def _rvl_encode(values) -> bytes:
+    """RVL as compressed_depth_image_transport writes it, written out plainly (the reference for decode_rvl)."""
+    values = [int(v) for v in np.asarray(values).ravel()]
+    nibbles = []
+
+    def number(v):
+        while True:
+            nibble, v = v & 0x7, v >> 3
+            nibbles.append(nibble | (0x8 if v else 0))
+            if not v:
+                return
+
+    i, previous = 0, 0
+    while i < len(values):
+        start = i
+        while i < len(values) and values[i] == 0:
+            i += 1
+        number(i - start)
+        start = i
+        while i < len(values) and values[i] != 0:
+            i += 1
+        number(i - start)
+        for v in values[start:i]:
+            delta = v - previous
+            number(2 * delta if delta >= 0 else -2 * delta - 1)  # zig-zag
+            previous = v
+    nibbles += [0] * (-len(nibbles) % 8)
+    words = [sum(n << (28 - 4 * k) for k, n in enumerate(nibbles[j:j + 8])) for j in range(0, len(nibbles), 8)]
+    return np.asarray(words, dtype="<u4").tobytes()
+
+
+QUANT_Z0, QUANT_MAX = 100.0, 10.0  # compressed_depth_image_transport's depth_quantization and depth_max defaults
+
+
+def _compressed_depth(t, depth_m, encoding, codec):
+    """A compressedDepth CompressedImage: 12-byte header (format, quantisation A, B) + png or rvl image."""
+    quant_a = np.float32(QUANT_Z0 * (QUANT_Z0 + 1.0))
+    quant_b = np.float32(1.0 - quant_a / QUANT_MAX)
+    if encoding == "32FC1":
+        raw = np.zeros(depth_m.shape, np.uint16)
+        ok = (depth_m > 0) & (depth_m < QUANT_MAX)
+        raw[ok] = (quant_a / depth_m[ok].astype(np.float32) + quant_b).astype(np.uint16)  # C's truncation
+    else:
+        raw = np.rint(depth_m * 1000).astype(np.uint16)
+    if codec == "png":
+        buf = io.BytesIO()
+        Image.fromarray(raw).save(buf, format="PNG")
+        body = buf.getvalue()
+    else:
+        body = np.asarray(raw.shape[::-1], "<u4").tobytes() + _rvl_encode(raw)
+    header = np.asarray([0], "<i4").tobytes() + np.asarray([quant_a, quant_b], "<f4").tobytes()
+    return T["sensor_msgs/msg/CompressedImage"](header=_header(t, CAMERA_FRAME),
+                                                format=f"{encoding}; compressedDepth {codec}",
+                                                data=np.frombuffer(header + body, np.uint8))
+
+
 def _stamps(n):
     return [STAMP0 + i * PERIOD for i in range(n)]
 
@@ -156,6 +213,10 @@ def odom_bag(tmp_path_factory, frames):
                 data=np.frombuffer(buf.getvalue(), np.uint8)))
             depth_mm = np.rint(f.depth * 1000).astype(np.uint16)
             bag.write("/cam/depth", t - 0.01, _image(t - 0.01, depth_mm, "16UC1"))
+            for encoding in ("16UC1", "32FC1"):
+                for codec in ("png", "rvl"):
+                    bag.write(f"/cam/depth/{encoding}_{codec}", t - 0.01,
+                              _compressed_depth(t - 0.01, f.depth, encoding, codec))
             bag.write("/cam/info", t, _camera_info(t, f.camera))
     return path
 
@@ -197,6 +258,37 @@ def test_odometry_bag_round_trip(odom_bag, frames):
         np.testing.assert_array_equal(f.depth, np.rint(frames[i].depth * 1000).astype(np.uint16))
         assert np.abs(f.color.astype(int) - frames[i].color.astype(int)).mean() < 4.0
     scene.close()
+
+
+def test_rvl_decodes_a_hand_built_stream():
+    # [0, 0, 5, 7, 0]: numbers 2 zeros, 2 non-zeros, zig-zag(+5) = 10, zig-zag(+2) = 4, 1 zero, 0 non-zeros;
+    # nibbles 2 2 A 1 4 1 0 (10 = 0b1010: low group 2 with "more", then 1), padded: one word 0x22A14100.
+    np.testing.assert_array_equal(decode_rvl(bytes([0x00, 0x41, 0xA1, 0x22]), 5), [0, 0, 5, 7, 0])
+    rng = np.random.default_rng(3)
+    values = rng.integers(0, 65536, 500).astype(np.uint16)
+    values[rng.uniform(size=500) < 0.3] = 0  # runs of holes, and deltas of both signs over the whole range
+    np.testing.assert_array_equal(decode_rvl(_rvl_encode(values), 500), values)
+    with pytest.raises(ValueError, match="ends after"):
+        decode_rvl(_rvl_encode(values)[:40], 500)
+
+
+@pytest.mark.parametrize("codec", ["png", "rvl"])
+def test_compressed_depth_topics(odom_bag, frames, codec):
+    for encoding in ("16UC1", "32FC1"):
+        scene = RosbagScene(odom_bag, color_topic="/cam/rgb/compressed", depth_topic=f"/cam/depth/{encoding}_{codec}",
+                            info_topic="/cam/info", pose_topic="/odom")
+        assert len(scene) == len(frames)
+        with scene:
+            for i in (0, len(frames) - 1):
+                depth, truth = scene.frame(i).depth, frames[i].depth
+                valid = truth > 0
+                if encoding == "16UC1":
+                    np.testing.assert_array_equal(depth, np.rint(truth * 1000).astype(np.uint16))
+                    continue
+                # Quantised inverse depth: a step of d^2 / (z0 (z0 + 1)) metres, ~0.4 mm at 2 m.
+                assert depth.dtype == np.float32 and np.isnan(depth[~valid]).all()
+                step = truth[valid] ** 2 / (QUANT_Z0 * (QUANT_Z0 + 1))
+                assert np.all(np.abs(depth[valid] - truth[valid]) <= 1.01 * step + 1e-6)
 
 
 def test_pairing_respects_the_slop(odom_bag):
