@@ -287,16 +287,16 @@ def decode_rvl(data: bytes, n_pixels: int) -> np.ndarray:
     number = np.concatenate([[0], np.cumsum(last[: len(nibbles) - 1])])  # which number each nibble belongs to
     starts = np.concatenate([[0], ends[:-1] + 1])
     shift = 3 * (np.arange(len(nibbles)) - starts[number])
-    if shift.max(initial=0) > 30:
-        raise ValueError("RVL depth: a number runs over 32 bits (corrupt stream)")
+    if shift.max(initial=0) > 30:  # 11 nibbles (33 bits) hold any count or delta; more means a corrupt stream
+        raise ValueError("RVL depth: a number longer than 11 nibbles (corrupt stream)")
     values = np.bincount(number, weights=(nibbles & 0x7) << shift, minlength=len(ends)).astype(np.int64)
 
     run_lengths, deltas = [], []
     i = decoded = 0
     while decoded < n_pixels:
-        zeros, nonzeros = (int(v) for v in values[i:i + 2]) if i + 2 <= len(values) else (0, len(values))
-        if i + 2 + nonzeros > len(values):
+        if i + 2 > len(values) or i + 2 + int(values[i + 1]) > len(values):
             raise ValueError(f"RVL depth: the stream ends after {decoded} of {n_pixels} pixels")
+        zeros, nonzeros = int(values[i]), int(values[i + 1])
         if decoded + zeros + nonzeros > n_pixels:
             raise ValueError(f"RVL depth: a run overflows the {n_pixels}-pixel image (corrupt stream)")
         run_lengths += [zeros, nonzeros]
@@ -338,7 +338,7 @@ def _decode_compressed_depth(msg) -> np.ndarray:
         if len(payload) < 8:
             raise ValueError("depth image: RVL compressedDepth payload too short for its size field")
         cols, rows = (int(v) for v in np.frombuffer(payload[:8], dtype="<u4"))
-        if cols == 0 or rows == 0 or rows * cols > 5 * len(payload):  # RVL packs at most ~4 pixels per byte
+        if cols == 0 or rows == 0 or rows * cols > 2 ** 26:  # a corrupt size field, not a 64-megapixel camera
             raise ValueError(f"depth image: RVL compressedDepth reports an implausible size {cols}x{rows}")
         raw = decode_rvl(payload[8:], rows * cols).reshape(rows, cols)
     if encoding.strip().lower() != "32fc1":
