@@ -29,7 +29,7 @@ import numpy as np
 from ov3d_ros.fusion import RGBDFrame
 from ov3d_ros.geometry import CameraModel, check_rigid, invert_rigid
 
-__all__ = ["RosbagScene", "quaternion_to_matrix", "matrix_to_quaternion", "pose_to_matrix"]
+__all__ = ["RosbagScene", "decode_rvl", "quaternion_to_matrix", "matrix_to_quaternion", "pose_to_matrix"]
 
 _log = logging.getLogger(__name__)
 
