@@ -48,6 +48,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="test-time passes averaged per voxel, each on one random point per voxel of the cloud "
                         "turned about gravity (costs one network run per pass; pays only for checkpoints with "
                         "point offsets, offset_feature)")
+    p.add_argument("--superpoints", action=argparse.BooleanOptionalAction, default=True,
+                   help="average the features over superpoints (surface patches of one orientation and colour), "
+                        "so each patch gets one label")
+    p.add_argument("--superpoint-voxel", type=float, default=0.02,
+                   help="cell size [m] of the superpoint graph: about the spacing of the cloud's points")
     p.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
     return p
 
@@ -65,6 +70,7 @@ def main(argv: list[str] | None = None) -> int:
 def _run(args) -> int:
     from .data.ply import read_ply, write_ply
     from .segmenter import Segmenter
+    from .superpoints import SuperpointConfig
 
     queries = [q.strip() for q in args.queries.split(",")]
     if not args.cloud.is_file():
@@ -73,8 +79,9 @@ def _run(args) -> int:
         raise ValueError("--out must differ from the input cloud")
     cloud, extras = read_ply(args.cloud)
     log.info("read %d points from %s", len(cloud), args.cloud)
+    superpoints = SuperpointConfig(voxel_size=args.superpoint_voxel) if args.superpoints else None
     segmenter = Segmenter.load(args.checkpoint, device=args.device, chunk_points=args.chunk_points,
-                               passes=args.passes)
+                               passes=args.passes, superpoints=superpoints)
     queries = segmenter.check_queries(queries)
     log.info("model on %s; %d queries: %s", segmenter.device, len(queries), ", ".join(queries))
     start = time.perf_counter()

@@ -35,6 +35,7 @@ from .model.backend import resolve_device
 from .model.checkpoint import check_embed_dim, load_checkpoint
 from .model.unet import SpUNet
 from .model.voxelize import as_points
+from .superpoints import SuperpointConfig, superpoints as compute_superpoints
 
 log = logging.getLogger(__name__)
 
@@ -86,12 +87,15 @@ class Segmenter:
     max_queries / max_query_chars: limits on one request's query list;
     passes: test-time passes averaged per voxel (1 = one pass on every point); pass_voxel: their sampling cell
     (default: the model's voxel size); rotate_passes: turn the cloud about gravity in each pass; seed: their RNG.
+    superpoints: a ``SuperpointConfig`` (or True for the defaults) to average the features over superpoints by
+    default (see ``iter_voxel_features``); None/False = per voxel.
     The model is put in eval mode (inference uses the batch-norm running statistics).
     """
 
     def __init__(self, model: SpUNet, text_encoder, *, vocabulary=(), meta=None, chunk_points: int = 400_000,
                  chunk_margin: float | None = None, max_queries: int = 256, max_query_chars: int = 200,
-                 passes: int = 1, pass_voxel: float | None = None, rotate_passes: bool = True, seed: int = 0):
+                 passes: int = 1, pass_voxel: float | None = None, rotate_passes: bool = True, seed: int = 0,
+                 superpoints: SuperpointConfig | bool | None = None):
         if not isinstance(model, SpUNet):
             raise TypeError(f"Segmenter needs an SpUNet, got {type(model).__name__}")
         check_embed_dim(model.embed_dim, text_encoder)
@@ -121,6 +125,11 @@ class Segmenter:
         self.pass_voxel = float(pass_voxel)
         self.rotate_passes = bool(rotate_passes)
         self.seed = int(seed)
+        if superpoints is True:
+            superpoints = SuperpointConfig()
+        if superpoints is not None and superpoints is not False and not isinstance(superpoints, SuperpointConfig):
+            raise TypeError(f"superpoints must be a SuperpointConfig, True, False or None, got {superpoints!r}")
+        self.superpoints = superpoints or None
 
     @classmethod
     def load(cls, path, device="auto", *, text_encoder=None, **kwargs) -> "Segmenter":
@@ -191,13 +200,37 @@ class Segmenter:
                      len(chunks), self.chunk_points, self.chunk_margin)
         return chunks
 
-    def iter_voxel_features(self, xyz, rgb, progress: bool = False):
-        """Yield (core indices, voxel features (M, D) normalised, voxel row of each core point) per chunk.
+    def iter_voxel_features(self, xyz, rgb, progress: bool = False, *, superpoints: bool | None = None):
+        """Yield (core indices, unit features (M, D) normalised, unit row of each core point) per chunk.
 
-        Callers that keep per-voxel features (the segmenter node caches them so a new query needs no network
-        pass) use this instead of `features`, which expands them to every point.
+        A unit is a model voxel, or, with superpoints, a superpoint: then there is one item for the whole cloud
+        and each superpoint's feature is the mean over its points of their voxels' features (normalised again),
+        so every point of a surface patch gets one label. ``superpoints``: None = the Segmenter's setting,
+        True = on (its config, else the defaults), False = off.
+
+        Callers that keep these features (the segmenter node caches them so a new query needs no network pass)
+        use this instead of `features`, which expands them to every point.
         """
         xyz_t, rgb_t = as_points(xyz, rgb)
+        config = self.superpoints if superpoints is None else (self.superpoints or SuperpointConfig()
+                                                                 if superpoints else None)
+        chunks = self._voxel_features(xyz_t, rgb_t, progress)
+        if config is None:
+            yield from chunks
+            return
+        segment = torch.from_numpy(compute_superpoints(xyz_t.numpy(), rgb_t.numpy(), config))
+        n_seg = int(segment.max()) + 1
+        sums = None
+        for core, feats, rows in chunks:
+            # One row per distinct (voxel, superpoint) pair, weighted by its point count: no (N, D) array.
+            key = rows * n_seg + segment[core].to(rows.device)
+            pair, count = torch.unique(key, return_counts=True)
+            if sums is None:
+                sums = torch.zeros(n_seg, feats.shape[1], dtype=torch.float32, device=feats.device)
+            sums.index_add_(0, pair % n_seg, feats.index_select(0, pair // n_seg) * count.unsqueeze(1).float())
+        yield torch.arange(len(segment)), F.normalize(sums, dim=1), segment.to(sums.device)
+
+    def _voxel_features(self, xyz_t: torch.Tensor, rgb_t: torch.Tensor, progress: bool):
         chunks = self._chunks(xyz_t)
         iterator = chunks
         if progress and len(chunks) > 1:

@@ -10,6 +10,7 @@ from ov3d_ros.cloud import PointCloud
 from ov3d_ros.model import build_model
 from ov3d_ros.model.checkpoint import save_checkpoint
 from ov3d_ros.segmenter import Segmenter, plan_chunks
+from ov3d_ros.superpoints import superpoints
 from ov3d_ros.text import TextEncoder
 
 DIM = 16
@@ -200,6 +201,33 @@ def test_turned_passes_are_seeded_and_give_one_feature_per_voxel():
             Segmenter(model, BasisEncoder(WORDS), passes=bad)
 
 
+def test_superpoint_features_are_the_mean_of_their_points_voxel_features():
+    xyz, rgb = room()
+    model = busy_model()
+    plain = Segmenter(model, BasisEncoder(WORDS)).features(xyz, rgb)
+    # chunked, so the superpoint sums run over several chunks
+    seg = Segmenter(model, BasisEncoder(WORDS), superpoints=True, chunk_points=1500,
+                    chunk_margin=model.receptive_field())
+    segment = superpoints(xyz, rgb)
+    reference = torch.zeros(segment.max() + 1, DIM).index_add_(0, torch.from_numpy(segment), plain)
+    reference = torch.nn.functional.normalize(reference, dim=1)[torch.from_numpy(segment)]
+    torch.testing.assert_close(seg.features(xyz, rgb), reference, rtol=1e-4, atol=1e-5)
+    # one unit per superpoint, in one item for the whole cloud (what the segmenter node caches)
+    (core, feats, rows), = list(seg.iter_voxel_features(xyz, rgb))
+    assert torch.equal(core, torch.arange(len(xyz))) and feats.shape == (segment.max() + 1, DIM)
+    assert torch.equal(rows, torch.from_numpy(segment))
+    # every point of a superpoint gets its label; per call the refinement can be switched off
+    label, _ = seg.label_points(xyz, rgb, ["chair", "table", "floor"], min_score=-1.0)
+    for s in np.unique(segment):
+        assert len(np.unique(label[segment == s])) == 1
+    one_chunk = Segmenter(model, BasisEncoder(WORDS), superpoints=True)
+    (_, feats, rows), = list(one_chunk.iter_voxel_features(xyz, rgb, superpoints=False))
+    vox = model.voxelize(torch.from_numpy(xyz), torch.from_numpy(rgb))
+    assert len(feats) == len(vox) and torch.equal(rows, vox.inverse)
+    with pytest.raises(TypeError, match="SuperpointConfig"):
+        Segmenter(model, BasisEncoder(WORDS), superpoints={"k": 1.0})
+
+
 def test_plan_chunks_covers_every_point_once():
     xyz, _ = room(5000, seed=3)
     chunks = plan_chunks(xyz, 1000, 0.2)
@@ -272,10 +300,17 @@ def test_segment_cli_writes_labels_scores_and_sidecar(minilm_checkpoint, tmp_pat
     labelled, _ = read_ply(out)
     assert len(labelled) == len(xyz) and labelled.label.dtype == np.int32 and labelled.score.dtype == np.float32
     np.testing.assert_allclose(labelled.xyz, xyz)
-    seg = Segmenter.load(minilm_checkpoint, device="cpu", chunk_points=1000, passes=2)
-    label, score = seg.label_points(xyz, rgb, ["chair", "table", "floor"], min_score=-1)
-    np.testing.assert_array_equal(labelled.label, label)
-    np.testing.assert_allclose(labelled.score, score)
+    # the CLI refines with superpoints by default; --no-superpoints gives the plain per-voxel labels
+    for flags, superpoints in (([], True), (["--no-superpoints"], None)):
+        if flags:
+            assert main([str(src), "--checkpoint", str(minilm_checkpoint), "--queries", "chair, table,floor",
+                         "--out", str(out), "--min-score", "-1", "--device", "cpu", "--chunk-points", "1000",
+                         "--passes", "2", *flags]) == 0
+            labelled, _ = read_ply(out)
+        seg = Segmenter.load(minilm_checkpoint, device="cpu", chunk_points=1000, passes=2, superpoints=superpoints)
+        label, score = seg.label_points(xyz, rgb, ["chair", "table", "floor"], min_score=-1)
+        np.testing.assert_array_equal(labelled.label, label)
+        np.testing.assert_allclose(labelled.score, score, rtol=1e-6, atol=1e-6)
     side = json.loads((tmp_path / "labelled.labels.json").read_text())
     assert side["labels"] == {"0": "chair", "1": "table", "2": "floor"} and side["unknown_label"] == -1
     assert sum(side["counts"].values()) + side["unknown_count"] == len(xyz)

@@ -95,8 +95,9 @@ def test_query_service_matches_the_core_segmenter_and_caches_features(checkpoint
         response = query(QUERIES, min_score=0.0, return_cloud=True)
         assert response.success, response.message
         assert segmenter.counters["feature_passes"] == 1
-        # Reference: the core Segmenter on the same cloud, with the same (seeded) test-time passes.
-        reference = Segmenter.load(checkpoint, device="cpu", passes=2)
+        # Reference: the core Segmenter on the same cloud, with the same (seeded) test-time passes and the node's
+        # default superpoint refinement of the global map.
+        reference = Segmenter.load(checkpoint, device="cpu", passes=2, superpoints=True)
         expected = reference.segment(scene, QUERIES)
         got = pointcloud2_to_cloud(response.labelled_cloud)
         assert [f.name for f in response.labelled_cloud.fields] == ["x", "y", "z", "rgb", "label", "score"]
