@@ -8,13 +8,18 @@
     ov3d-train label  ...                                    # 2D pseudo labels (ov3d_ros.labelling)
 
 Runs resume from their last checkpoint when the same command is run again (``--restart`` starts over).
+``--set workers=N`` trains with N processes on this machine (data parallel; see training/distributed.py), and
+``torchrun --nproc_per_node N -m ov3d_ros.training.cli ...`` works as well (N GPUs, say).
 """
 from __future__ import annotations
 
 import argparse
 import json
 import logging
+import os
 import sys
+
+from .distributed import WORKER_ENV, env_world_size, launch_workers, shutdown, wait_workers, world
 
 log = logging.getLogger("ov3d.train")
 
@@ -28,9 +33,12 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bars (for logs)")
 
 
-def _add_train(p: argparse.ArgumentParser) -> None:
+def _add_train(p: argparse.ArgumentParser, stop_hook: bool = True) -> None:
     p.add_argument("--restart", action="store_true",
                    help="ignore an existing state.pt in the output folder and train from scratch")
+    if stop_hook:
+        p.add_argument("--stop-after-step", type=int, metavar="N",
+                       help="stop right after step N, before its checkpoint, as a kill would (to try resuming)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -55,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the metrics as JSON")
     p = sub.add_parser("all", help="prepare (synthetic) + stage1 + stage2 + eval of both; writes results.json")
     _add_common(p)
-    _add_train(p)
+    _add_train(p, stop_hook=False)
     _mount_label_parser(sub)
     return parser
 
@@ -74,9 +82,11 @@ def _mount_label_parser(sub) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    worker_copy = bool(os.environ.get(WORKER_ENV))
+    level = logging.WARNING if worker_copy else logging.DEBUG if args.verbose else logging.INFO
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     if args.command == "label":
         if getattr(args, "_label_missing", None):
             parser.error(f"'label' needs ov3d_ros.labelling.cli ({args._label_missing})")
@@ -86,8 +96,6 @@ def main(argv: list[str] | None = None) -> int:
         return int(func(args) or 0)
 
     from .config import ConfigError, load_config
-    from .loop import TrainingInterrupted
-    from . import pipeline
 
     try:
         cfg = load_config(args.config, args.overrides)
@@ -95,23 +103,45 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(str(exc))
     progress = not args.no_progress
     resume = not getattr(args, "restart", False)
+    workers = []
+    if int(cfg["workers"]) > 1 and not worker_copy and env_world_size() <= 1:
+        workers = launch_workers(int(cfg["workers"]), argv + ["--no-progress"])
+    code = 1
+    try:
+        code = _run(args, cfg, parser, progress, resume)
+    finally:
+        shutdown()
+        if workers:
+            if code != 0:  # the copies would wait for this process in vain
+                for p in workers:
+                    p.terminate()
+            code = code or wait_workers(workers)
+    return code
+
+
+def _run(args, cfg: dict, parser, progress: bool, resume: bool) -> int:
+    from .loop import TrainingInterrupted
+    from . import pipeline
+
     try:
         if args.command == "prepare":
             if cfg["data"]["kind"] != "synthetic":
                 parser.error("prepare generates synthetic scenes: set data.kind=synthetic")
             train, val = pipeline.prepare_synthetic(cfg, progress=progress)
-            print(json.dumps({"train": train, "val": val}, indent=2))
+            if world().main:
+                print(json.dumps({"train": train, "val": val}, indent=2))
         elif args.command == "stage1":
-            pipeline.run_stage1(cfg, resume=resume, progress=progress)
+            pipeline.run_stage1(cfg, resume=resume, progress=progress, stop_after_step=args.stop_after_step)
         elif args.command == "stage2":
-            pipeline.run_stage2(cfg, resume=resume, progress=progress)
+            pipeline.run_stage2(cfg, resume=resume, progress=progress, stop_after_step=args.stop_after_step)
         elif args.command == "eval":
             result = pipeline.run_eval(cfg, checkpoint=args.checkpoint, scenes=args.scenes, progress=progress)
-            if args.json:
+            if args.json and world().main:
                 print(json.dumps(result, indent=2))
         elif args.command == "all":
             result = pipeline.run_all(cfg, resume=resume, progress=progress)
-            print(json.dumps({k: v for k, v in result.items() if k != "config"}, indent=2))
+            if world().main:
+                print(json.dumps({k: v for k, v in result.items() if k != "config"}, indent=2))
     except TrainingInterrupted as exc:
         log.warning("%s", exc)
         return 130

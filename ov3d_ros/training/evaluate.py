@@ -51,15 +51,17 @@ def model_predictor(ctx, prompt: str = "{}", chunk_points: int = 0) -> Predictor
 
 
 def segmenter_predictor(checkpoint: str, device: str = "auto", prompt: str = "{}", text_encoder=None,
-                        passes: int = 1) -> Predictor:
+                        passes: int = 1, superpoints=None) -> Predictor:
     """The deployed path: Segmenter.load(checkpoint) and .label_points - what the nodes run.
 
     ``text_encoder``: an already built encoder to reuse (it must match the checkpoint's; Segmenter checks the dim).
     ``passes``: the Segmenter's test-time passes (the segmenter node's ``test_time_passes``).
+    ``superpoints``: a ``SuperpointConfig`` to average the features over superpoints (the node's ``superpoints``).
     """
     from ..segmenter import Segmenter
 
-    seg = Segmenter.load(checkpoint, device=device, text_encoder=text_encoder, passes=passes)
+    seg = Segmenter.load(checkpoint, device=device, text_encoder=text_encoder, passes=passes,
+                         superpoints=superpoints)
 
     def predict(xyz: np.ndarray, rgb: np.ndarray, queries: list[str]) -> np.ndarray:
         # min_score below any cosine: the protocol assigns every point its best query (no "unknown").
@@ -70,15 +72,19 @@ def segmenter_predictor(checkpoint: str, device: str = "auto", prompt: str = "{}
 
 
 def evaluate_scenes(predict: Predictor, scenes: list[LabelledScene], eval_cfg: dict, *,
-                    progress: bool = False) -> SegmentationReport:
-    """Run ``predict`` on every labelled scene and accumulate the metrics over all of them."""
-    if not scenes:
+                    progress: bool = False, scene_classes: list[list[str]] | None = None) -> SegmentationReport:
+    """Run ``predict`` on every labelled scene and accumulate the metrics over all of them.
+
+    With several workers, each passes its share of the scenes, plus ``scene_classes`` (the class names of every
+    scene of the evaluation, in order, for the default query list); the metrics of all shares are summed.
+    """
+    if not scenes and scene_classes is None:
         raise ValueError("no labelled scenes to evaluate (data.val is empty)")
     classes = list(eval_cfg.get("classes") or [])
     if not classes:
         # Default query list: the union of the scenes' class names, in first-seen order.
-        for scene in scenes:
-            classes += [c for c in scene.class_names if c not in classes]
+        for names in scene_classes if scene_classes is not None else [s.class_names for s in scenes]:
+            classes += [c for c in names if c not in classes]
     ignore = list(eval_cfg.get("ignore_classes") or [])
     classes = [c for c in classes if c not in ignore]
     if not classes:
@@ -95,5 +101,11 @@ def evaluate_scenes(predict: Predictor, scenes: list[LabelledScene], eval_cfg: d
         if pred.shape != gt.shape:
             raise ValueError(f"predictor returned {pred.shape} labels for {gt.shape} points")
         metrics.update(gt, pred.astype(np.int64), cloud.instance)
+    if scene_classes is not None:  # every worker ends with the sum of all shares
+        from . import distributed
+
+        metrics, *others = distributed.all_gather_objects(metrics)
+        for other in others:
+            metrics.merge(other)
     return metrics.report(list(eval_cfg.get("base_classes") or []) or None,
                           list(eval_cfg.get("novel_classes") or []) or None)

@@ -1,11 +1,16 @@
 """The optimisation loop shared by stage 1 and stage 2: AdamW, cosine schedule with warm-up, mixed precision on GPU,
 checkpoints every N steps with exact resume, a tqdm bar and TensorBoard scalars.
 
-Exact resume: every step draws its randomness from ``np.random.default_rng((seed, stage_tag, step))``, so a step
-redone after a resume sees the same frames and augmentation as it would have in an uninterrupted run. The training
-state file holds the model, optimiser, scheduler and GradScaler states, the step, and the torch / numpy / python
-RNG states (for anything outside the per-step generator). Files are written to a temporary name and renamed
+Exact resume: every step draws its randomness from ``np.random.default_rng((seed, stage_tag, step))`` (with several
+workers, ``(seed, stage_tag, step, worker)``), so a step redone after a resume sees the same frames and augmentation
+as it would have in an uninterrupted run. The training state file holds the model, optimiser, scheduler and
+GradScaler states, the step, and the torch / numpy / python RNG states (for anything outside the per-step
+generator). Files are written to a temporary name and renamed
 (atomic on POSIX), so a kill in the middle of a save leaves the previous checkpoint intact.
+
+Several workers (``distributed.py``): each runs this loop on its own draws; gradients are averaged after every
+backward pass and batch-norm statistics after every step, so all workers hold the same state; worker 0 alone writes
+the files, the TensorBoard scalars and the progress bar, and a stop request on any worker stops all of them.
 """
 from __future__ import annotations
 
@@ -21,6 +26,8 @@ from typing import Callable
 
 import numpy as np
 import torch
+
+from . import distributed
 
 log = logging.getLogger("ov3d.train")
 
@@ -53,7 +60,10 @@ def atomic_torch_save(obj, path: str | os.PathLike) -> None:
     os.replace(tmp, path)
 
 
-def step_rng(seed: int, tag: int, step: int) -> np.random.Generator:
+def step_rng(seed: int, tag: int, step: int, worker: int = 0, workers: int = 1) -> np.random.Generator:
+    """The generator of one step (of one worker, when there are several)."""
+    if workers > 1:
+        return np.random.default_rng((int(seed), int(tag), int(step), int(worker)))
     return np.random.default_rng((int(seed), int(tag), int(step)))
 
 
@@ -119,6 +129,8 @@ def train_loop(*, model: torch.nn.Module, loss_fn: Callable[[int, np.random.Gene
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     state_path = out_dir / STATE_FILE
+    world = distributed.world()
+    show_progress = show_progress and world.main
     model.to(device)
     decay, no_decay = [], []
     for name, p in model.named_parameters():
@@ -152,8 +164,12 @@ def train_loop(*, model: torch.nn.Module, loss_fn: Callable[[int, np.random.Gene
         log.info("%s: resumed from %s at step %d/%d", desc, state_path, start, loop.steps)
     elif state_path.exists():
         log.info("%s: resume disabled, starting over (overwriting %s)", desc, state_path)
+    distributed.broadcast_module(model)  # the same start on every worker, whatever each one built or read
+    params = [p for p in model.parameters() if p.requires_grad]
 
     def save_state(step: int) -> None:
+        if not world.main:
+            return
         atomic_torch_save({
             "step": step, "total_steps": loop.steps, "model": model.state_dict(),
             "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
@@ -166,7 +182,8 @@ def train_loop(*, model: torch.nn.Module, loss_fn: Callable[[int, np.random.Gene
     writer = None
     try:
         from torch.utils.tensorboard import SummaryWriter
-        writer = SummaryWriter(str(out_dir / "tb"), purge_step=start)
+        if world.main:
+            writer = SummaryWriter(str(out_dir / "tb"), purge_step=start)
     except ImportError:  # tensorboard is optional at run time; scalars still go to the log
         log.warning("tensorboard is not installed (pip install tensorboard): no TensorBoard scalars")
 
@@ -184,7 +201,7 @@ def train_loop(*, model: torch.nn.Module, loss_fn: Callable[[int, np.random.Gene
     try:
         with _SignalStop() as stop:
             for step in range(start, loop.steps):
-                rng = step_rng(seed, tag, step)
+                rng = step_rng(seed, tag, step, world.rank, world.size)
                 optimizer.zero_grad(set_to_none=True)
                 with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=use_amp):
                     terms = loss_fn(step, rng)
@@ -193,12 +210,14 @@ def train_loop(*, model: torch.nn.Module, loss_fn: Callable[[int, np.random.Gene
                     raise FloatingPointError(f"{desc}: loss is {float(loss)} at step {step}; lower the learning "
                                              "rate or check the labels")
                 scaler.scale(loss).backward()
+                distributed.average_gradients(params)
                 if loop.grad_clip > 0:
                     scaler.unscale_(optimizer)
                     torch.nn.utils.clip_grad_norm_(model.parameters(), loop.grad_clip)
                 scaler.step(optimizer)
                 scaler.update()
                 scheduler.step()
+                stop_now = distributed.sync_step(model, stop.requested, device)
                 done = step + 1
                 for key, value in terms.items():
                     value = value.detach() if isinstance(value, torch.Tensor) else value
@@ -207,7 +226,7 @@ def train_loop(*, model: torch.nn.Module, loss_fn: Callable[[int, np.random.Gene
                 if bar is not None:
                     bar.update(1)
                 if done % loop.log_every == 0 or done == loop.steps:
-                    last = {k: v / running_n for k, v in running.items()}
+                    last = _mean_over_workers({k: v / running_n for k, v in running.items()})
                     last["lr"] = scheduler.get_last_lr()[0]
                     if writer is not None:
                         for key, value in last.items():
@@ -222,7 +241,7 @@ def train_loop(*, model: torch.nn.Module, loss_fn: Callable[[int, np.random.Gene
                     save_state(done)
                 if stop_after_step is not None and done == stop_after_step and done < loop.steps:
                     raise TrainingInterrupted(done, "stop hook")
-                if stop.requested:
+                if stop_now:
                     save_state(done)
                     raise TrainingInterrupted(done, "SIGTERM")
     except KeyboardInterrupt:
@@ -237,3 +256,12 @@ def train_loop(*, model: torch.nn.Module, loss_fn: Callable[[int, np.random.Gene
     # CPU time of this process: on a shared machine it estimates the wall time the run would take alone.
     last["cpu_seconds"] = time.process_time() - cpu0
     return last
+
+
+def _mean_over_workers(scalars: dict[str, float]) -> dict[str, float]:
+    """Each logged scalar averaged over the workers that have it (one worker: unchanged)."""
+    gathered = distributed.all_gather_objects(scalars)
+    if len(gathered) == 1:
+        return scalars
+    keys = {k for g in gathered for k in g}
+    return {k: float(np.mean([g[k] for g in gathered if k in g])) for k in sorted(keys)}

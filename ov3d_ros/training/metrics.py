@@ -176,6 +176,16 @@ class SegmentationMetrics:
         self.size_conf["small"] += confusion_matrix(gt[is_small], pred[is_small], c)
         self.size_conf["large"] += confusion_matrix(gt[is_large], pred[is_large], c)
 
+    def merge(self, other: "SegmentationMetrics") -> None:
+        """Add the scenes another accumulator counted (same classes), e.g. another worker's share."""
+        if other.class_names != self.class_names or other.small_instance_points != self.small_instance_points:
+            raise ValueError("can only merge metrics over the same classes and size threshold")
+        self.conf += other.conf
+        for bucket in self.size_conf:
+            self.size_conf[bucket] += other.size_conf[bucket]
+            self.size_instances[bucket] += other.size_instances[bucket]
+        self._has_instances = self._has_instances or other._has_instances
+
     def report(self, base_classes: list[str] | None = None, novel_classes: list[str] | None = None
                ) -> SegmentationReport:
         iou = iou_from_confusion(self.conf)

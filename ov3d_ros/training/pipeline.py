@@ -13,20 +13,29 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from . import distributed
 from .config import save_resolved_config
 
 log = logging.getLogger("ov3d.train")
 
 
-def _apply_threads(cfg: dict) -> None:
-    if int(cfg.get("threads", 0)) > 0:
-        torch.set_num_threads(int(cfg["threads"]))
+def _setup(cfg: dict) -> distributed.World:
+    """Join the other workers (when the environment names some) and set this process's torch threads: the
+    ``threads`` of the run shared out over the workers on this machine (0 = all cores)."""
+    world = distributed.init_from_env(cfg["device"])
+    threads = int(cfg.get("threads", 0))
+    local_workers = distributed.local_workers()
+    if threads > 0 or local_workers > 1:
+        total = threads if threads > 0 else (os.cpu_count() or 1)
+        torch.set_num_threads(max(1, total // max(1, local_workers)))
+    return world
 
 
 def output_dir(cfg: dict) -> Path:
@@ -54,18 +63,19 @@ def prepare_synthetic(cfg: dict, *, progress: bool = True) -> tuple[list[str], l
         raise ValueError(f"synthetic train and val seeds overlap: {sorted(set(train_seeds) & set(val_seeds))}; "
                          "held-out scenes must never be trained on")
     jobs = [("train", s) for s in train_seeds] + [("val", s) for s in val_seeds]
-    items = jobs
-    if progress:
+    world = _setup(cfg)
+    out = {split: [str(root / split / f"synthetic_{seed:05d}") for s2, seed in jobs if s2 == split]
+           for split in ("train", "val")}
+    items = [jobs[i] for i in world.share(len(jobs))]  # several workers render different rooms
+    if progress and world.main:
         from tqdm import tqdm
-        items = tqdm(jobs, desc="prepare synthetic scenes", dynamic_ncols=True)
-    out = {"train": [], "val": []}
+        items = tqdm(items, desc="prepare synthetic scenes", dynamic_ncols=True)
     for split, seed in items:
         scene_dir = root / split / f"synthetic_{seed:05d}"
         spec = {k: syn[k] for k in ("n_frames", "width", "height", "noise", "gt_spacing", "appearance", "ground_truth")}
         spec.update(seed=seed, split=split, label_noise=syn["label_noise"] if split == "train" else None)
         stamp = hashlib.sha1(json.dumps(spec, sort_keys=True).encode()).hexdigest()
         stamp_file = scene_dir / ".ov3d_prepared"
-        out[split].append(str(scene_dir))
         if stamp_file.exists() and stamp_file.read_text().strip() == stamp:
             continue
         room = SyntheticRoom.generate(seed, appearance=syn["appearance"])
@@ -78,6 +88,7 @@ def prepare_synthetic(cfg: dict, *, progress: bool = True) -> tuple[list[str], l
             write_synthetic_pseudo_labels(str(scene_dir), frames, list(CLASS_NAMES), seed=seed,
                                           **syn["label_noise"])
         stamp_file.write_text(stamp)
+    distributed.barrier()  # every worker's rooms are written before anyone reads them
     log.info("synthetic data under %s: %d train, %d val scenes", root, len(out["train"]), len(out["val"]))
     return out["train"], out["val"]
 
@@ -129,14 +140,15 @@ def run_stage1(cfg: dict, *, scenes=None, vocabulary=None, resume: bool = True, 
     from .common import TrainingContext
     from .stage1 import train_stage1
 
-    _apply_threads(cfg)
+    world = _setup(cfg)
     torch.manual_seed(int(cfg["seed"]))
     np.random.seed(int(cfg["seed"]) % 2 ** 32)
     if scenes is None:
         train_paths, _ = resolve_scenes(cfg, progress=progress)
         scenes, vocabulary = load_train_data(cfg, train_paths, progress=progress)
     out = output_dir(cfg) / "stage1"
-    save_resolved_config(cfg, out)
+    if world.main:
+        save_resolved_config(cfg, out)
     ctx = TrainingContext(cfg, text_encoder=text_encoder)  # after seeding: the initial weights are reproducible
     t0 = time.monotonic()
     result = train_stage1(ctx, scenes, vocabulary, cfg, out, stop_after_step=stop_after_step, resume=resume,
@@ -152,7 +164,7 @@ def run_stage2(cfg: dict, *, scenes=None, vocabulary=None, resume: bool = True, 
     from .common import TrainingContext
     from .stage2 import train_stage2
 
-    _apply_threads(cfg)
+    world = _setup(cfg)
     torch.manual_seed(int(cfg["seed"]) + 1)
     init = cfg["stage2"]["init"] or str(output_dir(cfg) / "stage1" / "model.pt")
     if not Path(init).exists():
@@ -162,7 +174,8 @@ def run_stage2(cfg: dict, *, scenes=None, vocabulary=None, resume: bool = True, 
         train_paths, _ = resolve_scenes(cfg, progress=progress)
         scenes, vocabulary = load_train_data(cfg, train_paths, progress=progress)
     out = output_dir(cfg) / "stage2"
-    save_resolved_config(cfg, out)
+    if world.main:
+        save_resolved_config(cfg, out)
     ctx = TrainingContext.from_checkpoint(cfg, init, text_encoder=text_encoder)
     t0 = time.monotonic()
     result = train_stage2(ctx, scenes, vocabulary, cfg, out, stop_after_step=stop_after_step, resume=resume,
@@ -189,21 +202,31 @@ def run_eval(cfg: dict, *, checkpoint: str | None = None, scenes: list[str] | No
     from .datasets import load_labelled_scene
     from .evaluate import evaluate_scenes
 
-    _apply_threads(cfg)
+    world = _setup(cfg)
     checkpoint = checkpoint or default_checkpoint(cfg)
     if scenes is None:
         _, scenes = resolve_scenes(cfg, progress=progress)
-    labelled = [load_labelled_scene(p) for p in scenes]
+    if not scenes:
+        raise ValueError("no labelled scenes to evaluate (data.val is empty)")
     predict = _predictor_for(cfg, checkpoint, text_encoder)
-    report = evaluate_scenes(predict, labelled, cfg["eval"], progress=progress)
-    log.info("evaluation of %s on %d scenes:\n%s", checkpoint, len(labelled), report.format_table())
+    if world.size == 1:
+        labelled = [load_labelled_scene(p) for p in scenes]
+        report = evaluate_scenes(predict, labelled, cfg["eval"], progress=progress)
+    else:  # each worker scores its share of the scenes; the metrics are summed
+        labelled = [load_labelled_scene(scenes[i]) for i in world.share(len(scenes))]
+        names = distributed.all_gather_objects({i: s.class_names for i, s in zip(world.share(len(scenes)), labelled)})
+        scene_classes = [n for _, n in sorted((i, n) for part in names for i, n in part.items())]
+        report = evaluate_scenes(predict, labelled, cfg["eval"], progress=progress and world.main,
+                                 scene_classes=scene_classes)
+    log.info("evaluation of %s on %d scenes:\n%s", checkpoint, len(scenes), report.format_table())
     result = report.as_dict()
     result["checkpoint"] = str(checkpoint)
     result["scenes"] = [str(s) for s in scenes]
-    out = output_dir(cfg) / "eval"
-    out.mkdir(parents=True, exist_ok=True)
-    name = Path(checkpoint).parent.name + "_" + Path(checkpoint).stem
-    (out / f"{name}.json").write_text(json.dumps(result, indent=2))
+    if world.main:
+        out = output_dir(cfg) / "eval"
+        out.mkdir(parents=True, exist_ok=True)
+        name = Path(checkpoint).parent.name + "_" + Path(checkpoint).stem
+        (out / f"{name}.json").write_text(json.dumps(result, indent=2))
     return result
 
 
@@ -211,9 +234,13 @@ def _predictor_for(cfg: dict, checkpoint: str, text_encoder=None):
     """Prefer the deployed Segmenter path; fall back to rebuilding the model here if the segmenter is absent."""
     from .evaluate import model_predictor, segmenter_predictor
 
+    from ..superpoints import SuperpointConfig
+
+    superpoints = SuperpointConfig(**cfg["superpoints"]) if cfg["eval"]["superpoints"] else None
     try:
         return segmenter_predictor(checkpoint, device=cfg["device"], prompt=cfg["eval"]["prompt"],
-                                   text_encoder=text_encoder, passes=int(cfg["eval"]["passes"]))
+                                   text_encoder=text_encoder, passes=int(cfg["eval"]["passes"]),
+                                   superpoints=superpoints)
     except ImportError:
         from .common import TrainingContext
 
@@ -226,6 +253,7 @@ def run_all(cfg: dict, *, resume: bool = True, progress: bool = True) -> dict:
     """Data prep (synthetic) + stage 1 + stage 2 + eval of both checkpoints; writes output_dir/results.json."""
     t0 = time.monotonic()
     cpu0 = time.process_time()
+    world = _setup(cfg)
     train_paths, val_paths = resolve_scenes(cfg, progress=progress)
     t_data = time.monotonic()
     scenes, vocabulary = load_train_data(cfg, train_paths, progress=progress)
@@ -245,14 +273,16 @@ def run_all(cfg: dict, *, resume: bool = True, progress: bool = True) -> dict:
     # CPU seconds of this process (all threads): on a shared machine, a bound on the run's wall time alone.
     results["timing_seconds"]["total_cpu"] = time.process_time() - cpu0
     results["timing_seconds"]["torch_threads"] = torch.get_num_threads()
+    results["timing_seconds"]["workers"] = world.size
     results["config"] = {"consistency_weight": cfg["stage1"]["consistency_weight"],
                          "contrastive_weight": [cfg["stage1"]["contrastive_weight"],
                                                 cfg["stage2"]["contrastive_weight"]],
                          "stage1_steps": cfg["stage1"]["steps"], "stage2_steps": cfg["stage2"]["steps"]}
-    out = output_dir(cfg)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps(results, indent=2))
-    save_resolved_config(cfg, out)
+    if world.main:
+        out = output_dir(cfg)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "results.json").write_text(json.dumps(results, indent=2))
+        save_resolved_config(cfg, out)
     log.info("curriculum done in %.0f s: %s", results["timing_seconds"]["total"],
              {k: results[k]["miou"] for k in ("stage1", "stage1+2") if k in results})
     return results
