@@ -2,13 +2,14 @@
 
     python bench/bench_curriculum.py --config training/demo.yaml --out runs/figures        # trains both (~2 x demo)
     python bench/bench_curriculum.py --config training/demo.yaml --out runs/figures --parallel   # both at once
-    python bench/bench_curriculum.py --out runs/figures --parallel --seeds 0 1 2           # three training seeds
+    python bench/bench_curriculum.py --out runs/figures --seeds 0 1 2                      # three training seeds
     python bench/bench_curriculum.py --out runs/figures --report-only                       # re-print the table
 
 Runs ``ov3d-train all`` twice on the same synthetic data (consistency_weight = the recipe's value, then 0), each in
 its own folder under --out, and prints mIoU / mAcc / small-object mIoU / stage-2 labelled share and the wall and CPU
-seconds of each run. Extra ``--set`` overrides apply to both runs. ``--parallel`` prepares the data once, then runs
-the two curricula side by side, one torch thread each (a 2-core machine: about the time of one run).
+seconds of each run. Each checkpoint is also scored without the superpoint refinement (the "plain" rows). Extra
+``--set`` overrides apply to both runs. ``--parallel`` prepares the data once, then runs the two curricula side by
+side, one torch thread per process (with the demo's 2 workers each, four processes share the cores).
 
 ``--seeds`` repeats the pair for each training seed (model initialisation, frame sampling, augmentation; the rooms
 stay the same) in ``--out/seed<N>/`` and adds the mean and the range over seeds: single runs differ by a few
@@ -35,36 +36,53 @@ def _row(name: str, result: dict, stage: str) -> str:
 
 
 def _run_pair(config: str, overrides: list[str], folder: Path, data: Path, parallel: bool) -> bool:
-    """Both arms of one seed into folder/cons_on and folder/cons_off; False if a run failed."""
-    from ov3d_ros.training import pipeline
-    from ov3d_ros.training.config import load_config
+    """Both arms of one seed into folder/cons_on and folder/cons_off; False if a run failed.
+
+    Each arm is an ``ov3d-train all`` process (so the recipe's workers are started as they are for users); without
+    ``parallel`` one after the other, so each run's wall time is that of a run alone on the machine.
+    """
+    import subprocess
+    import sys
 
     extras = {}
     for name, sub in ARMS.items():
         extras[name] = [f"output_dir={folder / sub}", f"data.root={data}"]
         if name == "consistency off":
             extras[name].append("stage1.consistency_weight=0")
-    if not parallel:
-        for extra in extras.values():
-            pipeline.run_all(load_config(config, overrides + extra), progress=False)
-        return True
-    import subprocess
-    import sys
-
-    pipeline.resolve_scenes(load_config(config, overrides + extras["consistency on"]))
     procs = []
     for name, extra in extras.items():
         run_dir = folder / ARMS[name]
         run_dir.mkdir(parents=True, exist_ok=True)
         cmd = [sys.executable, "-m", "ov3d_ros.training.cli", "all", "--no-progress", "--config", config,
-               "--set", *overrides, *extra, "threads=1"]
+               "--set", *overrides, *extra] + (["threads=1"] if parallel else [])
         log_file = open(run_dir / "all.log", "w")
         print(f"{name}: {' '.join(cmd)} > {log_file.name}", flush=True)
         procs.append((name, subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT)))
+        if not parallel:
+            procs[-1][1].wait()
     failed = [name for name, proc in procs if proc.wait() != 0]
     if failed:
         print(f"failed: {failed}; see all.log in their folders")
-    return not failed
+        return False
+    for name in ARMS:
+        _add_plain_scores(config, overrides + extras[name], folder / ARMS[name])
+    return True
+
+
+def _add_plain_scores(config: str, overrides: list[str], run_dir: Path) -> None:
+    """Score both checkpoints of a run again without the superpoint refinement ("plain" rows), into results.json."""
+    from ov3d_ros.training import pipeline
+    from ov3d_ros.training.config import load_config
+
+    results_file = run_dir / "results.json"
+    results = json.loads(results_file.read_text())
+    cfg = load_config(config, overrides + [f"output_dir={run_dir / 'plain'}", "eval.superpoints=false", "workers=1"])
+    _, val = pipeline.resolve_scenes(cfg, progress=False)
+    for stage, sub in (("stage1", "stage1"), ("stage1+2", "stage2")):
+        result = pipeline.run_eval(cfg, checkpoint=str(run_dir / sub / "model.pt"), scenes=val, progress=False)
+        results[f"{stage} plain"] = {"miou": result["miou"], "macc": result["macc"],
+                                     "size_miou": result.get("size_miou", {})}
+    results_file.write_text(json.dumps(results, indent=2))
 
 
 def _report(folder: Path) -> dict:
@@ -75,6 +93,9 @@ def _report(folder: Path) -> dict:
     for name, result in results.items():
         print(_row(f"stage 1, {name}", result, "stage1"))
         print(_row(f"stage 1+2, {name}", result, "stage1+2"))
+        for stage in ("stage1 plain", "stage1+2 plain"):  # without the superpoint refinement
+            if stage in result:
+                print(_row(f"{stage.replace('stage1', 'stage 1')}, {name}", result, stage))
     for name, result in results.items():
         t = result["timing_seconds"]
         s1, s12 = result.get("stage1", {}).get("miou"), result.get("stage1+2", {}).get("miou")
@@ -108,7 +129,7 @@ def _summary(per_seed: dict[int, dict]) -> None:
                 f"({', '.join(f'{v:.1f}' for v in vals)})")
 
     print(f"\nover {len(per_seed)} seeds {sorted(per_seed)}: mean mIoU   [min, max]   (per seed)")
-    for arm, stage in CELLS:
+    for arm, stage in CELLS + [(arm, f"{stage} plain") for arm, stage in CELLS]:
         print(line(f"{stage}, {arm}", values(lambda r, a=arm, s=stage: r[a][s]["miou"])))
     for arm in ARMS:
         print(line(f"stage 2 gain, {arm}",

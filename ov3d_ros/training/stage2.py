@@ -1,10 +1,13 @@
 """Stage 2 (global scenes): pseudo-label each scene's global cloud with the stage-1 model by repeated grid sampling,
-then fine-tune from the stage-1 weights on whole scenes with the same cosine alignment loss.
+then fine-tune from the stage-1 weights on the global clouds (whole, or crops of ``crop_radius``) with the same
+cosine alignment loss.
 
 Per scene: the frames' vocabularies are merged into the scene vocabulary; the global cloud is the frames fused in a
 VoxelMap (or a PLY given in ``stage2.global_ply``); class probabilities are a softmax over the scene vocabulary of
-cosine * the model's logit scale (its learned inverse temperature); labels below the confidence threshold are -1
-(ignored by the loss). The share of points that got a label is logged and written to ``pseudo_labels.json``.
+cosine * the model's logit scale (its learned inverse temperature), averaged over the passes and, with
+``stage2.superpoints``, over each superpoint; labels below the confidence threshold are -1 (ignored by the loss).
+The share of points that got a label is logged and written to ``pseudo_labels.json``. With several workers each
+labels its share of the scenes and all of them train on all the labels.
 """
 from __future__ import annotations
 
@@ -16,10 +19,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from . import distributed
 from .augment import augment_points
 from .common import TrainingContext, export_checkpoint
 from .datasets import SceneData, fuse_global_cloud
 from ..grid_sampling import confident_labels, repeated_grid_sampling, turn_about_gravity
+from ..superpoints import SuperpointConfig, superpoint_mean, superpoints
 from .loop import LoopConfig, train_loop
 from .losses import (alignment_loss_voxels, class_balance_weights, contrastive_loss_voxels, voxel_cosines,
                      voxel_label_histogram)
@@ -57,7 +62,8 @@ def scene_probabilities(ctx: TrainingContext, xyz: np.ndarray, rgb: np.ndarray, 
 
 
 def pseudo_label_scene(ctx: TrainingContext, name: str, xyz: np.ndarray, rgb: np.ndarray, vocab_ids: np.ndarray,
-                       text: torch.Tensor, s2: dict, rng: np.random.Generator) -> GlobalScene:
+                       text: torch.Tensor, s2: dict, rng: np.random.Generator,
+                       superpoint_cfg: SuperpointConfig | None = None) -> GlobalScene:
     """Repeated grid sampling over the scene vocabulary; returns labels in training-vocabulary indices."""
     if len(vocab_ids) == 0:
         raise ValueError(f"scene {name}: empty scene vocabulary, nothing to pseudo-label with")
@@ -76,7 +82,10 @@ def pseudo_label_scene(ctx: TrainingContext, name: str, xyz: np.ndarray, rgb: np
             coverage=int(s2["coverage"]), rng=rng, max_passes=int(s2["max_passes"]))
     finally:
         ctx.model.train(was_training)
-    local, score = confident_labels(result.probabilities, float(s2["confidence"]), float(s2["class_top_fraction"]))
+    probabilities = result.probabilities
+    if superpoint_cfg is not None:
+        probabilities = superpoint_mean(probabilities, superpoints(xyz, rgb, superpoint_cfg))
+    local, score = confident_labels(probabilities, float(s2["confidence"]), float(s2["class_top_fraction"]))
     label = np.where(local >= 0, vocab_ids[np.maximum(local, 0)], -1).astype(np.int32)
     return GlobalScene(name, xyz, rgb, label, score, vocab_ids, result.passes)
 
@@ -87,9 +96,11 @@ def build_global_scenes(ctx: TrainingContext, scenes: list[SceneData], vocabular
     s2 = cfg["stage2"]
     text = ctx.embed(vocabulary)
     given = {str(Path(k)): v for k, v in (s2["global_ply"] or {}).items()}
-    out = []
-    report = {}
-    for i, scene in enumerate(scenes):
+    superpoint_cfg = SuperpointConfig(**cfg["superpoints"]) if s2["superpoints"] else None
+    world = distributed.world()
+    mine = {}
+    for i in world.share(len(scenes)):  # several workers label different scenes, then trade them
+        scene = scenes[i]
         if str(Path(scene.path)) in given:
             from ..data.ply import read_ply
 
@@ -97,12 +108,15 @@ def build_global_scenes(ctx: TrainingContext, scenes: list[SceneData], vocabular
         else:
             cloud = fuse_global_cloud(scene.frames, float(s2["global_voxel"]))
         rng = np.random.default_rng((int(cfg["seed"]), STAGE2_TAG, 10_000 + i))
-        g = pseudo_label_scene(ctx, scene.name, cloud.xyz, cloud.rgb, scene.vocab_ids, text, s2, rng)
+        g = pseudo_label_scene(ctx, scene.name, cloud.xyz, cloud.rgb, scene.vocab_ids, text, s2, rng, superpoint_cfg)
         log.info("stage 2 pseudo labels %s: %d points, %d passes, %.1f%% labelled (confidence >= %.2f%s)",
                  scene.name, len(g.xyz), g.passes, 100 * g.labelled_share, s2["confidence"],
                  f", or in the top {s2['class_top_fraction']:.0%} of its class" if s2["class_top_fraction"] else "")
-        report[scene.name] = {"points": int(len(g.xyz)), "passes": g.passes, "labelled_share": g.labelled_share}
-        out.append(g)
+        mine[i] = g
+    labelled = {i: g for part in distributed.all_gather_objects(mine) for i, g in part.items()}
+    out = [labelled[i] for i in range(len(scenes))]
+    report = {g.name: {"points": int(len(g.xyz)), "passes": g.passes, "labelled_share": g.labelled_share}
+              for g in out}
     total = sum(len(g.xyz) for g in out)
     share = sum(int((g.label >= 0).sum()) for g in out) / max(total, 1)
     per_class = np.zeros(len(vocabulary), dtype=np.int64)
@@ -110,8 +124,9 @@ def build_global_scenes(ctx: TrainingContext, scenes: list[SceneData], vocabular
         per_class += np.bincount(g.label[g.label >= 0], minlength=len(vocabulary))
     report["_all"] = {"points": total, "labelled_share": share,
                       "labelled_points_per_class": {vocabulary[c]: int(n) for c, n in enumerate(per_class) if n}}
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "pseudo_labels.json").write_text(json.dumps(report, indent=2))
+    if world.main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "pseudo_labels.json").write_text(json.dumps(report, indent=2))
     log.info("stage 2: %.1f%% of %d global points got a pseudo label", 100 * share, total)
     return out
 
