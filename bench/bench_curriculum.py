@@ -29,9 +29,9 @@ CELLS = [(arm, stage) for arm in ARMS for stage in ("stage1", "stage1+2")]
 def _row(name: str, result: dict, stage: str) -> str:
     r = result.get(stage)
     if not r:
-        return f"{name:<28} {'n/a':>6}"
+        return f"{name:<34} {'n/a':>6}"
     size = r.get("size_miou", {})
-    return (f"{name:<28} {100 * r['miou']:6.1f} {100 * r['macc']:6.1f} "
+    return (f"{name:<34} {100 * r['miou']:6.1f} {100 * r['macc']:6.1f} "
             f"{100 * size.get('small', float('nan')):7.1f} {100 * size.get('large', float('nan')):7.1f}")
 
 
@@ -89,7 +89,7 @@ def _report(folder: Path) -> dict:
     """Print one seed's table; returns {arm: results.json}."""
     results = {name: json.loads((folder / sub / "results.json").read_text()) for name, sub in ARMS.items()
                if (folder / sub / "results.json").exists()}
-    print(f"\n{'held-out synthetic rooms':<28} {'mIoU':>6} {'mAcc':>6} {'small':>7} {'large':>7}")
+    print(f"\n{'held-out synthetic rooms':<34} {'mIoU':>6} {'mAcc':>6} {'small':>7} {'large':>7}")
     for name, result in results.items():
         print(_row(f"stage 1, {name}", result, "stage1"))
         print(_row(f"stage 1+2, {name}", result, "stage1+2"))

@@ -174,3 +174,31 @@ def test_rotated_passes_average_over_turned_copies_of_the_scene(prepared, encode
         np.testing.assert_array_equal(runs[0].score, runs[1].score)
         results[rotate] = runs[0]
     assert not np.allclose(results[True].score, results[False].score)
+
+
+def test_superpoint_pseudo_labels_are_one_label_per_patch(prepared, encoder):
+    """With stage2.superpoints the averaged probabilities are averaged again over each superpoint: every patch
+    gets one label and one score, the mean of its points' probabilities."""
+    from ov3d_ros.superpoints import SuperpointConfig, superpoints
+    from ov3d_ros.training.common import TrainingContext
+    from ov3d_ros.training.datasets import fuse_global_cloud
+    from ov3d_ros.training.stage2 import pseudo_label_scene
+
+    root, _, _, scenes, vocabulary = prepared
+    scene = scenes[0]
+    cloud = fuse_global_cloud(scene.frames, 0.04)
+    # the tiny frames (160x120, every 2nd pixel) are ~4 cm apart: a graph cell of 5 cm connects them
+    cfg = _cfg(root, "sp", ["stage2.confidence=0.0", "superpoints.voxel_size=0.05"])
+    torch.manual_seed(0)
+    ctx = TrainingContext(cfg, text_encoder=encoder)
+    text = ctx.embed(vocabulary)
+    config = SuperpointConfig(**cfg["superpoints"])
+    plain = pseudo_label_scene(ctx, scene.name, cloud.xyz, cloud.rgb, scene.vocab_ids, text, cfg["stage2"],
+                               np.random.default_rng(5))
+    refined = pseudo_label_scene(ctx, scene.name, cloud.xyz, cloud.rgb, scene.vocab_ids, text, cfg["stage2"],
+                                 np.random.default_rng(5), config)
+    segment = superpoints(cloud.xyz, cloud.rgb, config)
+    assert segment.max() + 1 < len(segment) / 5  # real patches, not one point each
+    for s in np.unique(segment):
+        assert len(np.unique(refined.label[segment == s])) == 1 and np.ptp(refined.score[segment == s]) < 1e-6
+    assert (refined.label != plain.label).any()  # the refinement changed something
