@@ -76,6 +76,9 @@ DEFAULTS: dict[str, Any] = {
         "warmup_steps": 30,
         "min_lr_ratio": 0.02,  # cosine schedule ends at lr * min_lr_ratio
         "grad_clip": 5.0,
+        # > 0: the exported model (model.pt, and what the next stage starts from) is an exponential moving average
+        # of the weights and batch-norm statistics, decay per step; 0 = the last step's weights
+        "ema_decay": 0.0,
         # L = L_align + consistency_weight * L_cons + contrastive_weight * L_contrast; 0 switches a term off.
         # L_contrast (cross-entropy over the scene vocabulary, temperature = the model's learned logit scale) is our
         # addition to the loss: cosine alignment alone barely separates similar texts (see training/README.md).
@@ -136,6 +139,7 @@ DEFAULTS: dict[str, Any] = {
         "warmup_steps": 10,
         "min_lr_ratio": 0.02,
         "grad_clip": 5.0,
+        "ema_decay": 0.0,  # as stage1.ema_decay
         "contrastive_weight": 1.0,
         "amp": True,
         "checkpoint_every": 100,

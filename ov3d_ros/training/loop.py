@@ -20,6 +20,7 @@ import os
 import random
 import signal
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -78,6 +79,7 @@ class LoopConfig:
     amp: bool
     checkpoint_every: int
     log_every: int
+    ema_decay: float = 0.0
 
     @classmethod
     def from_section(cls, section: dict) -> "LoopConfig":
@@ -88,7 +90,53 @@ class LoopConfig:
             raise ValueError(f"lr must be > 0, got {out.lr}")
         if out.checkpoint_every < 1:
             raise ValueError(f"checkpoint_every must be >= 1, got {out.checkpoint_every}")
+        if not 0.0 <= out.ema_decay < 1.0:
+            raise ValueError(f"ema_decay must be in [0, 1), got {out.ema_decay}")
         return out
+
+
+class WeightAverage:
+    """Exponential moving average of a module's parameters and floating-point buffers (batch-norm statistics).
+
+    ``update()`` after each optimiser step: avg <- decay * avg + (1 - decay) * current, with the decay warmed up as
+    min(decay, (1 + n) / (10 + n)) over the first updates so that early weights do not linger. ``swapped_in()``
+    puts the average into the module for the duration of a with-block (to export it), ``copy_to()`` for good.
+    """
+
+    def __init__(self, module: torch.nn.Module, decay: float):
+        self.module = module
+        self.decay = float(decay)
+        self.updates = 0
+        self.average = {k: v.detach().clone() for k, v in module.state_dict().items() if v.is_floating_point()}
+
+    @torch.no_grad()
+    def update(self) -> None:
+        self.updates += 1
+        d = min(self.decay, (1.0 + self.updates) / (10.0 + self.updates))
+        current = self.module.state_dict()
+        for key, avg in self.average.items():
+            avg.mul_(d).add_(current[key].detach(), alpha=1.0 - d)
+
+    def state_dict(self) -> dict:
+        return {"updates": self.updates, "average": self.average}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.updates = int(state["updates"])
+        for key, value in state["average"].items():
+            self.average[key].copy_(value)
+
+    @torch.no_grad()
+    def copy_to(self) -> None:
+        self.module.load_state_dict(self.average, strict=False)
+
+    @contextmanager
+    def swapped_in(self):
+        saved = {k: v.detach().clone() for k, v in self.module.state_dict().items() if k in self.average}
+        self.copy_to()
+        try:
+            yield
+        finally:
+            self.module.load_state_dict(saved, strict=False)
 
 
 class _SignalStop:
@@ -146,6 +194,7 @@ def train_loop(*, model: torch.nn.Module, loss_fn: Callable[[int, np.random.Gene
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
 
     start = 0
+    saved_average = None
     if resume and state_path.exists():
         state = torch.load(state_path, map_location=device, weights_only=False)
         if state.get("total_steps") != loop.steps:
@@ -160,11 +209,18 @@ def train_loop(*, model: torch.nn.Module, loss_fn: Callable[[int, np.random.Gene
             torch.cuda.set_rng_state_all(state["rng"]["cuda"])
         np.random.set_state(state["rng"]["numpy"])
         random.setstate(state["rng"]["python"])
+        saved_average = state.get("ema")
+        if loop.ema_decay > 0 and saved_average is None:
+            raise ValueError(f"{desc}: {state_path} was saved without ema_decay; resume with ema_decay=0 or start "
+                             "over (--restart)")
         start = int(state["step"])
         log.info("%s: resumed from %s at step %d/%d", desc, state_path, start, loop.steps)
     elif state_path.exists():
         log.info("%s: resume disabled, starting over (overwriting %s)", desc, state_path)
     distributed.broadcast_module(model)  # the same start on every worker, whatever each one built or read
+    ema = WeightAverage(model, loop.ema_decay) if loop.ema_decay > 0 else None
+    if ema is not None and saved_average is not None:
+        ema.load_state_dict(saved_average)
     params = [p for p in model.parameters() if p.requires_grad]
 
     def save_state(step: int) -> None:
@@ -176,8 +232,13 @@ def train_loop(*, model: torch.nn.Module, loss_fn: Callable[[int, np.random.Gene
             "rng": {"torch": torch.get_rng_state(),
                     "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
                     "numpy": np.random.get_state(), "python": random.getstate()},
+            "ema": ema.state_dict() if ema is not None else None,
         }, state_path)
-        export_model(out_dir / "model.pt", step)
+        if ema is None:
+            export_model(out_dir / "model.pt", step)
+        else:
+            with ema.swapped_in():
+                export_model(out_dir / "model.pt", step)
 
     writer = None
     try:
@@ -218,6 +279,8 @@ def train_loop(*, model: torch.nn.Module, loss_fn: Callable[[int, np.random.Gene
                 scaler.update()
                 scheduler.step()
                 stop_now = distributed.sync_step(model, stop.requested, device)
+                if ema is not None:
+                    ema.update()
                 done = step + 1
                 for key, value in terms.items():
                     value = value.detach() if isinstance(value, torch.Tensor) else value
@@ -252,6 +315,8 @@ def train_loop(*, model: torch.nn.Module, loss_fn: Callable[[int, np.random.Gene
             bar.close()
         if writer is not None:
             writer.close()
+    if ema is not None:
+        ema.copy_to()  # the model ends as model.pt holds it
     last["seconds"] = time.monotonic() - t0
     # CPU time of this process: on a shared machine it estimates the wall time the run would take alone.
     last["cpu_seconds"] = time.process_time() - cpu0
