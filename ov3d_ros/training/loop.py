@@ -315,6 +315,8 @@ def train_loop(*, model: torch.nn.Module, loss_fn: Callable[[int, np.random.Gene
             bar.close()
         if writer is not None:
             writer.close()
+    # Worker 0 writes the final model.pt; the others must not go on (stage 2 reads it) before it is there.
+    distributed.barrier()
     if ema is not None:
         ema.copy_to()  # the model ends as model.pt holds it
     last["seconds"] = time.monotonic() - t0

@@ -88,6 +88,42 @@ def test_one_worker_collectives_are_no_ops():
     assert list(distributed.World(0, 1).share(3)) == [0, 1, 2]
 
 
+FINAL_CHECKPOINT = textwrap.dedent("""
+    import json, sys, time
+    from pathlib import Path
+    import torch
+    from ov3d_ros.training import distributed as d
+    from ov3d_ros.training.loop import LoopConfig, train_loop
+    w = d.init_from_env("cpu", timeout_s=60)
+    torch.manual_seed(0)
+    net = torch.nn.Linear(2, 1)
+    out = Path(sys.argv[1])
+
+    def export(path, step):
+        time.sleep(1.0)  # a slow disk under worker 0, the one that writes
+        torch.save({"step": step}, path)
+
+    def loss_fn(step, rng):
+        return {"loss": net(torch.as_tensor(rng.normal(size=(8, 2)), dtype=torch.float32)).pow(2).mean()}
+
+    loop = LoopConfig(steps=4, lr=0.01, weight_decay=0.0, warmup_steps=0, min_lr_ratio=1.0, grad_clip=0.0,
+                      amp=False, checkpoint_every=2, log_every=2)
+    train_loop(model=net, loss_fn=loss_fn, loop=loop, out_dir=out, seed=0, tag=5, device=torch.device("cpu"),
+               export_model=export, show_progress=False)
+    print(json.dumps({"rank": w.rank, "step": torch.load(out / "model.pt")["step"]}))
+    d.shutdown()
+""")
+
+
+def test_every_worker_returns_only_after_the_final_checkpoint_is_written(tmp_path):
+    """Stage 2 of `ov3d-train all` reads stage 1's model.pt on every worker: none may read the previous one."""
+    results = _two_workers(["-c", FINAL_CHECKPOINT, str(tmp_path / "run")], tmp_path, timeout=120)
+    for r in results:
+        assert r.returncode == 0, r.stderr[-2000:]
+    seen = [json.loads(r.stdout.strip().splitlines()[-1]) for r in results]
+    assert seen == [{"rank": 0, "step": 4}, {"rank": 1, "step": 4}]
+
+
 def _train(tmp_path, data, name, *extra):
     cmd = [sys.executable, "-m", "ov3d_ros.training.cli", "stage1", "--no-progress", "--set", *TINY,
            f"data.root={data}", f"output_dir={tmp_path / name}", "workers=2", "threads=2", "stage1.steps=12",
