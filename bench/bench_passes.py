@@ -9,8 +9,8 @@ superpoints, side by side.
 
 Runs the evaluation protocol (`ov3d-train eval`: every class name a query, every point its best query) through the
 deployed path (Segmenter.label_points) once per pass count (and per superpoint setting), and prints mIoU, overall
-accuracy and the seconds the Segmenter took, as ratios against the first row. Without --scenes it uses the held-out rooms of --config (synthetic
-rooms are generated under its data.root on first use).
+accuracy and the seconds the Segmenter took, as ratios against the first row. Without --scenes it uses the held-out
+rooms of --config (synthetic rooms are generated under its data.root on first use).
 """
 from __future__ import annotations
 
@@ -70,8 +70,8 @@ def main(argv=None) -> int:
 
         report = evaluate_scenes(timed, scenes, cfg["eval"])
         base = base or seconds
-        print(f"{passes:>6} {'on' if refine else 'off':>11} {100 * report.miou:6.1f} {100 * report.overall_acc:7.1f} {seconds:8.1f} "
-              f"{seconds / base:6.1f}x", flush=True)
+        print(f"{passes:>6} {'on' if refine else 'off':>11} {100 * report.miou:6.1f} {100 * report.overall_acc:7.1f} "
+              f"{seconds:8.1f} {seconds / base:6.1f}x", flush=True)
     return 0
 
 

@@ -212,8 +212,10 @@ class Segmenter:
         use this instead of `features`, which expands them to every point.
         """
         xyz_t, rgb_t = as_points(xyz, rgb)
-        config = self.superpoints if superpoints is None else (self.superpoints or SuperpointConfig()
-                                                                 if superpoints else None)
+        if superpoints is None:
+            config = self.superpoints
+        else:
+            config = (self.superpoints or SuperpointConfig()) if superpoints else None
         chunks = self._voxel_features(xyz_t, rgb_t, progress)
         if config is None:
             yield from chunks

@@ -196,7 +196,6 @@ def superpoint_mean(values, segment: np.ndarray) -> np.ndarray:
     if values.ndim != 2 or segment.shape != (values.shape[0],):
         raise ValueError(f"values must be (N, C) and segment (N,), got {values.shape} and {segment.shape}")
     n_seg = int(segment.max()) + 1 if len(segment) else 0
-    sums = np.zeros((n_seg, values.shape[1]), dtype=np.float64)
-    np.add.at(sums, segment, values)
+    sums = np.stack([np.bincount(segment, values[:, c], n_seg) for c in range(values.shape[1])], axis=1)
     counts = np.bincount(segment, minlength=n_seg)
     return (sums / np.maximum(counts, 1)[:, None]).astype(np.float32)[segment]
