@@ -129,7 +129,14 @@ DEFAULTS: dict[str, Any] = {
         # average the probabilities over superpoints (the superpoints section) before the confidence bar: a surface
         # patch gets one label
         "superpoints": True,
+        # leave unlabelled the points whose best class over the whole training vocabulary is missing from the
+        # scene's vocabulary (an object the 2D pipeline missed or misnamed in every image), rather than give them
+        # the nearest scene class
+        "vocabulary_guard": True,
         "steps": 300,
+        # > 1: train this many replicas from the stage-1 weights, each on its own crops and augmentations, and
+        # write the mean of their weights as model.pt (each replica's run is under replica<k>/); costs k x the steps
+        "replicas": 1,
         # > 0: train on random vertical cylinders of this radius (metres) of the global clouds, 0 = whole scenes. On
         # the synthetic rooms 2.5 m crops scored higher than whole rooms at half the cost per step (training/README.md)
         "crop_radius": 0.0,

@@ -139,6 +139,20 @@ class WeightAverage:
             self.module.load_state_dict(saved, strict=False)
 
 
+def average_state_dicts(states: list[dict]) -> dict:
+    """The element-wise mean of several state dicts of one architecture: floating-point tensors (weights,
+    batch-norm statistics) are averaged, the rest (batch counters) taken from the first."""
+    if not states:
+        raise ValueError("average_state_dicts: nothing to average")
+    out = {}
+    for key, value in states[0].items():
+        if torch.is_floating_point(value):
+            out[key] = torch.stack([s[key].float() for s in states]).mean(dim=0).to(value.dtype)
+        else:
+            out[key] = value.clone()
+    return out
+
+
 class _SignalStop:
     """Turns SIGTERM into a flag the loop checks between steps, so a polite kill saves the state first."""
 

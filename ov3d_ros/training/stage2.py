@@ -6,11 +6,18 @@ Per scene: the frames' vocabularies are merged into the scene vocabulary; the gl
 VoxelMap (or a PLY given in ``stage2.global_ply``); class probabilities are a softmax over the scene vocabulary of
 cosine * the model's logit scale (its learned inverse temperature), averaged over the passes and, with
 ``stage2.superpoints``, over each superpoint; labels below the confidence threshold are -1 (ignored by the loss).
-The share of points that got a label is logged and written to ``pseudo_labels.json``. With several workers each
-labels its share of the scenes and all of them train on all the labels.
+With ``stage2.vocabulary_guard`` a point is also left unlabelled when its best class over the whole training
+vocabulary is not in the scene vocabulary: the 2D pipeline missed or misnamed that object in every image, and the
+nearest scene class would be a wrong label. The share of points that got a label is logged and written to
+``pseudo_labels.json``. With several workers each labels its share of the scenes and all of them train on all the
+labels.
+
+With ``stage2.replicas`` = k > 1, k fine-tuning runs start from the stage-1 weights on the same labels, each with
+its own crops and augmentations (``replica<i>/``), and ``model.pt`` is the mean of their weights.
 """
 from __future__ import annotations
 
+import copy
 import json
 import logging
 from dataclasses import dataclass
@@ -25,13 +32,14 @@ from .common import TrainingContext, export_checkpoint
 from .datasets import SceneData, fuse_global_cloud
 from ..grid_sampling import confident_labels, repeated_grid_sampling, turn_about_gravity
 from ..superpoints import SuperpointConfig, superpoint_mean, superpoints
-from .loop import LoopConfig, train_loop
+from .loop import LoopConfig, average_state_dicts, train_loop
 from .losses import (alignment_loss_voxels, class_balance_weights, contrastive_loss_voxels, voxel_cosines,
                      voxel_label_histogram)
 
 log = logging.getLogger("ov3d.train")
 
 STAGE2_TAG = 2
+REPLICA_TAG = 100  # replica k draws its steps from tag STAGE2_TAG + REPLICA_TAG * k
 
 
 @dataclass
@@ -50,15 +58,14 @@ class GlobalScene:
 
 
 @torch.no_grad()
-def scene_probabilities(ctx: TrainingContext, xyz: np.ndarray, rgb: np.ndarray, text: torch.Tensor,
-                        idx: np.ndarray, angle: float = 0.0) -> np.ndarray:
-    """Class probabilities (len(idx), Q) of the model on the subset ``idx`` (one point per voxel of a pass), with
-    the cloud turned by ``angle`` radians about the vertical axis through its centre."""
+def scene_logits(ctx: TrainingContext, xyz: np.ndarray, rgb: np.ndarray, text: torch.Tensor,
+                 idx: np.ndarray, angle: float = 0.0) -> torch.Tensor:
+    """Class logits (len(idx), Q), cosine x the model's logit scale, on the subset ``idx`` (one point per voxel of a
+    pass), with the cloud turned by ``angle`` radians about the vertical axis through its centre."""
     model = ctx.model
     pts = turn_about_gravity(xyz[idx], angle) if angle else xyz[idx].astype(np.float64)
     feats = model(torch.from_numpy(pts.astype(np.float32)).to(ctx.device), torch.from_numpy(rgb[idx]).to(ctx.device))
-    logits = model.logit_scale_value() * (feats.float() @ text.T)
-    return torch.softmax(logits, dim=1).cpu().numpy()
+    return model.logit_scale_value() * (feats.float() @ text.T)
 
 
 def pseudo_label_scene(ctx: TrainingContext, name: str, xyz: np.ndarray, rgb: np.ndarray, vocab_ids: np.ndarray,
@@ -72,10 +79,19 @@ def pseudo_label_scene(ctx: TrainingContext, name: str, xyz: np.ndarray, rgb: np
     try:
         scene_text = text[torch.as_tensor(vocab_ids, device=ctx.device)]
         rotate = bool(s2["rotate_passes"])
+        guard = bool(s2["vocabulary_guard"]) and len(vocab_ids) < len(text)
+        n_scene = len(vocab_ids)
 
         def predict(idx: np.ndarray) -> np.ndarray:
             angle = float(rng.uniform(0.0, 2.0 * np.pi)) if rotate else 0.0
-            return scene_probabilities(ctx, xyz, rgb, scene_text, idx, angle)
+            # With the guard, the scene vocabulary's softmax and the whole vocabulary's side by side: one pass of
+            # the network, both averaged over the same passes.
+            both = torch.cat([scene_text, text]) if guard else scene_text
+            logits = scene_logits(ctx, xyz, rgb, both, idx, angle)
+            probs = torch.softmax(logits[:, :n_scene], dim=1)
+            if guard:
+                probs = torch.cat([probs, torch.softmax(logits[:, n_scene:], dim=1)], dim=1)
+            return probs.cpu().numpy()
 
         result = repeated_grid_sampling(
             xyz, predict, voxel_size=float(s2["grid_voxel"]),
@@ -85,7 +101,14 @@ def pseudo_label_scene(ctx: TrainingContext, name: str, xyz: np.ndarray, rgb: np
     probabilities = result.probabilities
     if superpoint_cfg is not None:
         probabilities = superpoint_mean(probabilities, superpoints(xyz, rgb, superpoint_cfg))
-    local, score = confident_labels(probabilities, float(s2["confidence"]), float(s2["class_top_fraction"]))
+    local, score = confident_labels(probabilities[:, :n_scene], float(s2["confidence"]),
+                                    float(s2["class_top_fraction"]))
+    if guard:
+        # A point whose best class over the whole vocabulary is one this scene's images never named is left
+        # unlabelled: the 2D pipeline missed or misnamed that object, and the nearest scene class would be wrong.
+        in_scene = np.zeros(len(text), dtype=bool)
+        in_scene[vocab_ids] = True
+        local[~in_scene[probabilities[:, n_scene:].argmax(axis=1)]] = -1
     label = np.where(local >= 0, vocab_ids[np.maximum(local, 0)], -1).astype(np.int32)
     return GlobalScene(name, xyz, rgb, label, score, vocab_ids, result.passes)
 
@@ -180,21 +203,44 @@ def stage2_loss_fn(ctx: TrainingContext, scenes: list[GlobalScene], text: torch.
 def train_stage2(ctx: TrainingContext, scenes: list[SceneData], vocabulary: list[str], cfg: dict, out_dir: Path, *,
                  stop_after_step: int | None = None, resume: bool = True, show_progress: bool = True) -> dict:
     """Pseudo-label the global scenes with ``ctx.model`` (stage-1 weights) and fine-tune it; returns the last scalars
-    plus ``labelled_share``. Writes out_dir/pseudo_labels.json, state.pt and model.pt."""
+    (of the last replica) plus ``labelled_share``. Writes out_dir/pseudo_labels.json and model.pt, and state.pt in
+    out_dir (one replica) or in out_dir/replica<i>/ with each replica's own model.pt."""
     out_dir = Path(out_dir)
     # Pseudo labels come from ctx.model as given (the stage-1 weights) before train_loop loads any stage-2 resume
     # state; grid sampling is seeded, so a resumed run gets the very same labels.
     global_scenes = build_global_scenes(ctx, scenes, vocabulary, cfg, out_dir)
     text = ctx.embed(vocabulary)
     loop = LoopConfig.from_section(cfg["stage2"])
+    replicas = int(cfg["stage2"]["replicas"])
+    if replicas < 1:
+        raise ValueError(f"stage2.replicas must be >= 1, got {replicas}")
+    init = copy.deepcopy(ctx.model.state_dict())
+    finals = []
+    for k in range(replicas):
+        # Replica k: the same pseudo labels and stage-1 start, its own crops and augmentations. Replica 0 is the
+        # run a single replica would make.
+        folder = out_dir if replicas == 1 else out_dir / f"replica{k}"
+        meta = {"stage": 2, "steps": loop.steps, **({"replica": k} if replicas > 1 else {})}
 
-    def export(path: Path, step: int) -> None:
-        export_checkpoint(path, ctx, vocabulary, meta={"stage": 2, "step": step, "steps": loop.steps})
+        def export(path: Path, step: int, meta=meta) -> None:
+            export_checkpoint(path, ctx, vocabulary, meta={**meta, "step": step})
 
-    result = train_loop(model=ctx.model, loss_fn=stage2_loss_fn(ctx, global_scenes, text, cfg), loop=loop,
-                        out_dir=out_dir, seed=int(cfg["seed"]), tag=STAGE2_TAG, device=ctx.device,
-                        export_model=export, desc="stage2", stop_after_step=stop_after_step, resume=resume,
-                        show_progress=show_progress)
+        ctx.model.load_state_dict(init)
+        result = train_loop(model=ctx.model, loss_fn=stage2_loss_fn(ctx, global_scenes, text, cfg), loop=loop,
+                            out_dir=folder, seed=int(cfg["seed"]), tag=STAGE2_TAG + REPLICA_TAG * k,
+                            device=ctx.device, export_model=export,
+                            desc="stage2" if replicas == 1 else f"stage2.{k}", stop_after_step=stop_after_step,
+                            resume=resume, show_progress=show_progress)
+        finals.append(copy.deepcopy(ctx.model.state_dict()))
+    if replicas > 1:
+        # The replicas' weights averaged (a "model soup"): fine-tuned from one start, they stay close enough for
+        # their mean to be a good model, and it varies less from run to run than any one of them.
+        ctx.model.load_state_dict(average_state_dicts(finals))
+        if distributed.world().main:
+            export_checkpoint(out_dir / "model.pt", ctx, vocabulary,
+                              meta={"stage": 2, "step": loop.steps, "steps": loop.steps, "replicas": replicas})
+        distributed.barrier()
+        log.info("stage 2: model.pt is the mean of %d replicas' weights", replicas)
     total = sum(len(g.xyz) for g in global_scenes)
     result["labelled_share"] = sum(int((g.label >= 0).sum()) for g in global_scenes) / max(total, 1)
     return result

@@ -1,9 +1,10 @@
-"""The training loop's weight average (ema_decay): the formula on a hand-built case, what model.pt holds, resume."""
+"""The training loop's weight averages: ema_decay (the formula on a hand-built case, what model.pt holds, resume) and
+the mean of several runs' weights (stage2.replicas)."""
 import numpy as np
 import pytest
 import torch
 
-from ov3d_ros.training.loop import LoopConfig, TrainingInterrupted, WeightAverage, train_loop
+from ov3d_ros.training.loop import LoopConfig, TrainingInterrupted, WeightAverage, average_state_dicts, train_loop
 
 
 def _net():
@@ -90,3 +91,19 @@ def test_ema_decay_out_of_range_is_rejected():
                    checkpoint_every=1, log_every=1, ema_decay=1.0)
     with pytest.raises(ValueError, match="ema_decay"):
         LoopConfig.from_section(section)
+
+
+def test_average_state_dicts_means_floats_and_keeps_counters():
+    a, b = _net().state_dict(), _net().state_dict()
+    for key in a:
+        if torch.is_floating_point(b[key]):
+            b[key] = b[key] + 2.0
+    b["1.num_batches_tracked"] = torch.tensor(7)
+    mean = average_state_dicts([a, b])
+    for key, value in a.items():
+        if torch.is_floating_point(value):
+            torch.testing.assert_close(mean[key], value + 1.0)
+    assert mean["1.num_batches_tracked"].item() == a["1.num_batches_tracked"].item()
+    with pytest.raises(ValueError):
+        average_state_dicts([])
+

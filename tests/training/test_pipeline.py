@@ -120,6 +120,43 @@ def test_resume_after_interruption_gives_identical_weights(prepared, encoder):
     assert all(torch.equal(ma[k], mb[k]) for k in ma)
 
 
+def test_stage2_replicas_average_into_model_pt_and_resume(prepared, encoder):
+    """stage2.replicas=2: replica 0 is the single-replica run, replica 1 trains on other crops, model.pt holds the
+    mean of their weights; a run killed inside replica 0 resumes there and ends with the same model.pt."""
+    root, _, _, scenes, vocabulary = prepared
+    s1 = _cfg(root, "rep_s1", ["stage1.steps=4"])
+    pipeline.run_stage1(s1, scenes=scenes, vocabulary=vocabulary, progress=False, text_encoder=encoder)
+    init = f"stage2.init={root / 'rep_s1' / 'stage1' / 'model.pt'}"
+    extra = [init, "stage2.steps=4", "stage2.checkpoint_every=2"]
+    single = _cfg(root, "rep_one", extra)
+    pipeline.run_stage2(single, scenes=scenes, vocabulary=vocabulary, progress=False, text_encoder=encoder)
+    two = _cfg(root, "rep_two", extra + ["stage2.replicas=2"])
+    pipeline.run_stage2(two, scenes=scenes, vocabulary=vocabulary, progress=False, text_encoder=encoder)
+    broken = _cfg(root, "rep_broken", extra + ["stage2.replicas=2"])
+    # Each replica counts its own steps: the hook stops replica 0 after step 3, before its step-4 checkpoint.
+    with pytest.raises(TrainingInterrupted):
+        pipeline.run_stage2(broken, scenes=scenes, vocabulary=vocabulary, progress=False, text_encoder=encoder,
+                            stop_after_step=3)
+    state = torch.load(root / "rep_broken" / "stage2" / "replica0" / "state.pt", weights_only=False)
+    assert state["step"] == 2 and not (root / "rep_broken" / "stage2" / "replica1").exists()
+    pipeline.run_stage2(broken, scenes=scenes, vocabulary=vocabulary, progress=False, text_encoder=encoder)
+
+    def weights(*parts):
+        return torch.load(root.joinpath(*parts), weights_only=True)["state_dict"]
+
+    one = weights("rep_one", "stage2", "model.pt")
+    r0 = weights("rep_two", "stage2", "replica0", "model.pt")
+    r1 = weights("rep_two", "stage2", "replica1", "model.pt")
+    mean = weights("rep_two", "stage2", "model.pt")
+    assert all(torch.equal(one[k], r0[k]) for k in one)
+    floats = [k for k in r0 if torch.is_floating_point(r0[k])]
+    assert any(not torch.equal(r0[k], r1[k]) for k in floats)
+    for k in floats:
+        torch.testing.assert_close(mean[k], (r0[k] + r1[k]) / 2)
+    resumed = weights("rep_broken", "stage2", "model.pt")
+    assert all(torch.equal(mean[k], resumed[k]) for k in mean)
+
+
 def test_frames_keep_their_own_vocabulary_within_the_merged_scene_vocabulary(prepared):
     from ov3d_ros.data.pseudo_labels import labelled_frame_ids, read_frame_labels
 
