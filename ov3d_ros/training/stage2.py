@@ -214,6 +214,7 @@ def train_stage2(ctx: TrainingContext, scenes: list[SceneData], vocabulary: list
     replicas = int(cfg["stage2"]["replicas"])
     if replicas < 1:
         raise ValueError(f"stage2.replicas must be >= 1, got {replicas}")
+    loss_fn = stage2_loss_fn(ctx, global_scenes, text, cfg)  # class weights from the labels: once for all replicas
     init = copy.deepcopy(ctx.model.state_dict())
     finals = []
     for k in range(replicas):
@@ -226,7 +227,7 @@ def train_stage2(ctx: TrainingContext, scenes: list[SceneData], vocabulary: list
             export_checkpoint(path, ctx, vocabulary, meta={**meta, "step": step})
 
         ctx.model.load_state_dict(init)
-        result = train_loop(model=ctx.model, loss_fn=stage2_loss_fn(ctx, global_scenes, text, cfg), loop=loop,
+        result = train_loop(model=ctx.model, loss_fn=loss_fn, loop=loop,
                             out_dir=folder, seed=int(cfg["seed"]), tag=STAGE2_TAG + REPLICA_TAG * k,
                             device=ctx.device, export_model=export,
                             desc="stage2" if replicas == 1 else f"stage2.{k}", stop_after_step=stop_after_step,
