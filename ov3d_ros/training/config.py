@@ -141,6 +141,11 @@ DEFAULTS: dict[str, Any] = {
         # the synthetic rooms 2.5 m crops scored higher than whole rooms at half the cost per step (training/README.md)
         "crop_radius": 0.0,
         "class_balance": 0.5,  # as stage1.class_balance, over the pseudo-labelled global points
+        # > 0: each step also takes the stage-1 loss (L_align + consistency_weight * L_cons + contrast, frames drawn
+        # as stage 1 draws them) on partial frames and their pixel pseudo labels, with this weight. The frames'
+        # labels come from the 2D pipeline, not from the stage-1 model, so its own mistakes are not all that stage 2
+        # learns from. 0 = global scenes only.
+        "partial_weight": 0.0,
         "lr": 0.002,
         "weight_decay": 0.01,
         "warmup_steps": 10,

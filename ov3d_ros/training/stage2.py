@@ -14,6 +14,10 @@ labels.
 
 With ``stage2.replicas`` = k > 1, k fine-tuning runs start from the stage-1 weights on the same labels, each with
 its own crops and augmentations (``replica<i>/``), and ``model.pt`` is the mean of their weights.
+
+With ``stage2.partial_weight`` = w > 0, every step also adds w x the stage-1 loss on partial frames and their pixel
+pseudo labels (consistency included when stage 1 has it). Those labels come from the 2D pipeline, so they hold the
+fine-tuning back from learning only the stage-1 model's own confident mistakes.
 """
 from __future__ import annotations
 
@@ -33,6 +37,7 @@ from .datasets import SceneData, fuse_global_cloud
 from ..grid_sampling import confident_labels, repeated_grid_sampling, turn_about_gravity
 from ..superpoints import SuperpointConfig, superpoint_mean, superpoints
 from .loop import LoopConfig, average_state_dicts, train_loop
+from .stage1 import stage1_loss_fn
 from .losses import (alignment_loss_voxels, class_balance_weights, contrastive_loss_voxels, voxel_cosines,
                      voxel_label_histogram)
 
@@ -154,7 +159,10 @@ def build_global_scenes(ctx: TrainingContext, scenes: list[SceneData], vocabular
     return out
 
 
-def stage2_loss_fn(ctx: TrainingContext, scenes: list[GlobalScene], text: torch.Tensor, cfg: dict):
+def stage2_loss_fn(ctx: TrainingContext, scenes: list[GlobalScene], text: torch.Tensor, cfg: dict,
+                   partial_scenes: list[SceneData] | None = None):
+    """Build ``loss_fn(step, rng)`` for train_loop: the cosine (and contrastive) loss on a crop of a pseudo-labelled
+    global scene, plus ``stage2.partial_weight`` x the stage-1 loss on frames of ``partial_scenes`` when it is > 0."""
     s2 = cfg["stage2"]
     beta = float(s2["contrastive_weight"])
     radius = float(s2["crop_radius"])
@@ -171,6 +179,12 @@ def stage2_loss_fn(ctx: TrainingContext, scenes: list[GlobalScene], text: torch.
     for g in usable:
         counts += np.bincount(g.label[g.label >= 0], minlength=len(text))
     class_weight = class_balance_weights(counts, power).to(device)
+    partial = float(s2["partial_weight"])
+    if partial < 0:
+        raise ValueError(f"stage2.partial_weight must be >= 0, got {partial}")
+    if partial > 0 and not partial_scenes:
+        raise ValueError("stage2.partial_weight > 0 needs the training scenes' frames")
+    partial_fn = stage1_loss_fn(ctx, partial_scenes, text, cfg) if partial > 0 else None
 
     def loss_fn(step: int, rng: np.random.Generator) -> dict:
         g = usable[int(rng.integers(len(usable)))]
@@ -194,6 +208,10 @@ def stage2_loss_fn(ctx: TrainingContext, scenes: list[GlobalScene], text: torch.
             l_con = contrastive_loss_voxels(cos[:, ids], h, temperature=1.0 / model.logit_scale_value())
             loss = loss + beta * l_con
             out["contrast"] = l_con.detach()
+        if partial_fn is not None:
+            frames = partial_fn(step, rng)
+            loss = loss + partial * frames.pop("loss")
+            out.update({f"partial_{k}": v for k, v in frames.items()})
         out["loss"] = loss
         return out
 
@@ -214,7 +232,7 @@ def train_stage2(ctx: TrainingContext, scenes: list[SceneData], vocabulary: list
     replicas = int(cfg["stage2"]["replicas"])
     if replicas < 1:
         raise ValueError(f"stage2.replicas must be >= 1, got {replicas}")
-    loss_fn = stage2_loss_fn(ctx, global_scenes, text, cfg)  # class weights from the labels: once for all replicas
+    loss_fn = stage2_loss_fn(ctx, global_scenes, text, cfg, scenes)  # class weights from the labels: once for all replicas
     init = copy.deepcopy(ctx.model.state_dict())
     finals = []
     for k in range(replicas):

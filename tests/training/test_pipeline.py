@@ -239,3 +239,48 @@ def test_superpoint_pseudo_labels_are_one_label_per_patch(prepared, encoder):
     for s in np.unique(segment):
         assert len(np.unique(refined.label[segment == s])) == 1 and np.ptp(refined.score[segment == s]) < 1e-6
     assert (refined.label != plain.label).any()  # the refinement changed something
+
+
+def test_stage2_partial_term_is_the_stage1_loss_on_frames_drawn_after_the_crop(prepared, encoder, tmp_path):
+    """stage2.partial_weight w: a stage-2 step is the crop's losses plus w x the stage-1 loss (align + lambda cons +
+    contrast) of frames drawn as stage 1 draws them, from the same random stream right after the crop's draws."""
+    from ov3d_ros.training.common import TrainingContext
+    from ov3d_ros.training.stage1 import stage1_loss_fn
+    from ov3d_ros.training.stage2 import build_global_scenes, stage2_loss_fn
+
+    root, _, _, scenes, vocabulary = prepared
+    w = 0.5
+    # An untrained model is confident nowhere: confidence 0 gives every point its argmax as a pseudo label.
+    cfg = _cfg(root, "partial", [f"stage2.partial_weight={w}", "stage1.consistency_weight=0.2", "stage2.confidence=0"])
+    torch.manual_seed(0)
+    ctx = TrainingContext(cfg, text_encoder=encoder)
+    ctx.model.eval()  # batch statistics would otherwise move between the calls compared below
+    text = ctx.embed(vocabulary)
+    global_scenes = build_global_scenes(ctx, scenes, vocabulary, cfg, tmp_path)
+    with_frames = stage2_loss_fn(ctx, global_scenes, text, cfg, scenes)(0, np.random.default_rng(7))
+    crop_only = stage2_loss_fn(ctx, global_scenes, text, {**cfg, "stage2": {**cfg["stage2"], "partial_weight": 0.0}})
+    rng = np.random.default_rng(7)
+    crop = crop_only(0, rng)
+    frames = stage1_loss_fn(ctx, scenes, text, cfg)(0, rng)  # the stream continues where the crop left it
+
+    assert float(with_frames["align"]) == pytest.approx(float(crop["align"]), rel=1e-5)
+    for name in ("align", "cons", "contrast"):
+        assert float(with_frames[f"partial_{name}"]) == pytest.approx(float(frames[name]), rel=1e-5), name
+    assert float(frames["cons"]) > 0  # the tiny room has overlapping pairs, so the consistency term is in play
+    expected = float(crop["loss"]) + w * float(frames["loss"])
+    assert float(with_frames["loss"]) == pytest.approx(expected, rel=1e-5)
+
+
+def test_stage2_partial_weight_is_checked(prepared, encoder, tmp_path):
+    from ov3d_ros.training.common import TrainingContext
+    from ov3d_ros.training.stage2 import build_global_scenes, stage2_loss_fn
+
+    root, _, _, scenes, vocabulary = prepared
+    cfg = _cfg(root, "partial_bad", ["stage2.partial_weight=0.5", "stage2.confidence=0"])
+    ctx = TrainingContext(cfg, text_encoder=encoder)
+    text = ctx.embed(vocabulary)
+    global_scenes = build_global_scenes(ctx, scenes, vocabulary, cfg, tmp_path)
+    with pytest.raises(ValueError, match="needs the training scenes' frames"):
+        stage2_loss_fn(ctx, global_scenes, text, cfg)
+    with pytest.raises(ValueError, match="must be >= 0"):
+        stage2_loss_fn(ctx, global_scenes, text, {**cfg, "stage2": {**cfg["stage2"], "partial_weight": -1.0}})
