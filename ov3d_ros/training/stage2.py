@@ -37,9 +37,9 @@ from .datasets import SceneData, fuse_global_cloud
 from ..grid_sampling import confident_labels, repeated_grid_sampling, turn_about_gravity
 from ..superpoints import SuperpointConfig, superpoint_mean, superpoints
 from .loop import LoopConfig, average_state_dicts, train_loop
-from .stage1 import stage1_loss_fn
 from .losses import (alignment_loss_voxels, class_balance_weights, contrastive_loss_voxels, voxel_cosines,
                      voxel_label_histogram)
+from .stage1 import stage1_loss_fn
 
 log = logging.getLogger("ov3d.train")
 
@@ -232,7 +232,8 @@ def train_stage2(ctx: TrainingContext, scenes: list[SceneData], vocabulary: list
     replicas = int(cfg["stage2"]["replicas"])
     if replicas < 1:
         raise ValueError(f"stage2.replicas must be >= 1, got {replicas}")
-    loss_fn = stage2_loss_fn(ctx, global_scenes, text, cfg, scenes)  # class weights from the labels: once for all replicas
+    # Built once for all replicas: the class weights come from all the pseudo labels.
+    loss_fn = stage2_loss_fn(ctx, global_scenes, text, cfg, scenes)
     init = copy.deepcopy(ctx.model.state_dict())
     finals = []
     for k in range(replicas):
