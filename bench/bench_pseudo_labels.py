@@ -60,6 +60,8 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         labelled = build_global_scenes(ctx, scenes, vocabulary, cfg, Path(tmp))
     model = TrainingContext.from_checkpoint(cfg, args.model, text_encoder=ctx.text_encoder) if args.model else None
+    if model is not None:
+        model.model.eval()
     text = ctx.embed(vocabulary)
     n = len(vocabulary)
     labels = np.zeros((n, n), dtype=np.int64)  # ground truth x pseudo label, labelled points only
@@ -79,7 +81,6 @@ def main(argv=None) -> int:
         both = matched & (g.label >= 0)
         np.add.at(labels, (target[both], g.label[both]), 1)
         if model is not None:
-            model.model.eval()
             with torch.no_grad():
                 pred = scene_logits(model, g.xyz, g.rgb, text, np.arange(len(g.xyz))).argmax(1).cpu().numpy()
             np.add.at(predicted, (target[matched], pred[matched]), 1)

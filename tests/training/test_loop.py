@@ -106,4 +106,3 @@ def test_average_state_dicts_means_floats_and_keeps_counters():
     assert mean["1.num_batches_tracked"].item() == a["1.num_batches_tracked"].item()
     with pytest.raises(ValueError):
         average_state_dicts([])
-
