@@ -26,11 +26,6 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
-def _iou(confusion: np.ndarray) -> np.ndarray:
-    tp = np.diag(confusion).astype(np.float64)
-    return tp / np.maximum(confusion.sum(0) + confusion.sum(1) - tp, 1)
-
-
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", required=True, help="the stage-1 checkpoint that labels the scenes")
@@ -50,6 +45,7 @@ def main(argv=None) -> int:
     from ov3d_ros.training.config import load_config
     from ov3d_ros.training.datasets import load_labelled_scene
     from ov3d_ros.training.evaluate import map_ground_truth
+    from ov3d_ros.training.metrics import confusion_matrix, iou_from_confusion
     from ov3d_ros.training.stage2 import build_global_scenes, scene_logits
 
     torch.set_num_threads(args.threads)
@@ -64,8 +60,8 @@ def main(argv=None) -> int:
         model.model.eval()
     text = ctx.embed(vocabulary)
     n = len(vocabulary)
-    labels = np.zeros((n, n), dtype=np.int64)  # ground truth x pseudo label, labelled points only
-    predicted = np.zeros((n, n), dtype=np.int64)  # ground truth x the --model's argmax, every matched point
+    labels = np.zeros((n, n + 1), dtype=np.int64)  # ground truth x pseudo label, labelled points only
+    predicted = np.zeros((n, n + 1), dtype=np.int64)  # ground truth x the --model's argmax, every matched point
     points = np.zeros(n, dtype=np.int64)
     for scene, g in zip(scenes, labelled):
         try:
@@ -79,13 +75,13 @@ def main(argv=None) -> int:
         matched = target >= 0
         np.add.at(points, target[matched], 1)
         both = matched & (g.label >= 0)
-        np.add.at(labels, (target[both], g.label[both]), 1)
+        labels += confusion_matrix(target[both], g.label[both].astype(np.int64), n)
         if model is not None:
             with torch.no_grad():
                 pred = scene_logits(model, g.xyz, g.rgb, text, np.arange(len(g.xyz))).argmax(1).cpu().numpy()
-            np.add.at(predicted, (target[matched], pred[matched]), 1)
-    label_iou = _iou(labels)
-    model_iou = _iou(predicted) if model is not None else None
+            predicted += confusion_matrix(target[matched], pred[matched].astype(np.int64), n)
+    label_iou = iou_from_confusion(labels)  # NaN for a class with no labelled point
+    model_iou = iou_from_confusion(predicted) if model is not None else None
     head = f"{'class':<12} {'points':>9} {'labelled':>9} {'label IoU':>10} {'right':>7}"
     print(head + (f" {'model IoU':>10}" if model is not None else ""))
     present = points > 0
@@ -95,8 +91,8 @@ def main(argv=None) -> int:
         print(row + (f" {100 * model_iou[c]:10.1f}" if model is not None else ""))
     total = labels.sum()
     summary = (f"{'mean':<12} {points.sum():9d} {100 * total / max(points.sum(), 1):8.1f}% "
-               f"{100 * label_iou[present].mean():10.1f} {100 * np.trace(labels) / max(total, 1):6.1f}%")
-    print(summary + (f" {100 * model_iou[present].mean():10.1f}" if model is not None else ""))
+               f"{100 * np.nanmean(label_iou[present]):10.1f} {100 * np.trace(labels) / max(total, 1):6.1f}%")
+    print(summary + (f" {100 * np.nanmean(model_iou[present]):10.1f}" if model is not None else ""))
     return 0
 
 

@@ -49,15 +49,13 @@ def main(argv=None) -> int:
     from ov3d_ros.training.augment import augment_points
     from ov3d_ros.training.common import TrainingContext
     from ov3d_ros.training.config import load_config
+    from ov3d_ros.training.losses import label_counts
 
     torch.set_num_threads(args.threads)
     cfg = load_config(args.config, args.overrides + ["workers=1", f"stage1.pair_max_gap={args.max_gap}"])
     train, _ = pipeline.resolve_scenes(cfg, progress=False)
     scenes, vocabulary = pipeline.load_train_data(cfg, train, progress=False)
-    counts = np.zeros(len(vocabulary), dtype=np.int64)
-    for scene in scenes:
-        for frame in scene.frames:
-            counts += np.bincount(frame.label[frame.label >= 0], minlength=len(vocabulary))
+    counts = label_counts((frame.label for scene in scenes for frame in scene.frames), len(vocabulary))
     background = set(np.argsort(counts)[-2:].tolist())
     print(f"{sum(len(s.pairs) for s in scenes)} pairs in {len(scenes)} scenes; object points: every class but "
           f"{', '.join(vocabulary[c] for c in sorted(background))}")

@@ -6,6 +6,7 @@ voxels' label histograms instead, and give the same values.
 """
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -92,6 +93,15 @@ def class_probabilities(features: torch.Tensor, text: torch.Tensor, temperature:
         raise ValueError(f"temperature must be > 0, got {temperature}")
     logits = F.normalize(features.float(), dim=1) @ F.normalize(text.float(), dim=1).T / temperature
     return torch.softmax(logits, dim=1)
+
+
+def label_counts(label_arrays, n_classes: int) -> np.ndarray:
+    """Points per class, (n_classes,) int64, summed over integer label arrays; -1 (unlabelled) is not counted."""
+    counts = np.zeros(int(n_classes), dtype=np.int64)
+    for labels in label_arrays:
+        labels = np.asarray(labels)
+        counts += np.bincount(labels[labels >= 0], minlength=int(n_classes))
+    return counts
 
 
 def class_balance_weights(counts, power: float) -> torch.Tensor:

@@ -20,7 +20,7 @@ from .common import TrainingContext, export_checkpoint
 from .datasets import FramePair, SceneData
 from .loop import LoopConfig, train_loop
 from .losses import (alignment_loss_voxels, class_balance_weights, consistency_loss, contrastive_loss_voxels,
-                     voxel_cosines, voxel_label_histogram)
+                     label_counts, voxel_cosines, voxel_label_histogram)
 
 log = logging.getLogger("ov3d.train")
 
@@ -66,10 +66,7 @@ def stage1_loss_fn(ctx: TrainingContext, scenes: list[SceneData], text: torch.Te
     contrast_vocabulary = s1["contrast_vocabulary"]
     if contrast_vocabulary not in ("frame", "scene"):
         raise ValueError(f"stage1.contrast_vocabulary must be 'frame' or 'scene', got {contrast_vocabulary!r}")
-    counts = np.zeros(text.shape[0], dtype=np.int64)
-    for scene in scenes:
-        for frame in scene.frames:
-            counts += np.bincount(frame.label[frame.label >= 0], minlength=text.shape[0])
+    counts = label_counts((frame.label for scene in scenes for frame in scene.frames), text.shape[0])
     class_weight = class_balance_weights(counts, float(s1["class_balance"])).to(device)
 
     def loss_fn(step: int, rng: np.random.Generator) -> dict:

@@ -37,8 +37,8 @@ from .datasets import SceneData, fuse_global_cloud
 from ..grid_sampling import confident_labels, repeated_grid_sampling, turn_about_gravity
 from ..superpoints import SuperpointConfig, superpoint_mean, superpoints
 from .loop import LoopConfig, average_state_dicts, train_loop
-from .losses import (alignment_loss_voxels, class_balance_weights, contrastive_loss_voxels, voxel_cosines,
-                     voxel_label_histogram)
+from .losses import (alignment_loss_voxels, class_balance_weights, contrastive_loss_voxels, label_counts,
+                     voxel_cosines, voxel_label_histogram)
 from .stage1 import stage1_loss_fn
 
 log = logging.getLogger("ov3d.train")
@@ -147,9 +147,7 @@ def build_global_scenes(ctx: TrainingContext, scenes: list[SceneData], vocabular
               for g in out}
     total = sum(len(g.xyz) for g in out)
     share = sum(int((g.label >= 0).sum()) for g in out) / max(total, 1)
-    per_class = np.zeros(len(vocabulary), dtype=np.int64)
-    for g in out:
-        per_class += np.bincount(g.label[g.label >= 0], minlength=len(vocabulary))
+    per_class = label_counts((g.label for g in out), len(vocabulary))
     report["_all"] = {"points": total, "labelled_share": share,
                       "labelled_points_per_class": {vocabulary[c]: int(n) for c, n in enumerate(per_class) if n}}
     if world.main:
@@ -175,9 +173,7 @@ def stage2_loss_fn(ctx: TrainingContext, scenes: list[GlobalScene], text: torch.
     power = float(s2["class_balance"])
     # Class weights n_c^-power over all pseudo-labelled points (weighted mean 1), on the contrastive term as in
     # stage 1: self-training otherwise drifts to the classes that dominate the pseudo labels (walls, floors).
-    counts = np.zeros(len(text), dtype=np.int64)
-    for g in usable:
-        counts += np.bincount(g.label[g.label >= 0], minlength=len(text))
+    counts = label_counts((g.label for g in usable), len(text))
     class_weight = class_balance_weights(counts, power).to(device)
     partial = float(s2["partial_weight"])
     if partial < 0:

@@ -1,6 +1,7 @@
 """Curriculum losses on hand-built cases with values worked out by hand."""
 import math
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -146,3 +147,12 @@ def test_class_balance_weights_hand_values():
         class_balance_weights(counts, -1.0)
     with pytest.raises(ValueError):
         class_balance_weights(torch.tensor([1.0, -2.0]), 0.5)
+
+
+def test_label_counts_sums_classes_over_arrays_and_skips_unlabelled():
+    from ov3d_ros.training.losses import label_counts
+
+    counts = label_counts([np.array([0, 2, 2, -1], dtype=np.int32), np.array([-1, -1]), np.array([2, 1])], 4)
+    assert counts.dtype == np.int64
+    np.testing.assert_array_equal(counts, [1, 1, 3, 0])
+    np.testing.assert_array_equal(label_counts([], 3), [0, 0, 0])
