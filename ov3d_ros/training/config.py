@@ -59,6 +59,8 @@ DEFAULTS: dict[str, Any] = {
             "width": 320,
             "height": 240,
             "noise": True,
+            # per-frame auto-exposure / white balance / recorded-pose error (data.synthetic.ViewVariation; 0 = off)
+            "view_variation": {"exposure": 0.0, "white_balance": 0.0, "pose_rot_deg": 0.0, "pose_trans_m": 0.0},
             "appearance": "materials",  # colours: class-typical "materials", or "random" (geometry only)
             # pseudo-label noise applied to the ground truth (see data/pseudo_labels.synthetic_pseudo_labels)
             "label_noise": {},

@@ -54,7 +54,7 @@ def prepare_synthetic(cfg: dict, *, progress: bool = True) -> tuple[list[str], l
     """
     from ..data.pseudo_labels import write_synthetic_pseudo_labels
     from ..data.scannet import write_scannet_scene
-    from ..data.synthetic import CLASS_NAMES, SyntheticRoom, render_sequence
+    from ..data.synthetic import CLASS_NAMES, SyntheticRoom, ViewVariation, render_sequence
 
     syn = cfg["data"]["synthetic"]
     root = _synthetic_root(cfg)
@@ -62,6 +62,7 @@ def prepare_synthetic(cfg: dict, *, progress: bool = True) -> tuple[list[str], l
     if set(train_seeds) & set(val_seeds):
         raise ValueError(f"synthetic train and val seeds overlap: {sorted(set(train_seeds) & set(val_seeds))}; "
                          "held-out scenes must never be trained on")
+    variation = ViewVariation(**{k: float(v) for k, v in syn["view_variation"].items()})
     jobs = [("train", s) for s in train_seeds] + [("val", s) for s in val_seeds]
     world = _setup(cfg)
     out = {split: [str(root / split / f"synthetic_{seed:05d}") for s2, seed in jobs if s2 == split]
@@ -72,7 +73,8 @@ def prepare_synthetic(cfg: dict, *, progress: bool = True) -> tuple[list[str], l
         items = tqdm(items, desc="prepare synthetic scenes", dynamic_ncols=True)
     for split, seed in items:
         scene_dir = root / split / f"synthetic_{seed:05d}"
-        spec = {k: syn[k] for k in ("n_frames", "width", "height", "noise", "gt_spacing", "appearance", "ground_truth")}
+        spec = {k: syn[k] for k in ("n_frames", "width", "height", "noise", "gt_spacing", "appearance", "ground_truth",
+                                    "view_variation")}
         spec.update(seed=seed, split=split, label_noise=syn["label_noise"] if split == "train" else None)
         stamp = hashlib.sha1(json.dumps(spec, sort_keys=True).encode()).hexdigest()
         stamp_file = scene_dir / ".ov3d_prepared"
@@ -80,7 +82,8 @@ def prepare_synthetic(cfg: dict, *, progress: bool = True) -> tuple[list[str], l
             continue
         room = SyntheticRoom.generate(seed, appearance=syn["appearance"])
         frames = render_sequence(room, n_frames=int(syn["n_frames"]), width=int(syn["width"]),
-                                 height=int(syn["height"]), noise=bool(syn["noise"]), seed=seed)
+                                 height=int(syn["height"]), noise=bool(syn["noise"]), seed=seed,
+                                 variation=variation)
         gt = synthetic_ground_truth(room, syn)
         write_scannet_scene(str(scene_dir), [f.frame for f in frames], ground_truth=gt,
                             class_names=list(CLASS_NAMES))

@@ -14,6 +14,7 @@ from ov3d_ros.data.synthetic import (
     Sphere,
     MATERIALS,
     SyntheticRoom,
+    ViewVariation,
     default_camera,
     labelled_reconstruction,
     render_sequence,
@@ -61,6 +62,67 @@ def test_render_is_deterministic_by_seed(room):
         np.testing.assert_array_equal(a.class_map, b.class_map)
     assert not np.array_equal(f1[0].frame.depth, f3[0].frame.depth)
     np.testing.assert_array_equal(f1[0].class_map, f3[0].class_map)  # noise never changes the ground truth
+
+
+def test_view_variation_off_renders_exactly_as_without_it(room):
+    plain = render_sequence(room, n_frames=2, width=64, height=48, noise=True, seed=5)
+    off = render_sequence(room, n_frames=2, width=64, height=48, noise=True, seed=5, variation=ViewVariation())
+    for a, b in zip(plain, off):
+        np.testing.assert_array_equal(a.frame.color, b.frame.color)
+        np.testing.assert_array_equal(a.frame.depth, b.frame.depth)
+        np.testing.assert_array_equal(a.frame.T_world_cam, b.frame.T_world_cam)
+
+
+def test_exposure_and_white_balance_scale_each_frame_by_its_own_gain(room):
+    plain = render_sequence(room, n_frames=3, width=64, height=48, noise=False)
+    varied = render_sequence(room, n_frames=3, width=64, height=48, noise=False,
+                             variation=ViewVariation(exposure=0.2, white_balance=0.05))
+    gains = []
+    for a, b in zip(plain, varied):
+        np.testing.assert_array_equal(a.frame.depth, b.frame.depth)  # geometry and pose are untouched
+        np.testing.assert_array_equal(a.frame.T_world_cam, b.frame.T_world_cam)
+        src, dst = a.frame.color.reshape(-1, 3).astype(float), b.frame.color.reshape(-1, 3).astype(float)
+        ok = (src > 40).all(1) & (src < 180).all(1) & (dst < 250).all(1)  # well exposed, not clipped
+        ratio = dst[ok] / src[ok]
+        assert ok.sum() > 500
+        # One gain per channel for the whole frame: the ratio is flat up to the 8-bit rounding.
+        assert (ratio.std(axis=0) < 0.02).all(), ratio.std(axis=0)
+        gains.append(np.median(ratio, axis=0))
+    gains = np.array(gains)
+    assert np.ptp(gains.mean(axis=1)) > 0.02  # exposure differs between frames
+    assert np.ptp(gains - gains.mean(axis=1, keepdims=True)) > 0.01  # and so does the tint
+
+
+def test_recorded_pose_error_has_the_asked_spread():
+    rng = np.random.default_rng(0)
+    T = np.eye(4)
+    T[:3, 3] = (1.0, 2.0, 1.5)
+    v = ViewVariation(pose_rot_deg=0.5, pose_trans_m=0.01)
+    angles, offsets = [], []
+    for _ in range(4000):
+        Tr = check_rigid(v.recorded_pose(T, rng))
+        angles.append(math.degrees(math.acos(np.clip((np.trace(Tr[:3, :3]) - 1) / 2, -1, 1))))
+        offsets.append(Tr[:3, 3] - T[:3, 3])
+    # |N(0, sigma)| has mean sigma * sqrt(2 / pi).
+    assert np.mean(angles) == pytest.approx(0.5 * math.sqrt(2 / math.pi), rel=0.05)
+    np.testing.assert_allclose(np.std(offsets, axis=0), 0.01, rtol=0.06)
+
+
+def test_pose_error_moves_the_recorded_pose_but_not_the_image(room):
+    plain = render_sequence(room, n_frames=2, width=64, height=48, noise=True, seed=2)
+    varied = render_sequence(room, n_frames=2, width=64, height=48, noise=True, seed=2,
+                             variation=ViewVariation(pose_rot_deg=1.0, pose_trans_m=0.02))
+    for a, b in zip(plain, varied):
+        np.testing.assert_array_equal(a.frame.color, b.frame.color)
+        np.testing.assert_array_equal(a.frame.depth, b.frame.depth)
+        assert not np.allclose(a.frame.T_world_cam, b.frame.T_world_cam)
+        check_rigid(b.frame.T_world_cam)
+
+
+@pytest.mark.parametrize("bad", [dict(exposure=-0.1), dict(pose_rot_deg=float("nan")), dict(white_balance="x")])
+def test_view_variation_rejects_bad_values(bad):
+    with pytest.raises(ValueError, match="ViewVariation"):
+        ViewVariation(**bad)
 
 
 @pytest.mark.parametrize("seed", range(8))

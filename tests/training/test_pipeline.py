@@ -37,6 +37,30 @@ def prepared(tmp_path_factory):
     return root, train, val, scenes, vocabulary
 
 
+def test_view_variation_reaches_the_written_scenes(tmp_path):
+    """data.synthetic.view_variation: the exported frames carry the perturbed poses (the images stay rendered from
+    the true loop), and a changed setting re-renders the scene instead of reusing the old one."""
+    from ov3d_ros.data.scannet import ScanNetScene
+    from ov3d_ros.data.synthetic import SyntheticRoom
+
+    small = [s for s in TINY if not s.startswith(("data.synthetic.width", "data.synthetic.height"))]
+    small += ["data.synthetic.width=32", "data.synthetic.height=24", "data.synthetic.n_frames=3",
+              f"output_dir={tmp_path}", f"data.root={tmp_path / 'data'}"]
+    true_poses = SyntheticRoom.generate(11).camera_poses(3)
+
+    def recorded(extra):
+        train, _ = pipeline.prepare_synthetic(load_config(None, small + extra), progress=False)
+        scene = ScanNetScene(train[0])
+        return [scene[i].T_world_cam for i in range(len(scene))]
+
+    for T, Tt in zip(recorded([]), true_poses):
+        np.testing.assert_allclose(T, Tt, atol=1e-5)
+    moved = recorded(["data.synthetic.view_variation.pose_rot_deg=1.0",
+                      "data.synthetic.view_variation.pose_trans_m=0.02"])
+    shifts = [np.linalg.norm(T[:3, 3] - Tt[:3, 3]) for T, Tt in zip(moved, true_poses)]
+    assert all(0.001 < d < 0.15 for d in shifts), shifts
+
+
 def _cfg(root, name, extra=()):
     return load_config(None, TINY + [f"output_dir={root / name}", f"data.root={root / 'data'}", *extra])
 
