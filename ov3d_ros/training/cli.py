@@ -19,7 +19,8 @@ import logging
 import os
 import sys
 
-from .distributed import WORKER_ENV, env_world_size, launch_workers, shutdown, wait_workers, world
+from .distributed import (WORKER_ENV, WorkerWatch, env_world_size, launch_workers, shutdown, wait_workers,
+                          workers_for_device, world)
 
 log = logging.getLogger("ov3d.train")
 
@@ -103,20 +104,39 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(str(exc))
     progress = not args.no_progress
     resume = not getattr(args, "restart", False)
-    workers = []
+    workers, watch = [], None
     if int(cfg["workers"]) > 1 and not worker_copy and env_world_size() <= 1:
-        workers = launch_workers(int(cfg["workers"]), argv + ["--no-progress"])
+        n = _local_workers(cfg, parser)
+        if n > 1:
+            workers = launch_workers(n, argv + ["--no-progress"])
+            watch = WorkerWatch(workers)
+            watch.start()
     code = 1
     try:
         code = _run(args, cfg, parser, progress, resume)
     finally:
         shutdown()
+        if watch is not None:
+            watch.stop()
         if workers:
             if code != 0:  # the copies would wait for this process in vain
                 for p in workers:
                     p.terminate()
             code = code or wait_workers(workers)
     return code
+
+
+def _local_workers(cfg: dict, parser) -> int:
+    import torch
+
+    from ..model.backend import resolve_device
+
+    try:
+        device = resolve_device(cfg["device"])
+    except ValueError as exc:
+        parser.error(str(exc))
+    gpus = torch.cuda.device_count() if device.type == "cuda" else 0
+    return workers_for_device(int(cfg["workers"]), device.type, gpus)
 
 
 def _run(args, cfg: dict, parser, progress: bool, resume: bool) -> int:

@@ -22,6 +22,7 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 from dataclasses import dataclass
 
 import torch
@@ -74,12 +75,27 @@ def init_from_env(device: str = "auto", timeout_s: float = 900.0) -> World:
         return world()
     cuda = torch.cuda.is_available() and device != "cpu" and not str(device).startswith("cpu")
     if cuda:
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        local_rank, gpus = int(os.environ.get("LOCAL_RANK", "0")), torch.cuda.device_count()
+        if local_rank >= gpus:
+            raise RuntimeError(f"worker with LOCAL_RANK {local_rank} has no GPU of its own: this machine shows "
+                               f"{gpus}; start at most {gpus} worker(s) per machine on CUDA")
+        torch.cuda.set_device(local_rank)
     torch.distributed.init_process_group("nccl" if cuda else "gloo",
                                          timeout=datetime.timedelta(seconds=timeout_s))
     w = world()
     log.info("worker %d of %d joined (%s)", w.rank, w.size, "nccl" if cuda else "gloo")
     return w
+
+
+def workers_for_device(requested: int, device_type: str, gpus: int) -> int:
+    """How many local workers ``workers=requested`` becomes: on CUDA one per GPU at most (NCCL cannot share a GPU
+    between ranks), so a recipe written for CPU cores (the demo's workers: 2) also runs on a one-GPU machine."""
+    requested = max(1, int(requested))
+    if device_type != "cuda" or requested <= gpus:
+        return requested
+    log.warning("workers=%d asks for more training processes than this machine has GPUs (%d): training with %d",
+                requested, gpus, max(1, gpus))
+    return max(1, gpus)
 
 
 def shutdown() -> None:
@@ -114,6 +130,40 @@ def launch_workers(n: int, argv: list[str]) -> list[subprocess.Popen]:
     os.environ.update(RANK="0", LOCAL_RANK="0")
     log.info("started %d more training workers on this machine (pids %s)", n - 1, [p.pid for p in procs])
     return procs
+
+
+class WorkerWatch(threading.Thread):
+    """Ends this process (worker 0) as soon as a worker copy exits with an error.
+
+    Without it, a copy that dies before joining (a bad GPU index, an import error) leaves worker 0 waiting in the
+    rendezvous until the process-group timeout (15 minutes). The copies still running are stopped too. Call
+    ``stop()`` before terminating the copies on purpose.
+    """
+
+    def __init__(self, procs: list[subprocess.Popen], poll_s: float = 0.5):
+        super().__init__(name="ov3d-worker-watch", daemon=True)
+        self.procs = list(procs)
+        self.poll_s = float(poll_s)
+        self._stopped = threading.Event()
+
+    def stop(self) -> None:
+        self._stopped.set()
+
+    def run(self) -> None:
+        while not self._stopped.wait(self.poll_s):
+            codes = [p.poll() for p in self.procs]
+            failed = [(p, rc) for p, rc in zip(self.procs, codes) if rc not in (None, 0)]
+            if failed and not self._stopped.is_set():
+                p, rc = failed[0]
+                log.error("training worker (pid %d) exited with code %d: stopping the run (run the same command "
+                          "again to resume from the last checkpoint)", p.pid, rc)
+                for other in self.procs:
+                    if other.poll() is None:
+                        other.terminate()
+                sys.stderr.flush()
+                os._exit(rc if rc > 0 else 1)
+            if all(rc is not None for rc in codes):
+                return
 
 
 def _loopback_interface() -> str:

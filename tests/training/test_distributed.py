@@ -88,6 +88,33 @@ def test_one_worker_collectives_are_no_ops():
     assert list(distributed.World(0, 1).share(3)) == [0, 1, 2]
 
 
+DEAD_COPY = textwrap.dedent("""
+    import logging
+    from ov3d_ros.training import distributed as d
+    logging.basicConfig(level=logging.INFO)
+    procs = d.launch_workers(2, ["stage1", "--config", "no-such-recipe.yaml"])  # the copy exits with code 2
+    d.WorkerWatch(procs, poll_s=0.2).start()
+    d.init_from_env("cpu", timeout_s=600)  # waits for a copy that will never join
+    print("joined")
+""")
+
+
+def test_a_copy_that_dies_before_joining_ends_worker_0_at_once(tmp_path):
+    """Without the watch, worker 0 would wait in the rendezvous for the whole process-group timeout."""
+    r = subprocess.run([sys.executable, "-c", DEAD_COPY], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert r.returncode == 2, r.stderr[-2000:]
+    assert "joined" not in r.stdout
+    assert "exited with code 2: stopping the run" in r.stderr
+
+
+def test_workers_are_capped_at_one_per_gpu_on_cuda():
+    assert distributed.workers_for_device(2, "cpu", 0) == 2
+    assert distributed.workers_for_device(2, "cuda", 1) == 1  # the demo recipe on a one-GPU machine
+    assert distributed.workers_for_device(4, "cuda", 2) == 2
+    assert distributed.workers_for_device(2, "cuda", 8) == 2
+    assert distributed.workers_for_device(0, "cpu", 0) == 1
+
+
 FINAL_CHECKPOINT = textwrap.dedent("""
     import json, sys, time
     from pathlib import Path
