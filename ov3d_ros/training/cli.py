@@ -19,8 +19,8 @@ import logging
 import os
 import sys
 
-from .distributed import (WORKER_ENV, WorkerWatch, env_world_size, launch_workers, shutdown, wait_workers,
-                          workers_for_device, world)
+from .distributed import (INTERRUPTED_EXIT, WORKER_ENV, WorkerWatch, env_world_size, launch_workers, shutdown,
+                          wait_workers, workers_for_device, world)
 
 log = logging.getLogger("ov3d.train")
 
@@ -164,7 +164,7 @@ def _run(args, cfg: dict, parser, progress: bool, resume: bool) -> int:
                 print(json.dumps({k: v for k, v in result.items() if k != "config"}, indent=2))
     except TrainingInterrupted as exc:
         log.warning("%s", exc)
-        return 130
+        return INTERRUPTED_EXIT
     except (ValueError, FileNotFoundError) as exc:
         log.error("%s", exc)
         return 2

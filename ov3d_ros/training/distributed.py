@@ -31,6 +31,8 @@ log = logging.getLogger("ov3d.train")
 
 # Set by launch_workers in the copies it starts (and read back by the CLI), so a copy never launches copies itself.
 WORKER_ENV = "OV3D_TRAIN_WORKER"
+# The CLI's exit code after a polite stop (SIGTERM, Ctrl-C): every worker stopped at the same step, worker 0 saves.
+INTERRUPTED_EXIT = 130
 
 
 @dataclass(frozen=True)
@@ -136,8 +138,8 @@ class WorkerWatch(threading.Thread):
     """Ends this process (worker 0) as soon as a worker copy exits with an error.
 
     Without it, a copy that dies before joining (a bad GPU index, an import error) leaves worker 0 waiting in the
-    rendezvous until the process-group timeout (15 minutes). The copies still running are stopped too. Call
-    ``stop()`` before terminating the copies on purpose.
+    rendezvous until the process-group timeout (15 minutes). The copies still running are stopped too. A polite
+    stop (exit code INTERRUPTED_EXIT) is left alone. Call ``stop()`` before terminating the copies on purpose.
     """
 
     def __init__(self, procs: list[subprocess.Popen], poll_s: float = 0.5):
@@ -152,7 +154,8 @@ class WorkerWatch(threading.Thread):
     def run(self) -> None:
         while not self._stopped.wait(self.poll_s):
             codes = [p.poll() for p in self.procs]
-            failed = [(p, rc) for p, rc in zip(self.procs, codes) if rc not in (None, 0)]
+            # A copy that stopped politely exits before worker 0 has saved the state: let worker 0 finish.
+            failed = [(p, rc) for p, rc in zip(self.procs, codes) if rc not in (None, 0, INTERRUPTED_EXIT)]
             if failed and not self._stopped.is_set():
                 p, rc = failed[0]
                 log.error("training worker (pid %d) exited with code %d: stopping the run (run the same command "

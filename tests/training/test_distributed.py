@@ -107,6 +107,22 @@ def test_a_copy_that_dies_before_joining_ends_worker_0_at_once(tmp_path):
     assert "exited with code 2: stopping the run" in r.stderr
 
 
+def test_a_copy_that_stopped_politely_leaves_worker_0_to_save(tmp_path):
+    """Exit code 130 (SIGTERM or Ctrl-C, all workers stop at the same step): worker 0 still has its state to save."""
+    script = textwrap.dedent("""
+        import subprocess, sys
+        from ov3d_ros.training import distributed as d
+        copy = subprocess.Popen([sys.executable, "-c", f"raise SystemExit({d.INTERRUPTED_EXIT})"])
+        watch = d.WorkerWatch([copy], poll_s=0.1)
+        watch.start()
+        watch.join(timeout=60)
+        print("alive", copy.returncode, watch.is_alive())
+    """)
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.split() == ["alive", "130", "False"]
+
+
 def test_workers_are_capped_at_one_per_gpu_on_cuda():
     assert distributed.workers_for_device(2, "cpu", 0) == 2
     assert distributed.workers_for_device(2, "cuda", 1) == 1  # the demo recipe on a one-GPU machine
