@@ -14,12 +14,16 @@ side, one torch thread per process (with the demo's 2 workers each, four process
 ``--seeds`` repeats the pair for each training seed (model initialisation, frame sampling, augmentation; the rooms
 stay the same) in ``--out/seed<N>/`` and adds the mean and the range over seeds: single runs differ by a few
 points, as much as the effects being measured.
+
+``--stage1-only`` runs ``ov3d-train stage1`` instead of ``all`` and scores the stage-1 checkpoints: the inter-frame
+term lives in stage 1, and this costs about half of a whole curriculum, so more seeds fit in the same time.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import logging
+import time
 from pathlib import Path
 
 ARMS = {"consistency on": "cons_on", "consistency off": "cons_off"}
@@ -35,11 +39,13 @@ def _row(name: str, result: dict, stage: str) -> str:
             f"{100 * size.get('small', float('nan')):7.1f} {100 * size.get('large', float('nan')):7.1f}")
 
 
-def _run_pair(config: str, overrides: list[str], folder: Path, data: Path, parallel: bool) -> bool:
+def _run_pair(config: str, overrides: list[str], folder: Path, data: Path, parallel: bool,
+              stage1_only: bool = False) -> bool:
     """Both arms of one seed into folder/cons_on and folder/cons_off; False if a run failed.
 
-    Each arm is an ``ov3d-train all`` process (so the recipe's workers are started as they are for users); without
-    ``parallel`` one after the other, so each run's wall time is that of a run alone on the machine.
+    Each arm is an ``ov3d-train all`` process (``stage1`` with ``stage1_only``), so the recipe's workers are started
+    as they are for users; without ``parallel`` one after the other, so each run's wall time is that of a run alone
+    on the machine.
     """
     import subprocess
     import sys
@@ -49,24 +55,44 @@ def _run_pair(config: str, overrides: list[str], folder: Path, data: Path, paral
         extras[name] = [f"output_dir={folder / sub}", f"data.root={data}"]
         if name == "consistency off":
             extras[name].append("stage1.consistency_weight=0")
-    procs = []
+    procs, walls = [], {}
     for name, extra in extras.items():
         run_dir = folder / ARMS[name]
         run_dir.mkdir(parents=True, exist_ok=True)
-        cmd = [sys.executable, "-m", "ov3d_ros.training.cli", "all", "--no-progress", "--config", config,
+        command = "stage1" if stage1_only else "all"
+        cmd = [sys.executable, "-m", "ov3d_ros.training.cli", command, "--no-progress", "--config", config,
                "--set", *overrides, *extra] + (["threads=1"] if parallel else [])
         log_file = open(run_dir / "all.log", "w")
         print(f"{name}: {' '.join(cmd)} > {log_file.name}", flush=True)
-        procs.append((name, subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT)))
+        started = time.monotonic()
+        procs.append((name, started, subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT)))
         if not parallel:
-            procs[-1][1].wait()
-    failed = [name for name, proc in procs if proc.wait() != 0]
+            procs[-1][2].wait()
+            walls[name] = time.monotonic() - started
+    failed = [name for name, _, proc in procs if proc.wait() != 0]
     if failed:
         print(f"failed: {failed}; see all.log in their folders")
         return False
-    for name in ARMS:
+    for name, started, _ in procs:
+        if stage1_only:  # side by side, the wall time runs until both have ended
+            wall = walls.get(name, time.monotonic() - started)
+            _write_stage1_results(config, overrides + extras[name], folder / ARMS[name], wall)
         _add_plain_scores(config, overrides + extras[name], folder / ARMS[name])
     return True
+
+
+def _write_stage1_results(config: str, overrides: list[str], run_dir: Path, wall: float) -> None:
+    """results.json of a stage-1-only run, in the layout ``ov3d-train all`` writes (no stage-2 cells)."""
+    from ov3d_ros.training import pipeline
+    from ov3d_ros.training.config import load_config
+
+    cfg = load_config(config, overrides + ["workers=1"])
+    _, val = pipeline.resolve_scenes(cfg, progress=False)
+    result = pipeline.run_eval(cfg, checkpoint=str(run_dir / "stage1" / "model.pt"), scenes=val, progress=False)
+    results = {"timing_seconds": {"total": wall}, "stage1": pipeline.summarise_eval(result),
+               "config": {"consistency_weight": cfg["stage1"]["consistency_weight"],
+                          "stage1_steps": cfg["stage1"]["steps"]}}
+    (run_dir / "results.json").write_text(json.dumps(results, indent=2))
 
 
 def _add_plain_scores(config: str, overrides: list[str], run_dir: Path) -> None:
@@ -79,6 +105,8 @@ def _add_plain_scores(config: str, overrides: list[str], run_dir: Path) -> None:
     cfg = load_config(config, overrides + [f"output_dir={run_dir / 'plain'}", "eval.superpoints=false", "workers=1"])
     _, val = pipeline.resolve_scenes(cfg, progress=False)
     for stage, sub in (("stage1", "stage1"), ("stage1+2", "stage2")):
+        if stage not in results:  # a --stage1-only run has no stage-2 checkpoint
+            continue
         result = pipeline.run_eval(cfg, checkpoint=str(run_dir / sub / "model.pt"), scenes=val, progress=False)
         results[f"{stage} plain"] = {"miou": result["miou"], "macc": result["macc"],
                                      "size_miou": result.get("size_miou", {})}
@@ -99,14 +127,18 @@ def _report(folder: Path) -> dict:
     for name, result in results.items():
         t = result["timing_seconds"]
         s1, s12 = result.get("stage1", {}).get("miou"), result.get("stage1+2", {}).get("miou")
-        gain = f"{100 * (s12 - s1):+.1f}" if s1 is not None and s12 is not None else "n/a"
-        print(f"{name}: stage 2 gain {gain} mIoU points, stage-2 labelled share "
+        if s12 is None:  # a --stage1-only run
+            print(f"{name}: stage 1 only, wall {t['total']:.0f} s")
+            continue
+        print(f"{name}: stage 2 gain {100 * (s12 - s1):+.1f} mIoU points, stage-2 labelled share "
               f"{100 * (result.get('stage2_labelled_share') or 0):.1f}%, wall {t['total']:.0f} s, "
               f"CPU {t.get('total_cpu', float('nan')):.0f} s ({t.get('torch_threads', '?')} torch threads)")
     if len(results) == 2:
-        on, off = (results[n].get("stage1+2", {}).get("miou") for n in ARMS)
-        if on is not None and off is not None:
-            print(f"consistency on - off (stage 1+2): {100 * (on - off):+.1f} mIoU points")
+        for stage in ("stage1", "stage1+2"):
+            on, off = (results[n].get(stage, {}).get("miou") for n in ARMS)
+            if on is not None and off is not None:
+                label = stage.replace("stage1", "stage 1")
+                print(f"consistency on - off ({label}): {100 * (on - off):+.1f} mIoU points")
     return results
 
 
@@ -148,6 +180,8 @@ def main(argv=None) -> int:
                         help="training seeds to repeat the pair over (default: the recipe's seed, one pair)")
     parser.add_argument("--report-only", action="store_true", help="print the tables from existing results.json")
     parser.add_argument("--parallel", action="store_true", help="run both curricula at once, 1 torch thread each")
+    parser.add_argument("--stage1-only", action="store_true",
+                        help="train and score stage 1 only (ov3d-train stage1), about half the time of a curriculum")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     out = Path(args.out)
@@ -155,7 +189,7 @@ def main(argv=None) -> int:
     if not args.report_only:
         for seed, folder in folders.items():
             overrides = list(args.overrides) + ([] if seed is None else [f"seed={seed}"])
-            if not _run_pair(args.config, overrides, folder, out / "data", args.parallel):
+            if not _run_pair(args.config, overrides, folder, out / "data", args.parallel, args.stage1_only):
                 return 1
     per_seed = {}
     for seed, folder in folders.items():

@@ -268,9 +268,9 @@ def run_all(cfg: dict, *, resume: bool = True, progress: bool = True) -> dict:
                "stage2_labelled_share": s2.get("labelled_share")}
     t_eval = time.monotonic()
     if val_paths:
-        results["stage1"] = _summary(run_eval(cfg, checkpoint=s1["checkpoint"], scenes=val_paths, progress=progress))
-        results["stage1+2"] = _summary(run_eval(cfg, checkpoint=s2["checkpoint"], scenes=val_paths,
-                                                progress=progress))
+        for key, run in (("stage1", s1), ("stage1+2", s2)):
+            results[key] = summarise_eval(run_eval(cfg, checkpoint=run["checkpoint"], scenes=val_paths,
+                                                   progress=progress))
     results["timing_seconds"]["eval"] = time.monotonic() - t_eval
     results["timing_seconds"]["total"] = time.monotonic() - t0
     # CPU seconds of this process (all threads): on a shared machine, a bound on the run's wall time alone.
@@ -291,7 +291,8 @@ def run_all(cfg: dict, *, resume: bool = True, progress: bool = True) -> dict:
     return results
 
 
-def _summary(result: dict) -> dict:
+def summarise_eval(result: dict) -> dict:
+    """The figures of a run_eval result that results.json keeps (no confusion matrix)."""
     keys = ("miou", "macc", "overall_acc", "per_class_iou", "size_miou", "base_miou", "novel_miou", "hiou")
     return {k: result[k] for k in keys if k in result}
 
