@@ -115,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         code = _run(args, cfg, parser, progress, resume)
     finally:
-        shutdown()
+        shutdown(finished=code == 0)
         if watch is not None:
             watch.stop()
         if workers:
