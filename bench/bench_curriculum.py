@@ -24,6 +24,7 @@ import argparse
 import json
 import logging
 import math
+import statistics
 import time
 from pathlib import Path
 
@@ -157,7 +158,7 @@ def _summary(per_seed: dict[int, dict]) -> None:
     def line(name, vals):
         if not vals:
             return f"{name:<40} {'n/a':>6}"
-        mean = sum(vals) / len(vals)
+        mean = statistics.fmean(vals)
         return (f"{name:<40} {mean:6.1f}   [{min(vals):.1f}, {max(vals):.1f}]   "
                 f"({', '.join(f'{v:.1f}' for v in vals)})")
 
@@ -184,9 +185,7 @@ def _resolution(diffs: list[float]) -> str:
     The arms of one seed share data and initialisation, but training is chaotic: their difference is a fresh draw
     per seed. n = (2.8 sd / effect)^2 paired seeds find an effect of that size with 95% confidence and 80% power.
     """
-    n = len(diffs)
-    mean = sum(diffs) / n
-    sd = (sum((d - mean) ** 2 for d in diffs) / (n - 1)) ** 0.5
+    n, mean, sd = len(diffs), statistics.fmean(diffs), statistics.stdev(diffs)
     # The normal approximation behind 2.8 is poor below a handful of seeds, and a tiny sd from few seeds is luck.
     needed = max(5, math.ceil((2.8 * sd / PAPER_EFFECT) ** 2))
     return (f"{'':<40} {mean:+.1f} ± {sd / n ** 0.5:.1f} (standard error; sd {sd:.1f} over {n} seeds); "
