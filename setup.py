@@ -38,7 +38,7 @@ setup(
             "segmenter_node = ov3d_ros.nodes.segmenter_node:main",
             "synthetic_camera_node = ov3d_ros.nodes.synthetic_camera_node:main",
             # ROS-less conveniences: all nodes in one process, and a service client
-            "ov3d-run = ov3d_ros.nodes.bringup:main",
+            "ov3d-run = ov3d_ros.nodes.run_cli:main",
             "ov3d-query = ov3d_ros.nodes.query_client:main",
         ],
     },

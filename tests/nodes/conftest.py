@@ -31,7 +31,7 @@ def ros_context():
 @pytest.fixture
 def run_nodes(ros_context):
     """run_nodes(factory, ...) -> NodeRunner spinning in a background thread; closed after the test."""
-    from ov3d_ros.nodes.bringup import NodeRunner
+    from ov3d_ros.nodes.runner import NodeRunner
 
     runners = []
 

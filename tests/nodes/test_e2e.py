@@ -10,7 +10,7 @@ from sensor_msgs.msg import PointCloud2
 
 from ov3d_interfaces.srv import QueryObjects
 from ov3d_ros.data.synthetic import CLASS_NAMES, SyntheticRoom
-from ov3d_ros.nodes.bringup import default_checkpoint
+from ov3d_ros.resources import default_checkpoint
 from ov3d_ros.nodes.conversions import pointcloud2_to_cloud
 from ov3d_ros.nodes.fusion_node import FusionNode
 from ov3d_ros.nodes.query_client import call_service, make_request

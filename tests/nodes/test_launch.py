@@ -110,7 +110,7 @@ def test_every_yaml_parameter_is_declared_by_its_node(config):
         assert not unknown, f"{config}: {node_name} does not declare {sorted(unknown)}"
 
 
-@pytest.mark.parametrize("module", ["ov3d_ros.nodes.bringup", "ov3d_ros.nodes.query_client"])
+@pytest.mark.parametrize("module", ["ov3d_ros.nodes.run_cli", "ov3d_ros.nodes.query_client"])
 def test_cli_help(module, capsys):
     main = importlib.import_module(module).main
     with pytest.raises(SystemExit) as exit_info:

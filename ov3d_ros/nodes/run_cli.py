@@ -9,133 +9,29 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
-import threading
 import time
 from pathlib import Path
 
+from rclpy.node import Node
+from rclpy.parameter import Parameter
+from tqdm import tqdm
+
+from ov3d_interfaces.srv import QueryObjects
+from ov3d_ros.data.ply import write_ply
+from ov3d_ros.nodes.conversions import pointcloud2_to_cloud
+from ov3d_ros.nodes.fusion_node import FusionNode
+from ov3d_ros.nodes.objects import format_table
+from ov3d_ros.nodes.query_client import call_service, make_request, summaries_from_response
+from ov3d_ros.nodes.runner import NodeRunner
+from ov3d_ros.nodes.segmenter_node import SegmenterNode
+from ov3d_ros.nodes.synthetic_camera_node import SyntheticCameraNode
+from ov3d_ros.resources import default_checkpoint, default_config_files
+from ov3d_ros.viz import render_labelled_cloud
+
 log = logging.getLogger("ov3d-run")
 
-DEMO_QUERIES = ("chair", "table", "sofa", "bed", "lamp", "cabinet")
 
-
-# ---------------------------------------------------------------------------------------------- resources
-def default_checkpoint() -> Path:
-    """The demo checkpoint shipped with the package (``OV3D_CHECKPOINT`` overrides it)."""
-    override = os.environ.get("OV3D_CHECKPOINT")
-    if override:
-        return Path(override).expanduser()
-    return Path(__file__).resolve().parents[1] / "assets" / "ov3d_demo.pt"
-
-
-def config_dir() -> Path:
-    """config/ of the source tree (editable installs), else share/ov3d_ros/config of a ROS install."""
-    source = Path(__file__).resolve().parents[2] / "config"
-    if (source / "ov3d.yaml").is_file():
-        return source
-    try:
-        from ament_index_python.packages import get_package_share_directory
-
-        return Path(get_package_share_directory("ov3d_ros")) / "config"
-    except (ImportError, LookupError, ValueError):
-        return source
-
-
-def default_config_files(sim_camera: bool) -> list[Path]:
-    files = [config_dir() / "ov3d.yaml"]
-    if sim_camera:
-        files.append(config_dir() / "sim_camera.yaml")
-    return files
-
-
-# ---------------------------------------------------------------------------------------------- spinning
-class NodeRunner:
-    """rclpy context + nodes + a MultiThreadedExecutor spinning in a background thread; ``close()`` shuts it all
-    down in the order that avoids aborts at interpreter exit (executor, thread, nodes, context)."""
-
-    def __init__(self, node_factories, *, ros_args: list[str] | None = None, threads: int | None = None,
-                 init: bool = True) -> None:
-        import rclpy
-        from rclpy.executors import MultiThreadedExecutor, SingleThreadedExecutor
-
-        self.rclpy = rclpy
-        self._owns_context = init and not rclpy.ok()
-        if self._owns_context:
-            rclpy.init(args=["ov3d-run", *(ros_args or [])])
-        self.nodes = []
-        try:
-            for factory in node_factories:
-                self.nodes.append(factory())
-        except BaseException:
-            self.close()
-            raise
-        # Several callback groups per node (inputs, processing, services, global passes): enough threads that
-        # inputs keep flowing and services answer during network passes.
-        threads = threads or 3 * len(self.nodes)
-        self.executor = (SingleThreadedExecutor() if threads == 1 else MultiThreadedExecutor(num_threads=threads))
-        for node in self.nodes:
-            self.executor.add_node(node)
-        self._thread: threading.Thread | None = None
-
-    def start(self) -> "NodeRunner":
-        self._thread = threading.Thread(target=self._spin, name="ov3d-executor", daemon=True)
-        self._thread.start()
-        return self
-
-    def _spin(self) -> None:
-        from rclpy.executors import ExternalShutdownException
-
-        try:
-            self.executor.spin()
-        except ExternalShutdownException:
-            pass
-
-    def close(self) -> None:
-        executor = getattr(self, "executor", None)
-        if executor is not None:
-            executor.shutdown(timeout_sec=10.0)
-        if self._thread_alive():
-            self._thread.join(timeout=10.0)
-        for node in reversed(self.nodes):
-            node.destroy_node()
-        self.nodes = []
-        if self._owns_context:
-            self.rclpy.try_shutdown()
-
-    def _thread_alive(self) -> bool:
-        return getattr(self, "_thread", None) is not None and self._thread.is_alive()
-
-    def __enter__(self) -> "NodeRunner":
-        return self.start()
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-
-def spin_nodes(node_classes, args=None) -> None:
-    """Entry point of the single-node console scripts: rclpy.init with the command line's --ros-args, spin until
-    Ctrl-C."""
-    import rclpy
-
-    argv = sys.argv if args is None else args
-    rclpy.init(args=argv)
-    runner = None
-    try:
-        runner = NodeRunner(node_classes, init=False)
-        runner.executor.spin()
-    except KeyboardInterrupt:
-        pass
-    except (FileNotFoundError, ValueError, RuntimeError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(2)
-    finally:
-        if runner is not None:
-            runner.close()
-        rclpy.try_shutdown()
-
-
-# ---------------------------------------------------------------------------------------------- bring-up
 def params_file_args(files: list[Path]) -> list[str]:
     args = ["--ros-args"]
     for path in files:
@@ -148,12 +44,6 @@ def params_file_args(files: list[Path]) -> list[str]:
 def make_factories(*, sim_camera: bool, checkpoint: str | None, device: str | None, demo_frames: int | None = None,
                    camera_rate: float | None = None, num_threads: int | None = None):
     """Node constructors with command-line overrides (overrides win over the YAML, as in the launch file)."""
-    from rclpy.parameter import Parameter
-
-    from ov3d_ros.nodes.fusion_node import FusionNode
-    from ov3d_ros.nodes.segmenter_node import SegmenterNode
-    from ov3d_ros.nodes.synthetic_camera_node import SyntheticCameraNode
-
     seg_overrides = []
     if checkpoint:
         seg_overrides.append(Parameter("checkpoint", value=str(checkpoint)))
@@ -184,16 +74,6 @@ def wait_for(predicate, timeout: float, what: str, poll: float = 0.05) -> None:
 
 
 def run_demo(args) -> int:
-    from rclpy.node import Node
-    from tqdm import tqdm
-
-    from ov3d_ros.data.ply import write_ply
-    from ov3d_ros.nodes.conversions import pointcloud2_to_cloud
-    from ov3d_ros.nodes.objects import format_table
-    from ov3d_ros.nodes.query_client import call_service, make_request, summaries_from_response
-    from ov3d_ros.viz import render_labelled_cloud
-    from ov3d_interfaces.srv import QueryObjects
-
     checkpoint = Path(args.checkpoint) if args.checkpoint else default_checkpoint()
     if not checkpoint.is_file():
         log.error("checkpoint not found: %s (train one with `ov3d-train`, or pass --checkpoint)", checkpoint)
