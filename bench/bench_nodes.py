@@ -64,12 +64,15 @@ def main() -> int:
     from ov3d_interfaces.srv import QueryObjects
     from ov3d_ros.cloud import PointCloud
     from ov3d_ros.data.synthetic import CLASS_NAMES
-    from ov3d_ros.nodes.bringup import NodeRunner, default_checkpoint, wait_for
-    from ov3d_ros.nodes.conversions import cloud_to_pointcloud2, make_header, stamp_to_sec
+    from ov3d_ros.messages import stamp_seconds
+    from ov3d_ros.nodes.conversions import cloud_to_pointcloud2, make_header
     from ov3d_ros.nodes.fusion_node import FusionNode
     from ov3d_ros.nodes.query_client import ServiceCaller, make_request
+    from ov3d_ros.nodes.run_cli import wait_for
+    from ov3d_ros.nodes.runner import NodeRunner
     from ov3d_ros.nodes.segmenter_node import SegmenterNode
     from ov3d_ros.nodes.synthetic_camera_node import SyntheticCameraNode
+    from ov3d_ros.resources import default_checkpoint
 
     torch.set_num_threads(args.threads)
     checkpoint = args.checkpoint or str(default_checkpoint())
@@ -88,7 +91,7 @@ def main() -> int:
     probe = Node("bench_probe")
 
     def on_labelled(msg: PointCloud2) -> None:
-        latencies.append(probe.get_clock().now().nanoseconds * 1e-9 - stamp_to_sec(msg.header.stamp))
+        latencies.append(probe.get_clock().now().nanoseconds * 1e-9 - stamp_seconds(msg.header.stamp))
 
     probe.create_subscription(PointCloud2, "/segmenter_node/labelled_cloud", on_labelled, 10)
     print(f"device: {args.device} ({torch.cuda.get_device_name(0) if args.device.startswith('cuda') else 'CPU'}), "

@@ -27,6 +27,10 @@ __all__ = [
     "project",
     "depth_to_metres",
     "check_color",
+    "quaternion_to_matrix",
+    "matrix_to_quaternion",
+    "rigid_from_quaternion",
+    "slerp",
 ]
 
 
@@ -174,6 +178,72 @@ def invert_rigid(T) -> np.ndarray:
     out[:3, :3] = R.T
     out[:3, 3] = -R.T @ T[:3, 3]
     return out
+
+
+# Quaternions are in ROS order (x, y, z, w) everywhere in the package.
+def quaternion_to_matrix(q) -> np.ndarray:
+    """3x3 rotation of the quaternion ``q`` = (x, y, z, w), normalised first (messages carry float rounding).
+
+    Raises ValueError for a zero or non-finite quaternion, which is no rotation.
+    """
+    x, y, z, w = np.asarray(q, dtype=np.float64).reshape(4)
+    n = x * x + y * y + z * z + w * w
+    if not np.isfinite(n) or n < 1e-12:
+        raise ValueError(f"quaternion ({x}, {y}, {z}, {w}) is not a rotation (zero or non-finite norm)")
+    s = 2.0 / n
+    return np.array([
+        [1 - s * (y * y + z * z), s * (x * y - z * w), s * (x * z + y * w)],
+        [s * (x * y + z * w), 1 - s * (x * x + z * z), s * (y * z - x * w)],
+        [s * (x * z - y * w), s * (y * z + x * w), 1 - s * (x * x + y * y)],
+    ])
+
+
+def matrix_to_quaternion(R) -> np.ndarray:
+    """Unit quaternion (x, y, z, w) with w >= 0 of a 3x3 rotation (Shepperd: branch on the largest diagonal term,
+    which keeps the division well conditioned)."""
+    R = np.asarray(R, dtype=np.float64)
+    tr = np.trace(R)
+    if tr > 0:
+        s = 2.0 * np.sqrt(tr + 1.0)
+        q = [(R[2, 1] - R[1, 2]) / s, (R[0, 2] - R[2, 0]) / s, (R[1, 0] - R[0, 1]) / s, 0.25 * s]
+    elif R[0, 0] > R[1, 1] and R[0, 0] > R[2, 2]:
+        s = 2.0 * np.sqrt(1.0 + R[0, 0] - R[1, 1] - R[2, 2])
+        q = [0.25 * s, (R[0, 1] + R[1, 0]) / s, (R[0, 2] + R[2, 0]) / s, (R[2, 1] - R[1, 2]) / s]
+    elif R[1, 1] > R[2, 2]:
+        s = 2.0 * np.sqrt(1.0 + R[1, 1] - R[0, 0] - R[2, 2])
+        q = [(R[0, 1] + R[1, 0]) / s, 0.25 * s, (R[1, 2] + R[2, 1]) / s, (R[0, 2] - R[2, 0]) / s]
+    else:
+        s = 2.0 * np.sqrt(1.0 + R[2, 2] - R[0, 0] - R[1, 1])
+        q = [(R[0, 2] + R[2, 0]) / s, (R[1, 2] + R[2, 1]) / s, 0.25 * s, (R[1, 0] - R[0, 1]) / s]
+    q = np.array(q)
+    q /= np.linalg.norm(q)
+    return -q if q[3] < 0 else q
+
+
+def rigid_from_quaternion(translation, quaternion) -> np.ndarray:
+    """4x4 float64 transform from a translation (x, y, z) and a quaternion (x, y, z, w); ValueError when either
+    holds a non-finite value."""
+    T = np.eye(4)
+    T[:3, :3] = quaternion_to_matrix(quaternion)
+    T[:3, 3] = np.asarray(translation, dtype=np.float64).reshape(3)
+    if not np.all(np.isfinite(T)):
+        raise ValueError(f"transform with translation {list(T[:3, 3])} is not finite")
+    return T
+
+
+def slerp(q0, q1, a: float) -> np.ndarray:
+    """Spherical linear interpolation between unit quaternions (x, y, z, w) at fraction ``a`` in [0, 1], the short
+    way round; nearly equal quaternions are interpolated linearly (and renormalised)."""
+    q0 = np.asarray(q0, dtype=np.float64) / np.linalg.norm(q0)
+    q1 = np.asarray(q1, dtype=np.float64) / np.linalg.norm(q1)
+    dot = float(q0 @ q1)
+    if dot < 0:
+        q1, dot = -q1, -dot
+    if dot > 0.9995:
+        q = q0 + a * (q1 - q0)
+        return q / np.linalg.norm(q)
+    theta = np.arccos(dot)
+    return (np.sin((1 - a) * theta) * q0 + np.sin(a * theta) * q1) / np.sin(theta)
 
 
 def _as_points(xyz, name: str) -> np.ndarray:

@@ -275,3 +275,35 @@ def test_backproject_rejects_bad_arguments():
         backproject(depth.astype(np.uint16), CAMERA, depth_scale=0.0)
     with pytest.raises(TypeError, match="CameraModel"):
         backproject(depth, CAMERA.K)
+
+
+def test_quaternion_round_trip_and_rejects_zero():
+    from ov3d_ros.geometry import matrix_to_quaternion, quaternion_to_matrix
+
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        q = rng.normal(size=4)
+        q /= np.linalg.norm(q)
+        q = -q if q[3] < 0 else q
+        R = quaternion_to_matrix(q)
+        np.testing.assert_allclose(R @ R.T, np.eye(3), atol=1e-12)
+        assert np.linalg.det(R) == pytest.approx(1.0)
+        np.testing.assert_allclose(matrix_to_quaternion(R), q, atol=1e-12)
+    # A 90 degree turn about +z (x, y, z, w order) sends x to y.
+    np.testing.assert_allclose(quaternion_to_matrix([0, 0, np.sin(np.pi / 4), np.cos(np.pi / 4)]) @ [1, 0, 0],
+                               [0, 1, 0], atol=1e-12)
+    with pytest.raises(ValueError, match="not a rotation"):
+        quaternion_to_matrix([0, 0, 0, 0])
+
+
+def test_slerp_is_the_constant_speed_turn_between_two_rotations():
+    from ov3d_ros.geometry import quaternion_to_matrix, slerp
+
+    q0 = np.array([0, 0, 0, 1.0])
+    q1 = np.array([0, 0, np.sin(0.6), np.cos(0.6)])  # 1.2 rad about z
+    for a in (0.0, 0.25, 0.5, 1.0):
+        R = quaternion_to_matrix(slerp(q0, q1, a))
+        assert np.arctan2(R[1, 0], R[0, 0]) == pytest.approx(1.2 * a)
+    # -q is the same rotation: slerp takes the short way, not a 2*pi - 1.2 rad turn.
+    R = quaternion_to_matrix(slerp(q0, -q1, 0.5))
+    assert np.arctan2(R[1, 0], R[0, 0]) == pytest.approx(0.6)

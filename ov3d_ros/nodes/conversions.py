@@ -1,9 +1,9 @@
-"""ROS message <-> numpy conversions for the nodes, written with numpy only.
+"""Arrays -> ROS messages for the nodes, and PointCloud2 in both directions, written with numpy only.
 
-cv_bridge and sensor_msgs_py are absent on pip-only ROS installs, and the conversions we need are small, so they
-live here: Image (rgb8, bgr8, rgba8, bgra8, mono8, 16UC1, 32FC1), CameraInfo <-> CameraModel, PointCloud2 <->
-PointCloud (x y z rgb [label score], PCL-compatible packed rgb), and Pose/Transform <-> 4x4 matrices.
-Every decoder validates sizes and raises ValueError naming the problem, so a node can log and drop one bad message.
+Decoding camera and pose messages is ROS-free and lives in ``ov3d_ros.messages`` (the bag reader uses it too);
+this module builds the messages the nodes publish: Image, CameraInfo, Header/Time, Pose/Transform from 4x4
+matrices, and PointCloud2 <-> PointCloud (x y z rgb [label score], PCL-compatible packed rgb). The package writes
+these itself rather than using cv_bridge or sensor_msgs_py, which pip-only ROS installs do not have.
 """
 from __future__ import annotations
 
@@ -16,35 +16,14 @@ from sensor_msgs.msg import CameraInfo, Image, PointCloud2, PointField
 from std_msgs.msg import Header
 
 from ov3d_ros.cloud import PointCloud
+from ov3d_ros.geometry import matrix_to_quaternion
+from ov3d_ros.messages import IMAGE_ENCODINGS, UnsupportedEncodingError
 
-#: encoding -> (numpy dtype, channels). Multi-byte types honour ``is_bigendian``.
-IMAGE_ENCODINGS = {
-    "rgb8": (np.uint8, 3),
-    "bgr8": (np.uint8, 3),
-    "rgba8": (np.uint8, 4),
-    "bgra8": (np.uint8, 4),
-    "mono8": (np.uint8, 1),
-    "8UC1": (np.uint8, 1),
-    "8UC3": (np.uint8, 3),
-    "mono16": (np.uint16, 1),
-    "16UC1": (np.uint16, 1),
-    "32FC1": (np.float32, 1),
-}
-COLOR_ENCODINGS = ("rgb8", "bgr8", "rgba8", "bgra8", "mono8", "8UC3")
-DEPTH_ENCODINGS = ("16UC1", "mono16", "32FC1")
 #: label value of unlabelled points in PointCloud2 (uint32 cannot hold -1).
 UNLABELLED = np.uint32(0xFFFFFFFF)
 
 
-class UnsupportedEncodingError(ValueError):
-    """An Image encoding this package does not decode (the node logs it, rate-limited, and drops the frame)."""
-
-
 # --------------------------------------------------------------------------- time
-def stamp_to_sec(stamp: Time) -> float:
-    return float(stamp.sec) + float(stamp.nanosec) * 1e-9
-
-
 def sec_to_stamp(seconds: float) -> Time:
     ns = int(round(float(seconds) * 1e9))
     return Time(sec=ns // 1_000_000_000, nanosec=ns % 1_000_000_000)
@@ -57,54 +36,6 @@ def make_header(frame_id: str, stamp: Time | float) -> Header:
 
 
 # --------------------------------------------------------------------------- images
-def image_to_numpy(msg: Image) -> np.ndarray:
-    """Decode an Image to (H, W) or (H, W, C) in its own encoding's layout (no colour reordering)."""
-    encoding = msg.encoding
-    if encoding not in IMAGE_ENCODINGS:
-        raise UnsupportedEncodingError(
-            f"unsupported image encoding '{encoding}' (supported: {', '.join(IMAGE_ENCODINGS)})")
-    dtype, channels = IMAGE_ENCODINGS[encoding]
-    height, width, step = int(msg.height), int(msg.width), int(msg.step)
-    if height <= 0 or width <= 0:
-        raise ValueError(f"image has non-positive size {width}x{height}")
-    itemsize = np.dtype(dtype).itemsize
-    row_bytes = width * channels * itemsize
-    if step < row_bytes:
-        raise ValueError(f"image step {step} is smaller than width*channels*bytes = {row_bytes} ({encoding})")
-    data = msg.data
-    buffer = np.frombuffer(bytes(data) if not isinstance(data, (bytes, bytearray, memoryview, np.ndarray))
-                           else data, dtype=np.uint8)
-    if buffer.size != step * height:
-        raise ValueError(f"image data has {buffer.size} bytes, expected step*height = {step}*{height} = "
-                         f"{step * height} ({encoding} {width}x{height})")
-    rows = buffer.reshape(height, step)[:, :row_bytes]
-    big_endian = bool(msg.is_bigendian)
-    wire = np.dtype(dtype).newbyteorder(">" if big_endian else "<") if itemsize > 1 else np.dtype(dtype)
-    array = np.ascontiguousarray(rows).view(wire).astype(dtype, copy=False)
-    return array.reshape(height, width, channels) if channels > 1 else array.reshape(height, width)
-
-
-def color_from_image(msg: Image) -> np.ndarray:
-    """(H, W, 3) uint8 RGB from any colour or mono encoding."""
-    if msg.encoding not in COLOR_ENCODINGS:
-        raise UnsupportedEncodingError(
-            f"colour image encoding '{msg.encoding}' is not supported (use one of {', '.join(COLOR_ENCODINGS)})")
-    array = image_to_numpy(msg)
-    if msg.encoding == "mono8":
-        return np.repeat(array[:, :, None], 3, axis=2)
-    if msg.encoding in ("bgr8", "bgra8"):
-        return np.ascontiguousarray(array[:, :, 2::-1])
-    return np.ascontiguousarray(array[:, :, :3])
-
-
-def depth_from_image(msg: Image, depth_scale: float = 1000.0) -> np.ndarray:
-    """Depth in the architecture's convention: uint16 (``depth_scale`` units per metre) or float32 metres."""
-    if msg.encoding not in DEPTH_ENCODINGS:
-        raise UnsupportedEncodingError(
-            f"depth image encoding '{msg.encoding}' is not supported (use 16UC1 millimetres or 32FC1 metres)")
-    return image_to_numpy(msg)
-
-
 def numpy_to_image(array: np.ndarray, encoding: str, header: Header | None = None) -> Image:
     if encoding not in IMAGE_ENCODINGS:
         raise UnsupportedEncodingError(f"cannot encode image as '{encoding}'")
@@ -126,18 +57,6 @@ def numpy_to_image(array: np.ndarray, encoding: str, header: Header | None = Non
 
 
 # --------------------------------------------------------------------------- camera info
-def camera_from_info(msg: CameraInfo):
-    """CameraModel from a CameraInfo's K (rectified images are assumed: distortion is not applied)."""
-    from ov3d_ros.geometry import CameraModel
-
-    if int(msg.width) <= 0 or int(msg.height) <= 0:
-        raise ValueError(f"camera_info has non-positive size {msg.width}x{msg.height}")
-    K = np.asarray(msg.k, dtype=np.float64).reshape(3, 3)
-    if not np.all(np.isfinite(K)) or K[0, 0] <= 0 or K[1, 1] <= 0:
-        raise ValueError(f"camera_info K is not a valid intrinsic matrix: {K.ravel().tolist()}")
-    return CameraModel.from_K(K, int(msg.width), int(msg.height))
-
-
 def info_from_camera(camera, header: Header | None = None) -> CameraInfo:
     msg = CameraInfo()
     if header is not None:
@@ -155,59 +74,6 @@ def info_from_camera(camera, header: Header | None = None) -> CameraInfo:
 
 
 # --------------------------------------------------------------------------- poses
-def quaternion_to_matrix(x: float, y: float, z: float, w: float) -> np.ndarray:
-    q = np.array([w, x, y, z], dtype=np.float64)
-    norm = np.linalg.norm(q)
-    if not np.isfinite(norm) or norm < 1e-9:
-        raise ValueError(f"quaternion ({x}, {y}, {z}, {w}) has zero or non-finite norm")
-    w, x, y, z = q / norm
-    return np.array([
-        [1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
-        [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
-        [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)],
-    ])
-
-
-def matrix_to_quaternion(R: np.ndarray) -> tuple[float, float, float, float]:
-    """(x, y, z, w) of a rotation matrix (ROS order), w >= 0."""
-    R = np.asarray(R, dtype=np.float64)
-    trace = np.trace(R)
-    if trace > 0:
-        s = 2.0 * np.sqrt(trace + 1.0)
-        w, x, y, z = 0.25 * s, (R[2, 1] - R[1, 2]) / s, (R[0, 2] - R[2, 0]) / s, (R[1, 0] - R[0, 1]) / s
-    elif R[0, 0] > R[1, 1] and R[0, 0] > R[2, 2]:
-        s = 2.0 * np.sqrt(1.0 + R[0, 0] - R[1, 1] - R[2, 2])
-        w, x, y, z = (R[2, 1] - R[1, 2]) / s, 0.25 * s, (R[0, 1] + R[1, 0]) / s, (R[0, 2] + R[2, 0]) / s
-    elif R[1, 1] > R[2, 2]:
-        s = 2.0 * np.sqrt(1.0 + R[1, 1] - R[0, 0] - R[2, 2])
-        w, x, y, z = (R[0, 2] - R[2, 0]) / s, (R[0, 1] + R[1, 0]) / s, 0.25 * s, (R[1, 2] + R[2, 1]) / s
-    else:
-        s = 2.0 * np.sqrt(1.0 + R[2, 2] - R[0, 0] - R[1, 1])
-        w, x, y, z = (R[1, 0] - R[0, 1]) / s, (R[0, 2] + R[2, 0]) / s, (R[1, 2] + R[2, 1]) / s, 0.25 * s
-    q = np.array([x, y, z, w])
-    q /= np.linalg.norm(q)
-    if q[3] < 0:
-        q = -q
-    return tuple(float(v) for v in q)
-
-
-def _rigid_matrix(q, t, what: str) -> np.ndarray:
-    T = np.eye(4)
-    T[:3, :3] = quaternion_to_matrix(q.x, q.y, q.z, q.w)
-    T[:3, 3] = (t.x, t.y, t.z)
-    if not np.all(np.isfinite(T)):
-        raise ValueError(f"{what} contains non-finite values")
-    return T
-
-
-def pose_to_matrix(pose: Pose) -> np.ndarray:
-    return _rigid_matrix(pose.orientation, pose.position, "pose")
-
-
-def transform_to_matrix(transform: Transform) -> np.ndarray:
-    return _rigid_matrix(transform.rotation, transform.translation, "transform")
-
-
 def matrix_to_pose(T: np.ndarray) -> Pose:
     T = np.asarray(T, dtype=np.float64)
     x, y, z, w = matrix_to_quaternion(T[:3, :3])

@@ -11,7 +11,6 @@ import math
 import os
 import threading
 import time
-from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,19 +24,14 @@ from sensor_msgs.msg import CameraInfo, Image, PointCloud2
 from std_srvs.srv import Trigger
 
 from ov3d_interfaces.srv import SaveMap
-from ov3d_ros.nodes.conversions import (
-    camera_from_info,
-    cloud_to_pointcloud2,
-    color_from_image,
-    depth_from_image,
-    make_header,
-    pose_to_matrix,
-    quaternion_to_matrix,
-    stamp_to_sec,
-    transform_to_matrix,
-)
+from ov3d_ros.geometry import rigid_from_quaternion
+from ov3d_ros.messages import camera_from_info, decode_color, decode_depth, pose_matrix, stamp_seconds, \
+    transform_matrix
+from ov3d_ros.nodes.conversions import cloud_to_pointcloud2, make_header
 from ov3d_ros.nodes.params import Param, declare_all
+from ov3d_ros.nodes.runner import spin_nodes
 from ov3d_ros.nodes.sync import ApproximateTimeSync, BoundedQueue
+from ov3d_ros.poses import PoseTrack
 
 POSE_SOURCES = ("tf", "odometry", "pose")
 QOS_CHOICES = ("sensor_data", "reliable")
@@ -65,8 +59,10 @@ FUSION_PARAMS = [
     Param("camera_frame", "", "Camera optical frame for TF lookups; empty = the image header's frame_id."),
     Param("base_to_camera", [0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0],
           "Pose of the camera optical frame in the odometry child frame, x y z qx qy qz qw (pose_source odometry)."),
-    Param("pose_tolerance", 0.05, "Max |pose stamp - frame stamp| [s] for a pose-topic pose to be used.",
-          minimum=0.0),
+    Param("pose_tolerance", 0.05, "Max |pose stamp - frame stamp| [s] for the nearest pose-topic pose to be used "
+          "when no two poses bracket the frame.", minimum=0.0),
+    Param("pose_max_gap", 0.5, "Pose-topic poses at most this far apart [s] are interpolated at the frame stamp "
+          "(lerp + slerp, as the bag reader does).", minimum=0.0),
     Param("pose_timeout", 1.0, "A frame waits at most this long [s] for its pose, then is dropped.", minimum=0.0),
     Param("keyframe_min_translation", 0.05, "A frame is fused into the map only if the camera moved this far [m] "
           "since the last keyframe ... (every valid frame is published on ~/partial_cloud)", minimum=0.0),
@@ -102,36 +98,6 @@ class _Frame:
     arrived: float  # monotonic seconds, for pose_timeout
 
 
-class PoseBuffer:
-    """Recent (stamp, T_world_cam) poses; nearest-in-time lookup within a tolerance."""
-
-    def __init__(self, maxlen: int = 400) -> None:
-        self._poses: deque = deque(maxlen=maxlen)
-        self._lock = threading.Lock()
-
-    def add(self, stamp: float, T: np.ndarray) -> None:
-        with self._lock:
-            self._poses.append((stamp, T))
-
-    def lookup(self, stamp: float, tolerance: float, final: bool = False) -> tuple[np.ndarray | None, bool]:
-        """(pose, may_still_arrive). The pose nearest ``stamp`` within ``tolerance`` -- but only once a pose at or
-        after ``stamp`` has arrived (or ``final``): before that, a closer pose may still be on its way, and taking
-        the previous one would fuse the frame with a pose up to ``tolerance`` old."""
-        with self._lock:
-            if not self._poses:
-                return None, True
-            newest = max(p[0] for p in self._poses)
-            if newest < stamp and not final:
-                return None, True
-            best = min(self._poses, key=lambda p: abs(p[0] - stamp))
-            if abs(best[0] - stamp) <= tolerance:
-                return best[1], False
-            return None, newest < stamp + tolerance
-
-    def __len__(self) -> int:
-        return len(self._poses)
-
-
 class FusionNode(Node):
     def __init__(self, name: str = "fusion_node", **kwargs) -> None:
         super().__init__(name, **kwargs)
@@ -163,7 +129,7 @@ class FusionNode(Node):
         self.create_subscription(Image, p["depth_topic"], self._on_depth, qos, callback_group=inputs)
         self.create_subscription(CameraInfo, p["camera_info_topic"], self._on_info, qos, callback_group=inputs)
 
-        self.poses = PoseBuffer()
+        self.poses = PoseTrack(p["pose_topic"], maxlen=400)
         self.tf_buffer = None
         if p["pose_source"] == "tf":
             try:
@@ -178,9 +144,7 @@ class FusionNode(Node):
             values = list(p["base_to_camera"])
             if len(values) != 7:
                 raise ValueError(f"fusion_node: base_to_camera needs 7 numbers x y z qx qy qz qw, got {values}")
-            self._T_base_cam = np.eye(4)
-            self._T_base_cam[:3, :3] = quaternion_to_matrix(*values[3:])
-            self._T_base_cam[:3, 3] = values[:3]
+            self._T_base_cam = rigid_from_quaternion(values[:3], values[3:])
             self.create_subscription(Odometry, p["pose_topic"], self._on_odometry, 50, callback_group=inputs)
         else:
             self.create_subscription(PoseStamped, p["pose_topic"], self._on_pose, 50, callback_group=inputs)
@@ -213,7 +177,7 @@ class FusionNode(Node):
     # ------------------------------------------------------------------ callbacks: decode + enqueue only
     def _on_color(self, msg: Image) -> None:
         try:
-            color = color_from_image(msg)
+            color = decode_color(msg)
         except ValueError as exc:
             self.counters["bad_color"] += 1
             self.get_logger().error(f"dropping colour image: {exc}", throttle_duration_sec=5.0)
@@ -222,7 +186,7 @@ class FusionNode(Node):
 
     def _on_depth(self, msg: Image) -> None:
         try:
-            depth = depth_from_image(msg)
+            depth = decode_depth(msg)
         except ValueError as exc:
             self.counters["bad_depth"] += 1
             self.get_logger().error(f"dropping depth image: {exc}", throttle_duration_sec=5.0)
@@ -239,7 +203,7 @@ class FusionNode(Node):
         self._add("info", msg.header, camera)
 
     def _add(self, key: str, header, item) -> None:
-        stamp = stamp_to_sec(header.stamp)
+        stamp = stamp_seconds(header.stamp)
         matched = self.sync.add(key, stamp, (header.frame_id, stamp, item))
         if matched is None:
             self._warn_if_stream_missing()
@@ -262,23 +226,23 @@ class FusionNode(Node):
 
     def _on_pose(self, msg: PoseStamped) -> None:
         try:
-            T = pose_to_matrix(msg.pose)
+            T = pose_matrix(msg.pose)
         except ValueError as exc:
             self.counters["bad_pose"] += 1
             self.get_logger().error(f"dropping pose: {exc}", throttle_duration_sec=5.0)
             return
         self._check_pose_frame(msg.header.frame_id)
-        self.poses.add(stamp_to_sec(msg.header.stamp), T)
+        self.poses.add(stamp_seconds(msg.header.stamp), T)
 
     def _on_odometry(self, msg: Odometry) -> None:
         try:
-            T = pose_to_matrix(msg.pose.pose) @ self._T_base_cam
+            T = pose_matrix(msg.pose.pose) @ self._T_base_cam
         except ValueError as exc:
             self.counters["bad_pose"] += 1
             self.get_logger().error(f"dropping odometry: {exc}", throttle_duration_sec=5.0)
             return
         self._check_pose_frame(msg.header.frame_id)
-        self.poses.add(stamp_to_sec(msg.header.stamp), T)
+        self.poses.add(stamp_seconds(msg.header.stamp), T)
 
     def _check_pose_frame(self, frame_id: str) -> None:
         if frame_id and frame_id != self.p["world_frame"]:
@@ -295,10 +259,11 @@ class FusionNode(Node):
             try:
                 stamp_ns = int(round(frame.stamp * 1e9))
                 tf = self.tf_buffer.lookup_transform(self.p["world_frame"], source, Time(nanoseconds=stamp_ns))
-                return transform_to_matrix(tf.transform), False
+                return transform_matrix(tf.transform), False
             except (tf2_ros.LookupException, tf2_ros.ConnectivityException, tf2_ros.ExtrapolationException):
                 return None, True
-        return self.poses.lookup(frame.stamp, self.p["pose_tolerance"], final)
+        return self.poses.lookup(frame.stamp, max_gap=self.p["pose_max_gap"], tolerance=self.p["pose_tolerance"],
+                                 final=final)
 
     def _process_frames(self) -> None:
         while True:
@@ -441,8 +406,6 @@ class FusionNode(Node):
 
 
 def main(args=None) -> None:
-    from ov3d_ros.nodes.bringup import spin_nodes
-
     spin_nodes([FusionNode], args=args)
 
 

@@ -22,10 +22,13 @@ from visualization_msgs.msg import Marker, MarkerArray
 
 from ov3d_interfaces.srv import QueryObjects
 from ov3d_ros.cloud import PointCloud
-from ov3d_ros.nodes.conversions import cloud_to_pointcloud2, make_header, pointcloud2_to_cloud, stamp_to_sec
+from ov3d_ros.messages import stamp_seconds
+from ov3d_ros.nodes.conversions import cloud_to_pointcloud2, make_header, pointcloud2_to_cloud
 from ov3d_ros.nodes.objects import ObjectSummary, summarise_queries
 from ov3d_ros.nodes.params import Param, declare_all
+from ov3d_ros.nodes.runner import spin_nodes
 from ov3d_ros.nodes.sync import BoundedQueue
+from ov3d_ros.resources import default_checkpoint
 
 DEVICE_CHOICES = ("auto", "cpu", "cuda")
 
@@ -104,7 +107,7 @@ class SegmenterNode(Node):
         self.torch = torch
         from ov3d_ros.segmenter import Segmenter
 
-        checkpoint = p["checkpoint"] or str(_default_checkpoint())
+        checkpoint = p["checkpoint"] or str(default_checkpoint())
         from ov3d_ros.superpoints import SuperpointConfig
 
         superpoints = SuperpointConfig(voxel_size=p["superpoint_voxel"], k=p["superpoint_k"])
@@ -184,14 +187,14 @@ class SegmenterNode(Node):
     def _on_partial(self, msg: PointCloud2) -> None:
         cloud = self._decode(msg, "partial")
         if cloud is not None:
-            self.partial_queue.push(_Cached(cloud=cloud, stamp=stamp_to_sec(msg.header.stamp),
+            self.partial_queue.push(_Cached(cloud=cloud, stamp=stamp_seconds(msg.header.stamp),
                                             superpoints=self.p["superpoints_partial"]))
 
     def _on_global(self, msg: PointCloud2) -> None:
         cloud = self._decode(msg, "global")
         if cloud is not None:
             with self._lock:
-                self.latest_global = _Cached(cloud=cloud, stamp=stamp_to_sec(msg.header.stamp),
+                self.latest_global = _Cached(cloud=cloud, stamp=stamp_seconds(msg.header.stamp),
                                              superpoints=self.p["superpoints"])
 
     # ------------------------------------------------------------------ network passes
@@ -376,15 +379,7 @@ class SegmenterNode(Node):
                                + f", last partial latency {1e3 * self.last_partial_latency:.0f} ms")
 
 
-def _default_checkpoint():
-    from ov3d_ros.nodes.bringup import default_checkpoint
-
-    return default_checkpoint()
-
-
 def main(args=None) -> None:
-    from ov3d_ros.nodes.bringup import spin_nodes
-
     spin_nodes([SegmenterNode], args=args)
 
 

@@ -12,15 +12,10 @@ from PIL import Image
 from rosbags.rosbag2 import StoragePlugin, Writer  # noqa: E402
 from rosbags.typesys import Stores, get_typestore  # noqa: E402
 
-from ov3d_ros.data.rosbag import (  # noqa: E402
-    RosbagScene,
-    _PoseTrack,
-    decode_rvl,
-    matrix_to_quaternion,
-    pose_to_matrix,
-    quaternion_to_matrix,
-)
-from ov3d_ros.geometry import invert_rigid  # noqa: E402
+from ov3d_ros.data.rosbag import RosbagScene  # noqa: E402
+from ov3d_ros.messages import decode_rvl  # noqa: E402
+from ov3d_ros.geometry import invert_rigid, matrix_to_quaternion  # noqa: E402
+from ov3d_ros.geometry import rigid_from_quaternion as pose_to_matrix  # noqa: E402
 
 TS = get_typestore(Stores.ROS2_KILTED)
 T = TS.types
@@ -303,31 +298,6 @@ def test_explicit_body_to_camera_transform(odom_bag, frames):
     scene = RosbagScene(odom_bag, color_topic="/cam/rgb/compressed", depth_topic="/cam/depth",
                         info_topic="/cam/info", pose_topic="/odom", T_body_cam=np.eye(4))
     np.testing.assert_allclose(scene.pose(0), frames[0].T_world_cam @ invert_rigid(T_BASE_OPTICAL), atol=1e-9)
-
-
-def test_pose_track_interpolates_and_falls_back_to_nearest():
-    track = _PoseTrack("x")
-    track.add(1.0, [2.0, 0, 0], [0, 0, np.sin(np.pi / 4), np.cos(np.pi / 4)])  # out of order on purpose
-    track.add(0.0, [0.0, 0, 0], [0, 0, 0, 1])
-    T = track.at(0.25, max_gap=2.0, slop=0.0)
-    np.testing.assert_allclose(T[:3, 3], [0.5, 0, 0])
-    np.testing.assert_allclose(np.arctan2(T[1, 0], T[0, 0]), np.pi / 8)  # a quarter of the 90 deg turn
-    assert track.at(0.5, max_gap=0.5, slop=0.1) is None  # gap too long, no sample near enough
-    np.testing.assert_allclose(track.at(1.05, max_gap=2.0, slop=0.1)[:3, 3], [2.0, 0, 0])
-    assert track.at(1.5, max_gap=2.0, slop=0.1) is None
-
-
-def test_quaternion_helpers_round_trip():
-    rng = np.random.default_rng(0)
-    for _ in range(20):
-        q = rng.normal(size=4)
-        q /= np.linalg.norm(q)
-        q = -q if q[3] < 0 else q
-        R = quaternion_to_matrix(q)
-        np.testing.assert_allclose(R @ R.T, np.eye(3), atol=1e-12)
-        np.testing.assert_allclose(matrix_to_quaternion(R), q, atol=1e-12)
-    with pytest.raises(ValueError, match="not a rotation"):
-        quaternion_to_matrix([0, 0, 0, 0])
 
 
 def test_bad_configuration_raises(tf_bag, tmp_path):

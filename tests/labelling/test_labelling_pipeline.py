@@ -322,7 +322,7 @@ def write_bag(path, synthetic_frames):
             conns[topic] = writer.add_connection(topic, msg.__msgtype__, typestore=ts)
         writer.write(conns[topic], int(t * 1e9), ts.serialize_cdr(msg, msg.__msgtype__))
 
-    from ov3d_ros.data.rosbag import matrix_to_quaternion
+    from ov3d_ros.geometry import matrix_to_quaternion
 
     for i, sf in enumerate(synthetic_frames):
         f, t = sf.frame, 10.0 + 0.1 * i

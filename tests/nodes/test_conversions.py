@@ -1,9 +1,11 @@
-"""Message <-> numpy conversions, against hand-built messages and independent references."""
+"""Message <-> numpy conversions with real rclpy messages, against hand-built messages and independent references
+(decoding is ``ov3d_ros.messages``, the builders are ``ov3d_ros.nodes.conversions``)."""
 import numpy as np
 import pytest
 
 from ov3d_ros.cloud import PointCloud
-from ov3d_ros.geometry import CameraModel
+from ov3d_ros import messages as ms
+from ov3d_ros.geometry import CameraModel, matrix_to_quaternion, quaternion_to_matrix
 from ov3d_ros.nodes import conversions as cv
 from sensor_msgs.msg import Image, PointField
 
@@ -27,25 +29,25 @@ def rgb():
 
 
 def test_colour_encodings_decode_to_rgb(rgb):
-    assert np.array_equal(cv.color_from_image(_image(rgb, "rgb8")), rgb)
-    assert np.array_equal(cv.color_from_image(_image(rgb[:, :, ::-1], "bgr8")), rgb)
+    assert np.array_equal(ms.decode_color(_image(rgb, "rgb8")), rgb)
+    assert np.array_equal(ms.decode_color(_image(rgb[:, :, ::-1], "bgr8")), rgb)
     rgba = np.concatenate([rgb, np.full((5, 7, 1), 9, np.uint8)], axis=2)
-    assert np.array_equal(cv.color_from_image(_image(rgba, "rgba8")), rgb)
+    assert np.array_equal(ms.decode_color(_image(rgba, "rgba8")), rgb)
     bgra = np.concatenate([rgb[:, :, ::-1], np.full((5, 7, 1), 9, np.uint8)], axis=2)
-    assert np.array_equal(cv.color_from_image(_image(bgra, "bgra8")), rgb)
+    assert np.array_equal(ms.decode_color(_image(bgra, "bgra8")), rgb)
     mono = rgb[:, :, 0]
-    assert np.array_equal(cv.color_from_image(_image(mono, "mono8")), np.stack([mono] * 3, axis=2))
+    assert np.array_equal(ms.decode_color(_image(mono, "mono8")), np.stack([mono] * 3, axis=2))
     # Row padding (step > width * 3) is skipped.
-    assert np.array_equal(cv.color_from_image(_image(rgb, "rgb8", step_pad=5)), rgb)
+    assert np.array_equal(ms.decode_color(_image(rgb, "rgb8", step_pad=5)), rgb)
 
 
 def test_depth_encodings_keep_units_and_endianness():
     mm = np.array([[0, 1000, 65535], [1, 2, 1234]], np.uint16)
-    out = cv.depth_from_image(_image(mm, "16UC1"))
+    out = ms.decode_depth(_image(mm, "16UC1"))
     assert out.dtype == np.uint16 and np.array_equal(out, mm)
-    assert np.array_equal(cv.depth_from_image(_image(mm, "16UC1", big_endian=True)), mm)
+    assert np.array_equal(ms.decode_depth(_image(mm, "16UC1", big_endian=True)), mm)
     metres = np.array([[0.5, np.nan], [np.inf, 3.25]], np.float32)
-    out = cv.depth_from_image(_image(metres, "32FC1", step_pad=8))
+    out = ms.decode_depth(_image(metres, "32FC1", step_pad=8))
     assert out.dtype == np.float32
     np.testing.assert_array_equal(out, metres)
 
@@ -53,35 +55,35 @@ def test_depth_encodings_keep_units_and_endianness():
 @pytest.mark.parametrize("encoding", ["rgb8", "bgr8", "mono8", "16UC1", "32FC1"])
 def test_numpy_to_image_round_trip(encoding):
     rng = np.random.default_rng(1)
-    dtype, channels = cv.IMAGE_ENCODINGS[encoding]
+    dtype, channels = ms.IMAGE_ENCODINGS[encoding]
     shape = (4, 6, channels) if channels > 1 else (4, 6)
     array = (rng.random(shape) * 200).astype(dtype)
     msg = cv.numpy_to_image(array, encoding)
     assert msg.step == 6 * channels * np.dtype(dtype).itemsize
-    assert np.array_equal(cv.image_to_numpy(msg), array)
+    assert np.array_equal(ms.image_array(msg), array)
 
 
 def test_bad_images_are_rejected_with_the_reason():
-    with pytest.raises(cv.UnsupportedEncodingError, match="yuv422"):
-        cv.color_from_image(Image(height=2, width=2, encoding="yuv422", step=4, data=bytes(8)))
-    with pytest.raises(cv.UnsupportedEncodingError, match="depth image encoding 'rgb8'"):
-        cv.depth_from_image(_image(np.zeros((2, 2, 3), np.uint8), "rgb8"))
+    with pytest.raises(ms.UnsupportedEncodingError, match="yuv422"):
+        ms.decode_color(Image(height=2, width=2, encoding="yuv422", step=4, data=bytes(8)))
+    with pytest.raises(ms.UnsupportedEncodingError, match="depth image encoding 'rgb8'"):
+        ms.decode_depth(_image(np.zeros((2, 2, 3), np.uint8), "rgb8"))
     with pytest.raises(ValueError, match="expected step\\*height"):
-        cv.color_from_image(Image(height=2, width=2, encoding="rgb8", step=6, data=bytes(11)))
+        ms.decode_color(Image(height=2, width=2, encoding="rgb8", step=6, data=bytes(11)))
     with pytest.raises(ValueError, match="step 3 is smaller"):
-        cv.color_from_image(Image(height=2, width=2, encoding="rgb8", step=3, data=bytes(6)))
+        ms.decode_color(Image(height=2, width=2, encoding="rgb8", step=3, data=bytes(6)))
     with pytest.raises(ValueError, match="non-positive size"):
-        cv.color_from_image(Image(height=0, width=2, encoding="rgb8", step=6, data=b""))
+        ms.decode_color(Image(height=0, width=2, encoding="rgb8", step=6, data=b""))
 
 
 def test_camera_info_round_trip_and_validation():
     camera = CameraModel(width=320, height=240, fx=300.0, fy=310.0, cx=160.5, cy=119.5)
     info = cv.info_from_camera(camera)
     assert list(info.k) == [300.0, 0.0, 160.5, 0.0, 310.0, 119.5, 0.0, 0.0, 1.0]
-    assert cv.camera_from_info(info) == camera
+    assert ms.camera_from_info(info) == camera
     info.k = [0.0] * 9
     with pytest.raises(ValueError, match="not a valid intrinsic"):
-        cv.camera_from_info(info)
+        ms.camera_from_info(info)
 
 
 def test_quaternions_match_transforms3d():
@@ -92,16 +94,15 @@ def test_quaternions_match_transforms3d():
         q = rng.normal(size=4)
         q /= np.linalg.norm(q)  # w, x, y, z (transforms3d order)
         R_ref = transforms3d.quaternions.quat2mat(q)
-        R = cv.quaternion_to_matrix(q[1], q[2], q[3], q[0])
+        R = quaternion_to_matrix([q[1], q[2], q[3], q[0]])
         np.testing.assert_allclose(R, R_ref, atol=1e-12)
-        x, y, z, w = cv.matrix_to_quaternion(R)
-        np.testing.assert_allclose(cv.quaternion_to_matrix(x, y, z, w), R_ref, atol=1e-12)
+        np.testing.assert_allclose(quaternion_to_matrix(matrix_to_quaternion(R)), R_ref, atol=1e-12)
         T = np.eye(4)
         T[:3, :3], T[:3, 3] = R_ref, rng.normal(size=3)
-        np.testing.assert_allclose(cv.pose_to_matrix(cv.matrix_to_pose(T)), T, atol=1e-12)
-        np.testing.assert_allclose(cv.transform_to_matrix(cv.matrix_to_transform(T)), T, atol=1e-12)
+        np.testing.assert_allclose(ms.pose_matrix(cv.matrix_to_pose(T)), T, atol=1e-12)
+        np.testing.assert_allclose(ms.transform_matrix(cv.matrix_to_transform(T)), T, atol=1e-12)
     with pytest.raises(ValueError, match="zero or non-finite norm"):
-        cv.quaternion_to_matrix(0, 0, 0, 0)
+        quaternion_to_matrix([0, 0, 0, 0])
 
 
 def test_pointcloud2_has_pcl_layout_and_round_trips():

@@ -171,7 +171,7 @@ def test_keyframe_gating_fuses_only_moved_frames_but_publishes_all(run_nodes, wa
 def test_odometry_poses_are_composed_with_base_to_camera(run_nodes, wait_until):
     from nav_msgs.msg import Odometry
 
-    from ov3d_ros.nodes.conversions import quaternion_to_matrix
+    from ov3d_ros.geometry import quaternion_to_matrix
 
     # Camera optical frame on the robot: 0.2 m forward, 0.5 m up, looking along the base's x axis.
     base_to_camera = [0.2, 0.0, 0.5, -0.5, 0.5, -0.5, 0.5]
@@ -187,7 +187,7 @@ def test_odometry_poses_are_composed_with_base_to_camera(run_nodes, wait_until):
     for pub in (camera.color, camera.depth, camera.info, odom_pub):
         wait_until(lambda: pub.get_subscription_count() > 0, what=f"subscriber of {pub.topic_name}")
     T_odom_base = np.eye(4)
-    T_odom_base[:3, :3] = quaternion_to_matrix(0, 0, np.sin(0.3), np.cos(0.3))  # yaw 0.6 rad
+    T_odom_base[:3, :3] = quaternion_to_matrix([0, 0, np.sin(0.3), np.cos(0.3)])  # yaw 0.6 rad
     T_odom_base[:3, 3] = [1.0, -2.0, 0.0]
     odom = Odometry()
     odom.header = make_header("odom", 30.0)
@@ -199,7 +199,7 @@ def test_odometry_poses_are_composed_with_base_to_camera(run_nodes, wait_until):
     assert partials[0].header.frame_id == "odom"
 
     T_base_cam = np.eye(4)
-    T_base_cam[:3, :3] = quaternion_to_matrix(*base_to_camera[3:])
+    T_base_cam[:3, :3] = quaternion_to_matrix(base_to_camera[3:])
     T_base_cam[:3, 3] = base_to_camera[:3]
     np.testing.assert_allclose(T_base_cam[:3, 2], [1, 0, 0], atol=1e-12)  # optical z = base forward
     ref = make_partial_cloud(RGBDFrame(color=np.full((48, 64, 3), 100, np.uint8),
