@@ -6,20 +6,19 @@ is installed. With it the whole pipeline runs without hardware.
 """
 from __future__ import annotations
 
-import hashlib
-import os
 import threading
 import time
-from pathlib import Path
 
 import numpy as np
 from geometry_msgs.msg import PoseStamped, TransformStamped
 from rclpy.node import Node
 from sensor_msgs.msg import CameraInfo, Image
 
+from ov3d_ros.data.synthetic.cache import load_or_render
 from ov3d_ros.nodes.conversions import info_from_camera, make_header, matrix_to_pose, matrix_to_transform, \
     numpy_to_image
 from ov3d_ros.nodes.params import Param, declare_all
+from ov3d_ros.nodes.runner import spin_nodes
 
 DEPTH_ENCODINGS = ("16UC1", "32FC1")
 
@@ -140,50 +139,7 @@ class SyntheticCameraNode(Node):
                 self.get_logger().info(f"published {self.frames_published} frames ({self.loops_done} loops): done")
 
 
-def _cache_key(seed: int, n_frames: int, width: int, height: int, noise: bool) -> str:
-    import ov3d_ros.data.synthetic as synthetic
-
-    source = Path(synthetic.__file__).read_bytes()  # a changed renderer invalidates the cache
-    digest = hashlib.sha256(source + repr((seed, n_frames, width, height, noise)).encode()).hexdigest()[:16]
-    return f"seed{seed}_{n_frames}f_{width}x{height}_{'noise' if noise else 'clean'}_{digest}.npz"
-
-
-def load_or_render(seed: int, n_frames: int, width: int, height: int, noise: bool, cache_dir: str = ""):
-    """(list of RGBDFrame, loaded_from_cache). Only what the camera publishes is cached: colour, depth, pose, K."""
-    from ov3d_ros.data.synthetic import SyntheticRoom, render_sequence
-    from ov3d_ros.fusion import RGBDFrame
-    from ov3d_ros.geometry import CameraModel
-
-    path = Path(os.path.expanduser(cache_dir)) / _cache_key(seed, n_frames, width, height, noise) if cache_dir else None
-    if path is not None and path.is_file():
-        try:
-            with np.load(path) as data:
-                camera = CameraModel.from_K(data["K"], int(width), int(height))
-                return [RGBDFrame(color=data["color"][i], depth=data["depth"][i], camera=camera,
-                                  T_world_cam=data["T"][i], index=i, stamp=i / 30.0)
-                        for i in range(len(data["T"]))], True
-        except (OSError, KeyError, ValueError):
-            pass  # a corrupt or partial cache file: render again and overwrite it
-    room = SyntheticRoom.generate(seed)
-    frames = [s.frame for s in render_sequence(room, n_frames=n_frames, width=width, height=height, noise=noise,
-                                               seed=seed)]
-    if path is not None:
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(".tmp.npz")
-            np.savez_compressed(tmp, color=np.stack([f.color for f in frames]),
-                                depth=np.stack([np.asarray(f.depth, np.float32) for f in frames]),
-                                T=np.stack([np.asarray(f.T_world_cam, np.float64) for f in frames]),
-                                K=np.asarray(frames[0].camera.K))
-            os.replace(tmp, path)
-        except OSError:
-            pass  # caching is an optimisation only
-    return frames, False
-
-
 def main(args=None) -> None:
-    from ov3d_ros.nodes.bringup import spin_nodes
-
     spin_nodes([SyntheticCameraNode], args=args)
 
 

@@ -462,3 +462,19 @@ def test_render_frame_matches_the_sequence(room, noisy_frames):
     np.testing.assert_array_equal(single.instance_map, sf.instance_map)
     with pytest.raises(ValueError, match="T_world_cam"):
         render_frame(room, np.eye(3), sf.frame.camera)
+
+
+def test_rendered_sequence_cache_is_named_by_the_renderer_version_and_round_trips(tmp_path):
+    from ov3d_ros.data.synthetic import RENDER_VERSION
+    from ov3d_ros.data.synthetic.cache import cache_name, load_or_render
+
+    assert cache_name(3, 4, 32, 24, True).startswith(f"v{RENDER_VERSION}_seed3_4f_32x24_noise")
+    rendered, cached = load_or_render(3, 4, 32, 24, True, str(tmp_path))
+    assert not cached and (tmp_path / cache_name(3, 4, 32, 24, True)).is_file()
+    loaded, cached = load_or_render(3, 4, 32, 24, True, str(tmp_path))
+    assert cached and len(loaded) == 4
+    for a, b in zip(rendered, loaded):
+        np.testing.assert_array_equal(a.color, b.color)
+        np.testing.assert_array_equal(np.asarray(a.depth, np.float32), b.depth)
+        np.testing.assert_allclose(a.T_world_cam, b.T_world_cam)
+        assert a.camera == b.camera
