@@ -14,6 +14,9 @@ import time
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
+
+from ov3d_ros.mapping import Mapper, MapperConfig
 
 _log = logging.getLogger("ov3d-fuse")
 
@@ -67,11 +70,7 @@ def open_scene(path: Path, args=None):
 def fuse_scene(scene, voxel_size: float = 0.02, *, stride: int = 1, max_frames: int | None = None,
                pixel_stride: int = 1, min_depth: float = 0.1, max_depth: float = 6.0, capacity: int = 2_000_000,
                progress: bool = True):
-    """Integrate the scene's frames into a VoxelMap; returns (map, frames used, seconds)."""
-    from tqdm import tqdm
-
-    from ov3d_ros.fusion import VoxelMap, make_partial_cloud
-
+    """Integrate the scene's frames with a Mapper (every frame a keyframe); returns (map, frames used, seconds)."""
     if stride < 1 or pixel_stride < 1:
         raise ValueError(f"fuse: --stride and --pixel-stride must be >= 1, got {stride}, {pixel_stride}")
     if max_frames is not None and max_frames < 1:
@@ -81,13 +80,12 @@ def fuse_scene(scene, voxel_size: float = 0.02, *, stride: int = 1, max_frames: 
         indices = indices[:max_frames]
     if not indices:
         raise ValueError(f"fuse: {scene} has no frames to fuse")
-    vmap = VoxelMap(voxel_size=voxel_size, capacity=capacity)
+    mapper = Mapper(MapperConfig(voxel_size=voxel_size, capacity=capacity, min_depth=min_depth,
+                                 max_depth=max_depth, stride=pixel_stride))
     start = time.perf_counter()
     for i in tqdm(indices, desc="fusing", unit="frame", disable=not progress):
-        frame = scene.frame(i)
-        partial = make_partial_cloud(frame, min_depth=min_depth, max_depth=max_depth, stride=pixel_stride)
-        vmap.integrate(partial)
-    return vmap, len(indices), time.perf_counter() - start
+        mapper.add_frame(scene.frame(i))
+    return mapper.map, len(indices), time.perf_counter() - start
 
 
 def main(argv=None) -> int:

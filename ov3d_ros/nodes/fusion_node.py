@@ -7,9 +7,7 @@ never stops because of one.
 """
 from __future__ import annotations
 
-import math
 import os
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +22,9 @@ from sensor_msgs.msg import CameraInfo, Image, PointCloud2
 from std_srvs.srv import Trigger
 
 from ov3d_interfaces.srv import SaveMap
+from ov3d_ros.fusion import RGBDFrame
 from ov3d_ros.geometry import rigid_from_quaternion
+from ov3d_ros.mapping import Mapper, MapperConfig
 from ov3d_ros.messages import camera_from_info, decode_color, decode_depth, pose_matrix, stamp_seconds, \
     transform_matrix
 from ov3d_ros.nodes.conversions import cloud_to_pointcloud2, make_header
@@ -103,20 +103,17 @@ class FusionNode(Node):
         super().__init__(name, **kwargs)
         self.p = declare_all(self, FUSION_PARAMS)
         p = self.p
-        if p["max_depth"] <= p["min_depth"]:
-            raise ValueError(f"fusion_node: max_depth ({p['max_depth']}) must exceed min_depth ({p['min_depth']})")
-        from ov3d_ros.fusion import VoxelMap
-
-        self.VoxelMap = VoxelMap
-        self.map = VoxelMap(voxel_size=p["voxel_size"], capacity=p["map_capacity"],
-                            clear_radius=p["clear_radius"] or None)
-        self._map_lock = threading.Lock()
+        self.mapper = Mapper(MapperConfig(
+            voxel_size=p["voxel_size"], capacity=p["map_capacity"], clear_radius=p["clear_radius"] or None,
+            min_depth=p["min_depth"], max_depth=p["max_depth"], stride=p["stride"],
+            keyframe_min_translation=p["keyframe_min_translation"],
+            keyframe_min_rotation_deg=p["keyframe_min_rotation_deg"]))
+        self.map = self.mapper.map
         self.sync = ApproximateTimeSync(("color", "depth", "info"), slop=p["sync_slop"],
                                         queue_size=p["sync_queue_size"])
         self.frames = BoundedQueue(p["frame_queue_size"], name="frames")
         self.counters = {"bad_color": 0, "bad_depth": 0, "bad_info": 0, "bad_frame": 0, "no_pose": 0,
                          "empty_depth": 0, "not_keyframe": 0, "integrated": 0, "bad_pose": 0}
-        self._last_keyframe_T: np.ndarray | None = None
         self.frame_index = 0
         self.frames_finished = 0  # frames taken off the queue and fully handled (fused, gated or rejected)
         self.last_partial_stamp = None
@@ -154,11 +151,10 @@ class FusionNode(Node):
             PointCloud2, "~/global_cloud", QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1,
                                                       reliability=ReliabilityPolicy.RELIABLE,
                                                       durability=DurabilityPolicy.TRANSIENT_LOCAL))
-        self._map_version = 0        # bumped by every change of the map
-        self._published_version = -1
+        self._published_version = -1  # the mapper's version last sent on ~/global_cloud
         # The processing timer is always ready while frames stream in faster than they are fused, and rclpy's
-        # executor serves ready timers first: services and the global publisher get groups of their own (the map
-        # lock serialises what they share).
+        # executor serves ready timers first: services and the global publisher get groups of their own (the
+        # mapper's lock serialises what they share).
         services = MutuallyExclusiveCallbackGroup()
         self.create_service(SaveMap, "~/save_map", self._on_save_map, callback_group=services)
         self.create_service(Trigger, "~/reset_map", self._on_reset_map, callback_group=services)
@@ -289,25 +285,13 @@ class FusionNode(Node):
             finally:
                 self.frames_finished += 1
 
-    def _is_keyframe(self, T: np.ndarray) -> bool:
-        last = self._last_keyframe_T
-        if last is None:
-            return True
-        moved = float(np.linalg.norm(T[:3, 3] - last[:3, 3]))
-        R = last[:3, :3].T @ T[:3, :3]
-        angle = math.degrees(math.acos(max(-1.0, min(1.0, (np.trace(R) - 1.0) / 2.0))))
-        return moved >= self.p["keyframe_min_translation"] or angle >= self.p["keyframe_min_rotation_deg"]
-
     def fuse(self, frame: _Frame, T: np.ndarray) -> None:
         """Publish the frame's partial cloud (every valid frame, so the labelled view stays live while the camera
         stands still) and integrate it into the map if it is a keyframe."""
-        from ov3d_ros.fusion import RGBDFrame, make_partial_cloud
-
         rgbd = RGBDFrame(color=frame.color, depth=frame.depth, camera=frame.camera, T_world_cam=T,
                          index=self.frame_index, stamp=frame.stamp, depth_scale=self.p["depth_scale"])
         try:
-            partial = make_partial_cloud(rgbd, min_depth=self.p["min_depth"], max_depth=self.p["max_depth"],
-                                         stride=self.p["stride"])
+            partial = self.mapper.partial_cloud(rgbd)
         except (ValueError, TypeError) as exc:
             self.counters["bad_frame"] += 1
             self.get_logger().error(f"dropping frame at t={frame.stamp:.3f}: {exc}", throttle_duration_sec=5.0)
@@ -322,23 +306,18 @@ class FusionNode(Node):
         header = make_header(self.p["world_frame"], frame.stamp)
         self.partial_pub.publish(cloud_to_pointcloud2(partial.to_cloud(self.p["world_frame"]), header))
         self.last_partial_stamp = frame.stamp
-        if not self._is_keyframe(T):
+        if self.mapper.integrate(partial, stamp=frame.stamp).keyframe:
+            self.counters["integrated"] += 1
+        else:
             self.counters["not_keyframe"] += 1
-            return
-        with self._map_lock:
-            self.map.integrate(partial)
-            self._map_version += 1
-        self._last_keyframe_T = T
-        self.counters["integrated"] += 1
 
     def publish_global(self, force: bool = True) -> None:
         """Publish the map. The timer passes force=False: an unchanged map is not sent again (each copy costs the
         segmenter a network pass); late subscribers still get the last one (transient-local publisher)."""
-        with self._map_lock:
-            if len(self.map) == 0 or (not force and self._map_version == self._published_version):
+        with self.mapper.lock:
+            if len(self.map) == 0 or (not force and self.mapper.version == self._published_version):
                 return
-            cloud = self.map.to_cloud(self.p["world_frame"])
-            self._published_version = self._map_version
+            cloud, self._published_version = self.mapper.cloud(self.p["world_frame"])
         header = make_header(self.p["world_frame"], self.get_clock().now().nanoseconds * 1e-9)
         self.global_pub.publish(cloud_to_pointcloud2(cloud, header))
 
@@ -352,12 +331,7 @@ class FusionNode(Node):
             return response
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            with self._map_lock:
-                n = len(self.map)
-                if path.suffix.lower() == ".npz":
-                    self.map.save(path)
-                else:
-                    self.map.write_ply(path, frame_id=self.p["world_frame"])
+            path, n = self.mapper.save(path, frame_id=self.p["world_frame"])
         except (OSError, ValueError) as exc:
             response.success = False
             response.message = f"save_map: could not write '{path}': {exc}"
@@ -370,11 +344,7 @@ class FusionNode(Node):
         return response
 
     def _on_reset_map(self, request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
-        with self._map_lock:
-            n = len(self.map)
-            self.map.reset()
-            self._map_version += 1
-        self._last_keyframe_T = None
+        n = self.mapper.reset()
         self.sync.reset()
         self.frames.clear()
         response.success = True

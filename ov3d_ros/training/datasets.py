@@ -175,13 +175,13 @@ def load_training_scenes(paths: list[str], data_cfg: dict, *, pair_max_gap: int,
 
 
 def fuse_global_cloud(frames: list[FrameData], voxel_size: float):
-    """The scene's global cloud: every partial cloud integrated into a VoxelMap (voxel-mean xyz, mean rgb)."""
-    from ..fusion import VoxelMap
+    """The scene's global cloud: every partial cloud integrated by a Mapper (voxel-mean xyz, mean rgb)."""
+    from ..mapping import Mapper, MapperConfig
 
-    vmap = VoxelMap(voxel_size=voxel_size, capacity=50_000_000)
+    mapper = Mapper(MapperConfig(voxel_size=voxel_size, capacity=50_000_000))
     for frame in frames:
-        vmap.integrate(frame.partial)
-    return vmap.to_cloud()
+        mapper.integrate(frame.partial)
+    return mapper.cloud()[0]
 
 
 @dataclass
