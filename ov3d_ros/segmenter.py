@@ -79,6 +79,31 @@ def plan_chunks(xyz: np.ndarray, max_points: int, margin: float) -> list[Chunk]:
     return chunks
 
 
+@dataclass
+class CloudFeatures:
+    """Per-unit features of one cloud, computed once and classified for any query list without a network pass.
+
+    ``chunks``: (core point indices, unit features (M, D) normalised, unit row of each core point) per chunk, as
+    ``Segmenter.iter_voxel_features`` yields them. Units are model voxels (or superpoints), so a map of N points
+    holds a few times fewer rows than points. ``stamp`` is the caller's time of the cloud (seconds).
+    """
+
+    n_points: int
+    chunks: list
+    stamp: float = 0.0
+
+
+@dataclass
+class PointLabels:
+    """The answer to a query list: ``label`` int64 (N,) index into the queries, -1 below ``min_score``;
+    ``score`` float32 (N,); ``best`` float32 (Q,) the highest cosine similarity of each query over the cloud
+    (NaN for an empty cloud)."""
+
+    label: np.ndarray
+    score: np.ndarray
+    best: np.ndarray
+
+
 class Segmenter:
     """Open-vocabulary segmentation of point clouds with a trained SpUNet and its text encoder.
 
@@ -342,6 +367,41 @@ class Segmenter:
         with torch.inference_mode():
             return self._scores(feats, text, float(min_score), score)
 
+    def cloud_features(self, xyz, rgb, *, stamp: float = 0.0, superpoints: bool | None = None,
+                       progress: bool = False) -> CloudFeatures:
+        """The cloud's unit features, kept for later queries (``superpoints`` as in ``iter_voxel_features``)."""
+        with torch.inference_mode():
+            chunks = list(self.iter_voxel_features(xyz, rgb, progress, superpoints=superpoints))
+        return CloudFeatures(n_points=len(xyz), chunks=chunks, stamp=float(stamp))
+
+    def label_chunks(self, chunks, n_points: int, queries, min_score: float = 0.0, *,
+                     score: str = "cosine") -> PointLabels:
+        """Classify unit features chunk by chunk and give each point its unit's label: the one classification of
+        ``label_points``, the segmenter node's cached features and evaluation. ``chunks`` may be a generator."""
+        self._check_score_args(min_score, score)
+        queries = self.check_queries(queries)
+        text = self.embed(queries)
+        label = np.full(n_points, -1, dtype=np.int64)
+        point_score = np.zeros(n_points, dtype=np.float32)
+        best = np.full(len(queries), -np.inf, dtype=np.float32)
+        with torch.inference_mode():
+            for core, feats, rows in chunks:
+                if not len(feats):
+                    continue
+                unit_text = text.to(feats.device)
+                unit_label, unit_score = self._scores(feats, unit_text, float(min_score), score)
+                core_np = core.cpu().numpy()
+                label[core_np] = unit_label.index_select(0, rows).cpu().numpy()
+                point_score[core_np] = unit_score.index_select(0, rows).cpu().numpy()
+                best = np.maximum(best, (feats @ unit_text.T).amax(dim=0).cpu().numpy())
+        best[~np.isfinite(best)] = np.nan
+        return PointLabels(label, point_score, best)
+
+    def label_features(self, features: CloudFeatures, queries, min_score: float = 0.0, *,
+                       score: str = "cosine") -> PointLabels:
+        """Labels of a cloud from its kept features: no network pass."""
+        return self.label_chunks(features.chunks, features.n_points, queries, min_score, score=score)
+
     def label_points(self, xyz, rgb, queries, min_score: float = 0.0, *, score: str = "cosine",
                      progress: bool = False):
         """(label int64 (N,), score float32 (N,)) numpy arrays for raw points, chunk by chunk.
@@ -349,17 +409,9 @@ class Segmenter:
         Classifies voxels and maps the result to points, so memory stays O(N) whatever the embedding size.
         """
         self._check_score_args(min_score, score)
-        text = self.embed(queries)
-        n = len(xyz)
-        label = np.full(n, -1, dtype=np.int64)
-        best = np.zeros(n, dtype=np.float32)
-        for core, feats, rows in self.iter_voxel_features(xyz, rgb, progress):
-            with torch.inference_mode():
-                vox_label, vox_score = self._scores(feats, text, float(min_score), score)
-            core_np = core.numpy()
-            label[core_np] = vox_label.index_select(0, rows).cpu().numpy()
-            best[core_np] = vox_score.index_select(0, rows).cpu().numpy()
-        return label, best
+        out = self.label_chunks(self.iter_voxel_features(xyz, rgb, progress), len(xyz), queries, min_score,
+                                score=score)
+        return out.label, out.score
 
     def segment(self, cloud: PointCloud, queries, min_score: float = 0.0, *, score: str = "cosine",
                 progress: bool = False) -> PointCloud:

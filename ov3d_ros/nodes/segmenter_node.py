@@ -12,6 +12,7 @@ import time
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 from geometry_msgs.msg import Point
 from rcl_interfaces.msg import SetParametersResult
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
@@ -29,6 +30,8 @@ from ov3d_ros.nodes.params import Param, declare_all
 from ov3d_ros.nodes.runner import spin_nodes
 from ov3d_ros.nodes.sync import BoundedQueue
 from ov3d_ros.resources import default_checkpoint
+from ov3d_ros.segmenter import CloudFeatures, PointLabels, Segmenter
+from ov3d_ros.superpoints import SuperpointConfig
 
 DEVICE_CHOICES = ("auto", "cpu", "cuda")
 
@@ -70,28 +73,11 @@ SEGMENTER_PARAMS = [
 ]
 
 
-def validate_queries(queries, max_queries: int) -> list[str]:
-    """Clean text queries or raise ValueError naming the problem (empty list, blank or non-string entries)."""
-    if isinstance(queries, str) or queries is None:
-        raise ValueError("queries must be a list of strings")
-    queries = list(queries)
-    if not queries:
-        raise ValueError("the query list is empty: give at least one text query")
-    if len(queries) > max_queries:
-        raise ValueError(f"{len(queries)} queries exceed max_queries={max_queries}")
-    cleaned = []
-    for i, q in enumerate(queries):
-        if not isinstance(q, str) or not q.strip():
-            raise ValueError(f"query {i} is blank or not a string: {q!r}")
-        cleaned.append(q.strip())
-    return cleaned
-
-
 @dataclass
 class _Cached:
     cloud: PointCloud
     stamp: float
-    features: list | None = None  # per-voxel feature chunks on the segmenter's device, None until computed
+    features: CloudFeatures | None = None  # per-voxel features on the segmenter's device, None until computed
     superpoints: bool = False  # whether those features are averaged over superpoints
 
 
@@ -100,21 +86,14 @@ class SegmenterNode(Node):
         super().__init__(name, **kwargs)
         self.p = declare_all(self, SEGMENTER_PARAMS)
         p = self.p
-        import torch
-
         if p["num_threads"] > 0:
             torch.set_num_threads(int(p["num_threads"]))
-        self.torch = torch
-        from ov3d_ros.segmenter import Segmenter
-
         checkpoint = p["checkpoint"] or str(default_checkpoint())
-        from ov3d_ros.superpoints import SuperpointConfig
-
         superpoints = SuperpointConfig(voxel_size=p["superpoint_voxel"], k=p["superpoint_k"])
         self.segmenter = Segmenter.load(checkpoint, device=p["device"], passes=p["test_time_passes"],
-                                        superpoints=superpoints)
+                                        superpoints=superpoints, max_queries=p["max_queries"])
         self.checkpoint = checkpoint
-        self.segmenter.check_queries(validate_queries(p["queries"], p["max_queries"]))
+        self.segmenter.check_queries(list(p["queries"]))
         self._lock = threading.Lock()  # guards the caches (service and timers may run on different threads)
         self.partial_queue = BoundedQueue(p["partial_queue_size"], name="partial")
         self.latest_global: _Cached | None = None     # newest map received
@@ -154,7 +133,7 @@ class SegmenterNode(Node):
         for param in params:
             if param.name == "queries":
                 try:
-                    self.segmenter.check_queries(validate_queries(param.value, self.p["max_queries"]))
+                    self.segmenter.check_queries(list(param.value))
                 except (ValueError, TypeError) as exc:
                     return SetParametersResult(successful=False, reason=f"queries: {exc}")
             if param.name == "min_score" and not -1.0 <= float(param.value) <= 1.0:
@@ -166,7 +145,7 @@ class SegmenterNode(Node):
 
     @property
     def queries(self) -> list[str]:
-        return self.segmenter.check_queries(validate_queries(self.p["queries"], self.p["max_queries"]))
+        return self.segmenter.check_queries(list(self.p["queries"]))
 
     # ------------------------------------------------------------------ callbacks: decode + enqueue only
     def _decode(self, msg: PointCloud2, what: str) -> PointCloud | None:
@@ -198,39 +177,20 @@ class SegmenterNode(Node):
                                              superpoints=self.p["superpoints"])
 
     # ------------------------------------------------------------------ network passes
-    def _features(self, entry: _Cached) -> list:
-        """Per-voxel features of ``entry``: computed once, then cached on the entry.
-
-        Cached per model voxel (chunks of (point indices, voxel features (M, D), voxel row of each point)),
-        not per point: a 200k-point map at the model's 4 cm voxels holds ~4x fewer rows. With superpoints the
-        one chunk holds a feature per superpoint instead.
-        """
+    def _features(self, entry: _Cached) -> CloudFeatures:
+        """Per-voxel features of ``entry``: computed once, then kept on the entry (a new query costs no network
+        pass). With superpoints they are one feature per superpoint instead."""
         with self._network_lock:  # one pass at a time; a second caller for the same entry finds it cached
             if entry.features is None:
-                with self.torch.inference_mode():
-                    entry.features = list(self.segmenter.iter_voxel_features(
-                        entry.cloud.xyz, entry.cloud.rgb, False, superpoints=entry.superpoints))
+                entry.features = self.segmenter.cloud_features(entry.cloud.xyz, entry.cloud.rgb, stamp=entry.stamp,
+                                                               superpoints=entry.superpoints)
                 self.counters["feature_passes"] += 1
             return entry.features
 
-    def _classify(self, chunks: list, n_points: int, queries: list[str], min_score: float):
-        """(label int32 (N,), score float32 (N,), best score per query (Q,)) from cached voxel features."""
-        torch = self.torch
-        label = np.full(n_points, -1, dtype=np.int32)
-        score = np.zeros(n_points, dtype=np.float32)
-        best = np.full(len(queries), -np.inf, dtype=np.float32)
-        # Under the network lock: the text encoder's embedding cache is not thread-safe.
-        with self._network_lock, torch.inference_mode():
-            text = self.segmenter.embed(queries)
-            for core, feats, rows in chunks:
-                vox_label, vox_score = self.segmenter.classify(feats, queries, min_score=min_score)
-                core = core.cpu().numpy()
-                label[core] = vox_label.index_select(0, rows).cpu().numpy()
-                score[core] = vox_score.index_select(0, rows).cpu().numpy()
-                if len(feats):
-                    best = np.maximum(best, (feats @ text.to(feats.device).T).amax(dim=0).cpu().numpy())
-        best[~np.isfinite(best)] = np.nan
-        return label, score, best
+    def _classify(self, entry: _Cached, queries: list[str], min_score: float) -> PointLabels:
+        features = self._features(entry)
+        with self._network_lock:  # the text encoder's embedding cache is not thread-safe
+            return self.segmenter.label_features(features, queries, min_score)
 
     def _segment_partials(self) -> None:
         entry = self.partial_queue.pop_latest()
@@ -238,15 +198,14 @@ class SegmenterNode(Node):
             return
         try:
             queries = self.queries
-            features = self._features(entry)
-            label, score, _ = self._classify(features, len(entry.cloud), queries, self.p["min_score"])
+            labels = self._classify(entry, queries, self.p["min_score"])
         except (ValueError, TypeError, RuntimeError) as exc:
             self.counters["bad_cloud"] += 1
             self.get_logger().error(f"segmenting a partial cloud failed: {exc}", throttle_duration_sec=5.0)
             return
         with self._lock:
             self.latest_partial = entry
-        labelled = entry.cloud.with_labels(label, score)
+        labelled = entry.cloud.with_labels(labels.label.astype(np.int32), labels.score)
         header = make_header(entry.cloud.frame_id, entry.stamp)
         self.labelled_pub.publish(cloud_to_pointcloud2(labelled, header, with_labels=True))
         self.counters["partials_segmented"] += 1
@@ -259,18 +218,17 @@ class SegmenterNode(Node):
             return
         try:
             queries = self.queries
-            features = self._features(entry)
-            label, score, best = self._classify(features, len(entry.cloud), queries, self.p["min_score"])
+            labels = self._classify(entry, queries, self.p["min_score"])
         except (ValueError, TypeError, RuntimeError) as exc:
             self.counters["bad_cloud"] += 1
             self.get_logger().error(f"segmenting the global map failed: {exc}", throttle_duration_sec=5.0)
             return
         with self._lock:
             self.segmented_global = entry
-        labelled = entry.cloud.with_labels(label, score)
+        labelled = entry.cloud.with_labels(labels.label.astype(np.int32), labels.score)
         header = make_header(entry.cloud.frame_id, entry.stamp)
         self.labelled_map_pub.publish(cloud_to_pointcloud2(labelled, header, with_labels=True))
-        summaries = summarise_queries(entry.cloud.xyz, label, queries, best, self.p["cluster_voxel"])
+        summaries = summarise_queries(entry.cloud.xyz, labels.label, queries, labels.best, self.p["cluster_voxel"])
         self.markers_pub.publish(self.make_markers(summaries, header))
         self.counters["globals_segmented"] += 1
 
@@ -287,8 +245,7 @@ class SegmenterNode(Node):
             return response
 
         try:
-            queries = validate_queries(list(request.queries), self.p["max_queries"])
-            queries = self.segmenter.check_queries(queries)  # duplicates, over-long texts
+            queries = self.segmenter.check_queries(list(request.queries))
         except (ValueError, TypeError) as exc:
             return fail(str(exc))
         min_score = float(request.min_score)
@@ -312,15 +269,14 @@ class SegmenterNode(Node):
         if entry is None or len(entry.cloud) == 0:
             return fail(f"no {which} received yet")
         try:
-            features = self._features(entry)
-            label, score, best = self._classify(features, len(entry.cloud), queries, min_score)
+            labels = self._classify(entry, queries, min_score)
         except (ValueError, TypeError, RuntimeError) as exc:
             return fail(f"segmentation failed: {exc}")
         if request.cloud == QueryObjects.Request.CLOUD_GLOBAL:
             with self._lock:
                 if self.segmented_global is None or entry.stamp >= self.segmented_global.stamp:
                     self.segmented_global = entry
-        summaries = summarise_queries(entry.cloud.xyz, label, queries, best, self.p["cluster_voxel"])
+        summaries = summarise_queries(entry.cloud.xyz, labels.label, queries, labels.best, self.p["cluster_voxel"])
         response.success = True
         response.queries = queries
         response.point_counts = [s.point_count for s in summaries]
@@ -330,13 +286,13 @@ class SegmenterNode(Node):
         response.cluster_point_counts = [s.cluster_point_count for s in summaries]
         header = make_header(entry.cloud.frame_id, entry.stamp)
         if request.return_cloud:
-            response.labelled_cloud = cloud_to_pointcloud2(entry.cloud.with_labels(label, score), header,
+            response.labelled_cloud = cloud_to_pointcloud2(entry.cloud.with_labels(labels.label.astype(np.int32), labels.score), header,
                                                            with_labels=True)
         self.markers_pub.publish(self.make_markers(summaries, header))
-        labelled = int((label >= 0).sum())
+        labelled = int((labels.label >= 0).sum())
         age = self.get_clock().now().nanoseconds * 1e-9 - entry.stamp
         response.message = (f"{len(queries)} queries on the {which.split(' (')[0]} ({age:.1f} s old): "
-                            f"{labelled}/{len(label)} points labelled in "
+                            f"{labelled}/{len(labels.label)} points labelled in "
                             f"{1e3 * (time.perf_counter() - started):.1f} ms")
         self.get_logger().info(f"query_objects {queries}: {response.message}")
         return response

@@ -77,10 +77,10 @@ def test_query_service_matches_the_core_segmenter_and_caches_features(checkpoint
         wait_until(lambda: segmenter.latest_global is not None, what="the global cloud")
 
         bad_requests = {
-            "empty": ([], {}),
+            "no queries given": ([], {}),
             "duplicate": (["chair", " Chair "], {}),
-            "is blank": (["chair", "  "], {}),
-            "exceed max_queries=4": (["a", "b", "c", "d", "e"], {}),
+            "query 1 is empty": (["chair", "  "], {}),
+            "5 queries given; at most 4": (["a", "b", "c", "d", "e"], {}),
             "min_score must be": (["chair"], {"min_score": math.nan}),
         }
         for expected, (queries, kw) in bad_requests.items():
@@ -90,7 +90,7 @@ def test_query_service_matches_the_core_segmenter_and_caches_features(checkpoint
         wrong_cloud.cloud = 7
         response = call_service(client, QueryObjects, "/query_objects", wrong_cloud, 30.0)
         assert not response.success and "CLOUD_GLOBAL" in response.message
-        wait_until(lambda: logs.find("segmenter_node", "query_objects: the query list is empty"), what="log")
+        wait_until(lambda: logs.find("segmenter_node", "query_objects: no queries given"), what="log")
 
         response = query(QUERIES, min_score=0.0, return_cloud=True)
         assert response.success, response.message
@@ -122,7 +122,7 @@ def test_query_service_matches_the_core_segmenter_and_caches_features(checkpoint
 
         # Runtime parameter changes: an empty list is refused, a good one applied.
         result = segmenter.set_parameters([Parameter("queries", value=[""])])[0]
-        assert not result.successful and "blank" in result.reason
+        assert not result.successful and "query 0 is empty" in result.reason
         assert segmenter.set_parameters([Parameter("queries", value=["box", "floor"])])[0].successful
         assert segmenter.queries == ["box", "floor"]
 
