@@ -44,7 +44,3 @@ def declare_all(node, params: list[Param]) -> dict[str, Any]:
             raise ValueError(f"{node.get_name()}: parameter '{p.name}' = {value!r} is not one of {p.choices}")
         values[p.name] = value
     return values
-
-
-def declared_names(params: list[Param]) -> set[str]:
-    return {p.name for p in params}

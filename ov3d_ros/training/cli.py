@@ -70,14 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _mount_label_parser(sub) -> None:
-    """The 2D labelling issue's parser, when its module exists (imported lazily: it may pull heavy packages)."""
-    try:
-        from ..labelling.cli import add_label_parser
-    except ImportError as exc:
-        missing = str(exc)
-        p = sub.add_parser("label", help="2D pseudo labels (not available: ov3d_ros.labelling.cli missing)")
-        p.set_defaults(_label_missing=missing)
-        return
+    """``ov3d-train label``: the 2D labeller's parser (its heavy imports wait until the command runs)."""
+    from ..labelling.cli import add_label_parser
+
     add_label_parser(sub)
 
 
@@ -89,8 +84,6 @@ def main(argv: list[str] | None = None) -> int:
     level = logging.WARNING if worker_copy else logging.DEBUG if args.verbose else logging.INFO
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     if args.command == "label":
-        if getattr(args, "_label_missing", None):
-            parser.error(f"'label' needs ov3d_ros.labelling.cli ({args._label_missing})")
         func = getattr(args, "func", None) or getattr(args, "handler", None)
         if func is None:
             parser.error("the labelling parser registered no handler (set_defaults(func=...))")

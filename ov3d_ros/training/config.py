@@ -342,13 +342,3 @@ def save_resolved_config(config: dict, folder: str | os.PathLike, name: str = "c
     tmp.write_text(yaml.safe_dump(config, sort_keys=False, default_flow_style=None))
     os.replace(tmp, target)
     return target
-
-
-def get(config: dict, dotted: str) -> Any:
-    """``get(cfg, "stage1.steps")``; raises KeyError naming the missing part."""
-    node: Any = config
-    for part in dotted.split("."):
-        if not isinstance(node, dict) or part not in node:
-            raise KeyError(f"config has no key '{dotted}' (missing '{part}')")
-        node = node[part]
-    return node

@@ -11,7 +11,6 @@ import logging
 from typing import Callable
 
 import numpy as np
-import torch
 
 from .datasets import LabelledScene
 from .metrics import SegmentationMetrics, SegmentationReport
@@ -31,23 +30,6 @@ def map_ground_truth(label: np.ndarray, scene_classes: list[str], classes: list[
     lut = np.array([(-1 if (n in ignore or n not in index) else index[n]) for n in scene_classes] + [-1],
                    dtype=np.int32)
     return lut[np.where(label >= 0, label, len(scene_classes))]
-
-
-@torch.no_grad()
-def model_predictor(ctx, prompt: str = "{}", chunk_points: int = 0) -> Predictor:
-    """Argmax of cosine(point feature, query embedding) with the model of a TrainingContext."""
-
-    def predict(xyz: np.ndarray, rgb: np.ndarray, queries: list[str]) -> np.ndarray:
-        was_training = ctx.model.training
-        ctx.model.eval()
-        try:
-            text = ctx.embed([prompt.format(q) for q in queries])
-            feats = ctx.model(torch.from_numpy(xyz).to(ctx.device), torch.from_numpy(rgb).to(ctx.device))
-            return (feats.float() @ text.T).argmax(dim=1).cpu().numpy().astype(np.int32)
-        finally:
-            ctx.model.train(was_training)
-
-    return predict
 
 
 def segmenter_predictor(checkpoint: str, device: str = "auto", prompt: str = "{}", text_encoder=None,

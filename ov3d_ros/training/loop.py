@@ -27,6 +27,7 @@ from typing import Callable
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from . import distributed
 
@@ -268,11 +269,7 @@ def train_loop(*, model: torch.nn.Module, loss_fn: Callable[[int, np.random.Gene
     t0 = time.monotonic()
     cpu0 = time.process_time()
     model.train()
-    try:
-        from tqdm import tqdm
-        bar = tqdm(total=loop.steps, initial=start, desc=desc, disable=not show_progress, dynamic_ncols=True)
-    except ImportError:
-        bar = None
+    bar = tqdm(total=loop.steps, initial=start, desc=desc, disable=not show_progress, dynamic_ncols=True)
     try:
         with _SignalStop() as stop:
             for step in range(start, loop.steps):
@@ -300,15 +297,14 @@ def train_loop(*, model: torch.nn.Module, loss_fn: Callable[[int, np.random.Gene
                     value = value.detach() if isinstance(value, torch.Tensor) else value
                     running[key] = running.get(key, 0.0) + float(value)
                 running_n += 1
-                if bar is not None:
-                    bar.update(1)
+                bar.update(1)
                 if done % loop.log_every == 0 or done == loop.steps:
                     last = _mean_over_workers({k: v / running_n for k, v in running.items()})
                     last["lr"] = scheduler.get_last_lr()[0]
                     if writer is not None:
                         for key, value in last.items():
                             writer.add_scalar(f"{desc}/{key}", value, done)
-                    if bar is not None and show_progress:
+                    if show_progress:
                         bar.set_postfix({k: f"{v:.3f}" for k, v in last.items() if k != "lr"})
                     else:
                         log.info("%s step %d/%d: %s", desc, done, loop.steps,
@@ -325,8 +321,7 @@ def train_loop(*, model: torch.nn.Module, loss_fn: Callable[[int, np.random.Gene
         # Ctrl-C between or inside a step: the optimiser may be mid-update, so keep the last checkpoint as is.
         raise TrainingInterrupted(-1, "Ctrl-C; progress since the last checkpoint is lost") from None
     finally:
-        if bar is not None:
-            bar.close()
+        bar.close()
         if writer is not None:
             writer.close()
     # Worker 0 writes the final model.pt; the others must not go on (stage 2 reads it) before it is there.

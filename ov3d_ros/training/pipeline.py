@@ -234,22 +234,15 @@ def run_eval(cfg: dict, *, checkpoint: str | None = None, scenes: list[str] | No
 
 
 def _predictor_for(cfg: dict, checkpoint: str, text_encoder=None):
-    """Prefer the deployed Segmenter path; fall back to rebuilding the model here if the segmenter is absent."""
-    from .evaluate import model_predictor, segmenter_predictor
+    """The deployed Segmenter path with the recipe's prompt, passes and superpoints."""
+    from .evaluate import segmenter_predictor
 
     from ..superpoints import SuperpointConfig
 
     superpoints = SuperpointConfig(**cfg["superpoints"]) if cfg["eval"]["superpoints"] else None
-    try:
-        return segmenter_predictor(checkpoint, device=cfg["device"], prompt=cfg["eval"]["prompt"],
-                                   text_encoder=text_encoder, passes=int(cfg["eval"]["passes"]),
-                                   superpoints=superpoints)
-    except ImportError:
-        from .common import TrainingContext
-
-        log.warning("ov3d_ros.segmenter is not importable; evaluating with the training model code")
-        return model_predictor(TrainingContext.from_checkpoint(cfg, checkpoint, text_encoder=text_encoder),
-                               prompt=cfg["eval"]["prompt"])
+    return segmenter_predictor(checkpoint, device=cfg["device"], prompt=cfg["eval"]["prompt"],
+                               text_encoder=text_encoder, passes=int(cfg["eval"]["passes"]),
+                               superpoints=superpoints)
 
 
 def run_all(cfg: dict, *, resume: bool = True, progress: bool = True) -> dict:
