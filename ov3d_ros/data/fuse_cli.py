@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from ov3d_ros.data.scenes import open_scene
 from ov3d_ros.mapping import Mapper, MapperConfig
 
 _log = logging.getLogger("ov3d-fuse")
@@ -51,22 +52,6 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def open_scene(path: Path, args=None):
-    """ScanNetScene or RosbagScene for a folder, by its layout."""
-    path = Path(path)
-    if (path / "metadata.yaml").is_file() or path.suffix in (".mcap", ".db3"):
-        from .rosbag import RosbagScene
-
-        kwargs = {}
-        if args is not None:
-            kwargs = dict(color_topic=args.color_topic, depth_topic=args.depth_topic, info_topic=args.info_topic,
-                          pose_topic=args.pose_topic, fixed_frame=args.fixed_frame, camera_frame=args.camera_frame)
-        return RosbagScene(path, **kwargs)
-    from .scannet import ScanNetScene
-
-    return ScanNetScene(path)
-
-
 def fuse_scene(scene, voxel_size: float = 0.02, *, stride: int = 1, max_frames: int | None = None,
                pixel_stride: int = 1, min_depth: float = 0.1, max_depth: float = 6.0, capacity: int = 2_000_000,
                progress: bool = True):
@@ -99,7 +84,9 @@ def main(argv=None) -> int:
         _log.error("--voxel-size must be > 0, got %s", args.voxel_size)
         return 2
     try:
-        scene = open_scene(args.scene_dir, args)
+        scene = open_scene(args.scene_dir, rosbag=dict(
+            color_topic=args.color_topic, depth_topic=args.depth_topic, info_topic=args.info_topic,
+            pose_topic=args.pose_topic, fixed_frame=args.fixed_frame, camera_frame=args.camera_frame)).scene
         _log.info("%s: %d frames", scene, len(scene))
         vmap, n, seconds = fuse_scene(scene, args.voxel_size, stride=args.stride, max_frames=args.max_frames,
                                       pixel_stride=args.pixel_stride, min_depth=args.min_depth,

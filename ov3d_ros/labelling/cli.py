@@ -115,7 +115,8 @@ def run_label(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     import torch
 
-    from .pipeline import PseudoLabeller, find_scenes, label_scene
+    from ..data.scenes import find_scenes
+    from .pipeline import PseudoLabeller, label_scene
 
     config = config_from_args(args)
     if config["threads"] > 0:

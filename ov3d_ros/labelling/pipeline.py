@@ -18,6 +18,7 @@ from typing import Iterable, Protocol, Sequence
 
 import numpy as np
 
+from ..data.scenes import open_scene
 from .masks import MaskSet, check_rgb_image, clean_masks
 from .naming import MaskNames
 from .vocabulary import VocabularySource
@@ -150,59 +151,6 @@ def resolve_device(device: str) -> str:
 # scenes
 
 
-def is_scene_dir(path: str | Path) -> bool:
-    """Whether ``path`` looks like one scene in the ScanNet exported layout (``data.scannet``): color/, depth/,
-    pose/ and intrinsic/intrinsic_depth.txt. Checked by name only, so scanning a dataset root stays fast;
-    ScanNetScene validates the contents when the scene is labelled."""
-    path = Path(path)
-    return (all((path / sub).is_dir() for sub in ("color", "depth", "pose"))
-            and (path / "intrinsic" / "intrinsic_depth.txt").is_file())
-
-
-def is_rosbag(path: str | Path) -> bool:
-    """A rosbag2 recording: a folder with metadata.yaml, or one .db3 / .mcap file of it."""
-    path = Path(path)
-    return (path.is_file() and path.suffix in (".db3", ".mcap")) or (path.is_dir() and
-                                                                     (path / "metadata.yaml").is_file())
-
-
-def find_scenes(path: str | Path) -> list[Path]:
-    """``path`` itself when it is a scene (ScanNet layout or rosbag2), else every immediate subfolder that is one."""
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"scene or dataset folder not found: {path}")
-    if is_scene_dir(path) or is_rosbag(path):
-        return [path]
-    if not path.is_dir():
-        raise NotADirectoryError(f"not a folder: {path} (give a ScanNet-layout scene, a rosbag2 recording or a "
-                                 "folder of them)")
-    scenes = sorted(p for p in path.iterdir() if p.is_dir() and (is_scene_dir(p) or is_rosbag(p)))
-    if not scenes:
-        raise ValueError(f"{path} is neither a ScanNet-layout scene (color/, depth/, pose/, intrinsic/) nor a "
-                         "rosbag2 recording, nor a folder holding any")
-    return scenes
-
-
-def open_scene(path: str | Path, rosbag_topics: dict | None = None) -> tuple[object, list[str], Path]:
-    """(scene with ``len``/``frame(i)``, frame ids, folder the pseudo labels go to) for a ScanNet scene or a bag.
-
-    Where labels of a bag go and how its frames are named follow what stage 1 reads (training/datasets.py): frame
-    ids are frame positions, and labels live in the bag folder, or in ``<file>.labels/`` next to a lone bag file.
-    """
-    path = Path(path)
-    if is_rosbag(path):
-        from ..data.rosbag import RosbagScene
-
-        topics = {k: v for k, v in (rosbag_topics or {}).items() if v is not None}
-        scene = RosbagScene(str(path), **topics)
-        label_root = path if path.is_dir() else path.with_name(path.name + ".labels")
-        return scene, [str(i) for i in range(len(scene))], label_root
-    from ..data.scannet import ScanNetScene
-
-    scene = ScanNetScene(str(path))
-    return scene, [str(f) for f in scene.frame_ids], path
-
-
 def labelled_frame_ids(scene_dir: str | Path) -> set[str]:
     """Frames whose labels are complete on disk: listed in entities.json and with their label PNG present."""
     from ..data.pseudo_labels import PSEUDO_LABEL_DIR as label_dir
@@ -238,7 +186,8 @@ def label_scene(scene_path: str | Path, labeller: PseudoLabeller, *, every: int 
                 rosbag_topics: dict | None = None, config: dict | None = None) -> dict:
     """Label a scene's frames (every ``every``-th, at most ``max_frames``; 0 = all) and return its summary.
 
-    ``scene_path``: a ScanNet-layout folder or a rosbag2 recording (read with ``rosbag_topics``, see open_scene).
+    ``scene_path``: a ScanNet-layout folder or a rosbag2 recording (read with ``rosbag_topics``, see
+    ``data.scenes.open_scene``).
     ``config``: the resolved recipe, recorded in the summary so the labels can be reproduced.
 
     Frames already labelled are skipped unless ``overwrite``. Labels, the scene vocabulary and ``summary.json``
@@ -252,7 +201,8 @@ def label_scene(scene_path: str | Path, labeller: PseudoLabeller, *, every: int 
         raise ValueError(f"every and batch_size must be >= 1 and max_frames >= 0, got {every}, {batch_size}, "
                          f"{max_frames}")
     scene_path = Path(scene_path)
-    scene, frame_ids, scene_dir = open_scene(scene_path, rosbag_topics)
+    opened = open_scene(scene_path, rosbag=rosbag_topics)
+    scene, frame_ids, scene_dir = opened.scene, opened.frame_ids, opened.label_root
     positions = list(range(0, len(frame_ids), every))
     if max_frames:
         positions = positions[:max_frames]
@@ -288,8 +238,7 @@ def label_scene(scene_path: str | Path, labeller: PseudoLabeller, *, every: int 
                             labelled=f"{summary['totals']['labelled_fraction']:.0%}")
     finally:
         bar.close()
-        if hasattr(scene, "close"):  # a RosbagScene holds the bag open
-            scene.close()
+        opened.close()  # a RosbagScene holds the bag open
     if not todo:
         vocabulary = read_scene_vocabulary(str(scene_dir)) if (out_dir / "entities.json").is_file() else []
         summary["totals"] = _summary_totals(summary["frames"], len(vocabulary))

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..data.scenes import open_scene
+
 log = logging.getLogger("ov3d.train")
 
 
@@ -90,30 +92,12 @@ def find_pairs(frames: list[FrameData], *, max_gap: int, min_matches: int, voxel
     return pairs
 
 
-def _scene_frame_source(path: Path, data_cfg: dict):
-    """(scene, frame ids, label root) for a ScanNet-layout scene folder or a rosbag2 recording."""
-    is_bag = path.suffix in (".mcap", ".db3") or (path.is_dir() and (path / "metadata.yaml").exists())
-    if is_bag:
-        from ..data.rosbag import RosbagScene
-
-        options = {k: v for k, v in data_cfg["rosbag"].items() if v is not None}
-        scene = RosbagScene(str(path), **options)
-        # Pseudo labels live in the bag folder (pseudo_labels/ next to metadata.yaml), keyed by frame id.
-        return scene, [str(f) for f in scene.frame_ids], scene.path
-    from ..data.scannet import ScanNetScene
-
-    scene = ScanNetScene(str(path))
-    return scene, [str(f) for f in scene.frame_ids], path
-
-
 def load_scene_frames(path: str | Path, data_cfg: dict) -> tuple[list[tuple[str, object]], Path]:
     """Read a scene's frames as (frame_id, PartialCloud) with the configured strides, and its label root."""
     from ..fusion import make_partial_cloud
 
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"scene not found: {path}")
-    scene, ids, label_root = _scene_frame_source(path, data_cfg)
+    opened = open_scene(path, rosbag=data_cfg["rosbag"])
+    scene, ids, label_root = opened.scene, opened.frame_ids, opened.label_root
     stride = int(data_cfg["frame_stride"])
     if stride < 1:
         raise ValueError(f"data.frame_stride must be >= 1, got {stride}")
@@ -122,11 +106,12 @@ def load_scene_frames(path: str | Path, data_cfg: dict) -> tuple[list[tuple[str,
     if limit > 0:
         positions = positions[:limit]
     out = []
-    for pos in positions:
-        frame = scene.frame(pos)
-        partial = make_partial_cloud(frame, min_depth=data_cfg["min_depth"], max_depth=data_cfg["max_depth"],
-                                     stride=int(data_cfg["pixel_stride"]))
-        out.append((ids[pos], partial))
+    with opened:
+        for pos in positions:
+            frame = scene.frame(pos)
+            partial = make_partial_cloud(frame, min_depth=data_cfg["min_depth"], max_depth=data_cfg["max_depth"],
+                                         stride=int(data_cfg["pixel_stride"]))
+            out.append((ids[pos], partial))
     return out, label_root
 
 

@@ -13,7 +13,8 @@ from ov3d_ros.data.scannet import ScanNetScene, write_scannet_scene
 from ov3d_ros.data.synthetic import CLASS_NAMES, SyntheticRoom, render_sequence
 from ov3d_ros.labelling.masks import MaskSet
 from ov3d_ros.labelling.naming import MaskNames
-from ov3d_ros.labelling.pipeline import PseudoLabeller, compose_label_image, find_scenes, label_scene
+from ov3d_ros.data.scenes import find_scenes
+from ov3d_ros.labelling.pipeline import PseudoLabeller, compose_label_image, label_scene
 from ov3d_ros.labelling.vocabulary import FixedVocabulary
 
 W, H = 80, 60
@@ -296,9 +297,9 @@ def test_modules_import_without_the_heavy_optional_packages():
     assert "pip install segment-anything" in result.stdout
 
 
-def write_bag(path, synthetic_frames):
-    """A rosbag2 (sqlite3) with rgb8 colour, 32FC1 depth, camera info and PoseStamped camera poses."""
-    from rosbags.rosbag2 import Writer
+def write_bag(path, synthetic_frames, storage="sqlite3"):
+    """A rosbag2 (sqlite3 or mcap) with rgb8 colour, 32FC1 depth, camera info and PoseStamped camera poses."""
+    from rosbags.rosbag2 import StoragePlugin, Writer
     from rosbags.typesys import Stores, get_typestore
 
     ts = get_typestore(Stores.ROS2_KILTED)
@@ -313,7 +314,7 @@ def write_bag(path, synthetic_frames):
         return T["sensor_msgs/msg/Image"](header=header(t), height=array.shape[0], width=array.shape[1],
                                           encoding=encoding, is_bigendian=0, step=data.shape[1], data=data.ravel())
 
-    writer = Writer(path, version=9)
+    writer = Writer(path, version=9, storage_plugin=StoragePlugin[storage.upper()])
     writer.open()
     conns = {}
 
@@ -342,13 +343,16 @@ def write_bag(path, synthetic_frames):
     return path
 
 
-def test_rosbag_labels_land_where_stage1_reads_them(tmp_path):
+@pytest.mark.parametrize("storage, as_file", [("sqlite3", False), ("mcap", True)])
+def test_rosbag_labels_land_where_stage1_reads_them(tmp_path, storage, as_file):
+    """The bag given as its folder or as its .mcap file: labels go to the bag folder, and stage 1 finds them."""
     from ov3d_ros.training.config import DEFAULTS
     from ov3d_ros.training.datasets import load_training_scenes
 
     room = SyntheticRoom.generate(3)
     synthetic = render_sequence(room, n_frames=2, width=W, height=H, noise=False, seed=3)
-    bag = write_bag(tmp_path / "recording", synthetic)
+    folder = write_bag(tmp_path / "recording", synthetic, storage)
+    bag = next(folder.glob("*.mcap")) if as_file else folder
     topics = {**DEFAULTS["data"]["rosbag"], "pose_topic": "/camera_pose", "info_topic": "/camera/color/camera_info"}
 
     class BagOracle(Oracle):  # rgb8 is lossless: the bag's colour images are the rendered ones
@@ -358,10 +362,11 @@ def test_rosbag_labels_land_where_stage1_reads_them(tmp_path):
 
     oracle = BagOracle()
     labeller = PseudoLabeller(FixedVocabulary(CLASS_NAMES), oracle, oracle, min_area=MIN_AREA)
-    assert find_scenes(tmp_path) == [bag]
+    assert find_scenes(tmp_path) == [folder]
     summary = label_scene(bag, labeller, progress=False, rosbag_topics=topics)
     assert summary["totals"]["frames"] == 2 and oracle.generated == 2
     assert sorted(summary["frames"]) == ["0", "1"]  # bag frames are named by position
+    assert (folder / "pseudo_labels" / "labels" / "1.png").is_file()
 
     data_cfg = {**DEFAULTS["data"], "pixel_stride": 1, "rosbag": topics}
     scenes, vocab = load_training_scenes([str(bag)], data_cfg, pair_max_gap=1, min_pair_matches=10 ** 9,
