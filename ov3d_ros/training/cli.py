@@ -19,8 +19,7 @@ import logging
 import os
 import sys
 
-from .distributed import (INTERRUPTED_EXIT, WORKER_ENV, WorkerWatch, env_world_size, launch_workers, shutdown,
-                          wait_workers, workers_for_device, world)
+from .distributed import INTERRUPTED_EXIT, env_world_size, run_workers, shutdown, workers_for_device, world
 
 log = logging.getLogger("ov3d.train")
 
@@ -34,12 +33,9 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bars (for logs)")
 
 
-def _add_train(p: argparse.ArgumentParser, stop_hook: bool = True) -> None:
+def _add_train(p: argparse.ArgumentParser) -> None:
     p.add_argument("--restart", action="store_true",
                    help="ignore an existing state.pt in the output folder and train from scratch")
-    if stop_hook:
-        p.add_argument("--stop-after-step", type=int, metavar="N",
-                       help="stop right after step N, before its checkpoint, as a kill would (to try resuming)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -64,7 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the metrics as JSON")
     p = sub.add_parser("all", help="prepare (synthetic) + stage1 + stage2 + eval of both; writes results.json")
     _add_common(p)
-    _add_train(p, stop_hook=False)
+    _add_train(p)
     _mount_label_parser(sub)
     return parser
 
@@ -80,8 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
-    worker_copy = bool(os.environ.get(WORKER_ENV))
-    level = logging.WARNING if worker_copy else logging.DEBUG if args.verbose else logging.INFO
+    level = logging.WARNING if int(os.environ.get("RANK") or 0) > 0 else logging.DEBUG if args.verbose else logging.INFO
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     if args.command == "label":
         func = getattr(args, "func", None) or getattr(args, "handler", None)
@@ -97,26 +92,21 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(str(exc))
     progress = not args.no_progress
     resume = not getattr(args, "restart", False)
-    workers, watch = [], None
-    if int(cfg["workers"]) > 1 and not worker_copy and env_world_size() <= 1:
+    if int(cfg["workers"]) > 1 and env_world_size() <= 1:
         n = _local_workers(cfg, parser)
         if n > 1:
-            workers = launch_workers(n, argv + ["--no-progress"])
-            watch = WorkerWatch(workers)
-            watch.start()
+            return run_workers(n, _worker_main, (argv,))
     code = 1
     try:
         code = _run(args, cfg, parser, progress, resume)
     finally:
         shutdown(finished=code == 0)
-        if watch is not None:
-            watch.stop()
-        if workers:
-            if code != 0:  # the copies would wait for this process in vain
-                for p in workers:
-                    p.terminate()
-            code = code or wait_workers(workers)
     return code
+
+
+def _worker_main(rank: int, argv: list[str]) -> int:
+    """One of the ``workers: N`` processes: the same command, progress bars on worker 0 only."""
+    return main(argv if rank == 0 else argv + ["--no-progress"])
 
 
 def _local_workers(cfg: dict, parser) -> int:
@@ -144,9 +134,9 @@ def _run(args, cfg: dict, parser, progress: bool, resume: bool) -> int:
             if world().main:
                 print(json.dumps({"train": train, "val": val}, indent=2))
         elif args.command == "stage1":
-            pipeline.run_stage1(cfg, resume=resume, progress=progress, stop_after_step=args.stop_after_step)
+            pipeline.run_stage1(cfg, resume=resume, progress=progress)
         elif args.command == "stage2":
-            pipeline.run_stage2(cfg, resume=resume, progress=progress, stop_after_step=args.stop_after_step)
+            pipeline.run_stage2(cfg, resume=resume, progress=progress)
         elif args.command == "eval":
             result = pipeline.run_eval(cfg, checkpoint=args.checkpoint, scenes=args.scenes, progress=progress)
             if args.json and world().main:

@@ -1,36 +1,34 @@
 """Data-parallel training over several processes: CPU cores (gloo) or GPUs (NCCL), torchrun-compatible.
 
-Every process ("worker") runs the same program on its own data. After each backward pass the gradients are
-averaged over the workers, and after each step the batch-norm statistics too, so every worker holds the same model
-and optimiser state at every step; worker 0 (the main one) writes the logs, the progress bar and the files.
+Every process ("worker") runs the same program on its own data. torch's DistributedDataParallel averages the
+gradients during each backward pass (``wrap``), and the batch-norm statistics are averaged after each step
+(``sync_step``), so every worker holds the same model and optimiser state at every step; worker 0 (the main one)
+writes the logs, the progress bar and the files.
 
 Why on a CPU: a training step of the small preset is a chain of small sparse convolutions that one thread runs as
 fast as two (measured on the 2-core CI machine), so one process leaves a core idle. Two processes with one thread
 each train on twice the frames per step at ~1.2x the step time.
 
 How a run becomes distributed:
-  * ``ov3d-train ... --set workers=N`` (or ``workers: N`` in a recipe): the command starts N-1 copies of itself on
-    this machine (``launch_workers``), talking over the loopback interface only, and is worker 0 itself;
-  * or ``torchrun --nproc_per_node N -m ov3d_ros.training.cli ...``: the environment torchrun sets (RANK,
-    WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT) is used as is.
+  * ``torchrun --nnodes M --nproc_per_node N -m ov3d_ros.training.cli ...``: the environment torchrun sets (RANK,
+    WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT) is used as is, on one machine or many;
+  * ``ov3d-train ... --set workers=N`` (or ``workers: N`` in a recipe) on one machine: the command starts N
+    workers with torch.multiprocessing (``run_workers``), talking over the loopback interface only, and waits.
 """
 from __future__ import annotations
 
 import datetime
 import logging
 import os
+import signal
 import socket
-import subprocess
 import sys
-import threading
 from dataclasses import dataclass
 
 import torch
 
 log = logging.getLogger("ov3d.train")
 
-# Set by launch_workers in the copies it starts (and read back by the CLI), so a copy never launches copies itself.
-WORKER_ENV = "OV3D_TRAIN_WORKER"
 # The CLI's exit code after a polite stop (SIGTERM, Ctrl-C): every worker stopped at the same step, worker 0 saves.
 INTERRUPTED_EXIT = 130
 
@@ -63,7 +61,7 @@ def env_world_size() -> int:
 
 
 def local_workers() -> int:
-    """Workers on this machine (torchrun's LOCAL_WORLD_SIZE; launch_workers sets it too), 1 when not distributed."""
+    """Workers on this machine (torchrun's LOCAL_WORLD_SIZE; run_workers sets it too), 1 when not distributed."""
     return int(os.environ.get("LOCAL_WORLD_SIZE") or 1) if env_world_size() > 1 else 1
 
 
@@ -120,62 +118,53 @@ def _free_loopback_port() -> int:
         return int(s.getsockname()[1])
 
 
-def launch_workers(n: int, argv: list[str]) -> list[subprocess.Popen]:
-    """Start workers 1..n-1 as copies of ``python -m ov3d_ros.training.cli argv`` and make this process worker 0.
+def run_workers(n: int, target, args: tuple = ()) -> int:
+    """Run ``target(rank, *args)`` in ``n`` worker processes on this machine (torch.multiprocessing, spawn) as one
+    loopback process group, and wait for them; returns 0, or the exit code of the first worker that failed.
 
-    Everything stays on this machine: the rendezvous address is 127.0.0.1 and gloo is bound to the loopback
-    interface. The copies log warnings only and show no progress bars.
+    A worker that fails ends the run at once: torch stops the others. SIGTERM to this process is passed on to the
+    workers, which stop at the same step and save (exit INTERRUPTED_EXIT); Ctrl-C reaches them directly.
     """
-    if n <= 1:
-        return []
-    env = dict(os.environ)
-    env.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_loopback_port()), WORLD_SIZE=str(n),
-               LOCAL_WORLD_SIZE=str(n))
-    env.setdefault("GLOO_SOCKET_IFNAME", _loopback_interface())
-    procs = []
-    for rank in range(1, n):
-        child = dict(env, RANK=str(rank), LOCAL_RANK=str(rank), **{WORKER_ENV: "1"})
-        procs.append(subprocess.Popen([sys.executable, "-m", "ov3d_ros.training.cli", *argv], env=child))
-    os.environ.update({k: env[k] for k in ("MASTER_ADDR", "MASTER_PORT", "WORLD_SIZE", "LOCAL_WORLD_SIZE",
-                                           "GLOO_SOCKET_IFNAME")})
-    os.environ.update(RANK="0", LOCAL_RANK="0")
-    log.info("started %d more training workers on this machine (pids %s)", n - 1, [p.pid for p in procs])
-    return procs
+    import torch.multiprocessing as mp
+
+    port = _free_loopback_port()
+    context = mp.start_processes(_worker, args=(n, port, target, args), nprocs=n, join=False,
+                                 start_method="spawn")
+    log.info("started %d training workers on this machine (pids %s)", n, [p.pid for p in context.processes])
+
+    def forward_sigterm(signum, frame):
+        for process in context.processes:
+            if process.is_alive():
+                process.terminate()
+
+    previous = signal.signal(signal.SIGTERM, forward_sigterm)
+    try:
+        while True:
+            try:
+                # After a failure the others get a few seconds to stop on their own (a polite stop: every worker
+                # exits INTERRUPTED_EXIT once worker 0 has saved), then torch terminates them.
+                if context.join(grace_period=5.0):
+                    return 0
+            except KeyboardInterrupt:
+                continue  # the workers got the Ctrl-C too and stop on their own
+            except mp.ProcessExitedException as exc:
+                log.error("training worker %d exited with code %d: the run stopped (run the same command again to "
+                          "resume from the last checkpoint)", exc.error_index, exc.exit_code)
+                return exc.exit_code if exc.exit_code > 0 else 1
+            except mp.ProcessRaisedException as exc:
+                log.error("training worker %d failed: the run stopped\n%s", exc.error_index, exc)
+                return 1
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
-class WorkerWatch(threading.Thread):
-    """Ends this process (worker 0) as soon as a worker copy exits with an error.
-
-    Without it, a copy that dies before joining (a bad GPU index, an import error) leaves worker 0 waiting in the
-    rendezvous until the process-group timeout (15 minutes). The copies still running are stopped too. A polite
-    stop (exit code INTERRUPTED_EXIT) is left alone. Call ``stop()`` before terminating the copies on purpose.
-    """
-
-    def __init__(self, procs: list[subprocess.Popen], poll_s: float = 0.5):
-        super().__init__(name="ov3d-worker-watch", daemon=True)
-        self.procs = list(procs)
-        self.poll_s = float(poll_s)
-        self._stopped = threading.Event()
-
-    def stop(self) -> None:
-        self._stopped.set()
-
-    def run(self) -> None:
-        while not self._stopped.wait(self.poll_s):
-            codes = [p.poll() for p in self.procs]
-            # A copy that stopped politely exits before worker 0 has saved the state: let worker 0 finish.
-            failed = [(p, rc) for p, rc in zip(self.procs, codes) if rc not in (None, 0, INTERRUPTED_EXIT)]
-            if failed and not self._stopped.is_set():
-                p, rc = failed[0]
-                log.error("training worker (pid %d) exited with code %d: stopping the run (run the same command "
-                          "again to resume from the last checkpoint)", p.pid, rc)
-                for other in self.procs:
-                    if other.poll() is None:
-                        other.terminate()
-                sys.stderr.flush()
-                os._exit(rc if rc > 0 else 1)
-            if all(rc is not None for rc in codes):
-                return
+def _worker(rank: int, n: int, port: int, target, args: tuple) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(n), LOCAL_WORLD_SIZE=str(n),
+                      RANK=str(rank), LOCAL_RANK=str(rank))
+    os.environ.setdefault("GLOO_SOCKET_IFNAME", _loopback_interface())
+    code = target(rank, *args)
+    if code:
+        sys.exit(code)
 
 
 def _loopback_interface() -> str:
@@ -187,19 +176,6 @@ def _loopback_interface() -> str:
     except OSError:
         pass
     return "lo"
-
-
-def wait_workers(procs: list[subprocess.Popen], timeout_s: float = 120.0) -> int:
-    """Wait for the copies launch_workers started; returns the first non-zero exit code (0 if all succeeded)."""
-    code = 0
-    for p in procs:
-        try:
-            rc = p.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            rc = p.wait()
-        code = code or rc
-    return code
 
 
 # -- collectives (no-ops for a single worker) -------------------------------------------------------------------
@@ -218,24 +194,20 @@ def all_gather_objects(obj) -> list:
     return out
 
 
-def average_gradients(params: list[torch.nn.Parameter]) -> None:
-    """Replace every parameter's gradient by its mean over the workers (a missing gradient counts as zero).
+def wrap(network: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """``network`` in DistributedDataParallel when there are several workers, else as it is.
 
-    One all-reduce after the backward pass (~25 ms for the small preset's 1.5M parameters between two CPU
-    workers). Overlapping it with the backward pass in buckets, as DDP does, measured no faster on the 2-core
-    CI machine: there the all-reduce competes for the same cores as the backward pass.
+    DDP broadcasts worker 0's parameters and buffers here, and averages the gradients during every backward pass
+    (bucketed all-reduces that overlap the backward). Batch-norm statistics are not broadcast on each call
+    (``broadcast_buffers=False``): ``sync_step`` averages them once per step. ``find_unused_parameters``: a stage
+    may leave a parameter out of a step (the logit scale when no contrastive term is on).
     """
-    size = world().size
-    if size == 1 or not params:
-        return
-    flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in params])
-    torch.distributed.all_reduce(flat)
-    flat /= size
-    offset = 0
-    for p in params:
-        n = p.numel()
-        p.grad = flat[offset:offset + n].view_as(p).clone()
-        offset += n
+    if world().size == 1:
+        return network
+    device = torch.device(device)
+    return torch.nn.parallel.DistributedDataParallel(
+        network, device_ids=[device.index if device.index is not None else torch.cuda.current_device()]
+        if device.type == "cuda" else None, broadcast_buffers=False, find_unused_parameters=True)
 
 
 def sync_step(module: torch.nn.Module, stop: bool, device: torch.device) -> bool:
@@ -253,12 +225,3 @@ def sync_step(module: torch.nn.Module, stop: bool, device: torch.device) -> bool
         b.copy_((flat[offset:offset + n] / size).view_as(b))
         offset += n
     return bool(flat[-1].item() > 0)
-
-
-def broadcast_module(module: torch.nn.Module) -> None:
-    """Give every worker worker 0's parameters and buffers (the start of a run)."""
-    if world().size == 1:
-        return
-    with torch.no_grad():
-        for t in list(module.parameters()) + list(module.buffers()):
-            torch.distributed.broadcast(t.data, src=0)

@@ -8,9 +8,13 @@ GradScaler states, the step, and the torch / numpy / python RNG states (for anyt
 generator). Files are written to a temporary name and renamed
 (atomic on POSIX), so a kill in the middle of a save leaves the previous checkpoint intact.
 
-Several workers (``distributed.py``): each runs this loop on its own draws; gradients are averaged after every
-backward pass and batch-norm statistics after every step, so all workers hold the same state; worker 0 alone writes
-the files, the TensorBoard scalars and the progress bar, and a stop request on any worker stops all of them.
+Several workers (``distributed.py``): each runs this loop on its own draws. The network module is wrapped in
+torch's DistributedDataParallel, which averages the gradients during the backward pass; batch-norm statistics are
+averaged after every step, so all workers hold the same state. Worker 0 alone writes the files, the TensorBoard
+scalars and the progress bar, and a stop request on any worker stops all of them.
+
+``OV3D_STOP_AFTER_STEP=N`` in the environment stops a run right after step N, before that step's checkpoint, as a
+kill would: tests and operators use it to try a resume.
 """
 from __future__ import annotations
 
@@ -177,18 +181,26 @@ class _SignalStop:
         return False
 
 
-def train_loop(*, model: torch.nn.Module, loss_fn: Callable[[int, np.random.Generator], dict],
+STOP_AFTER_STEP_ENV = "OV3D_STOP_AFTER_STEP"
+
+
+def train_loop(*, model: torch.nn.Module, loss_fn: Callable[[int, np.random.Generator, torch.nn.Module], dict],
                loop: LoopConfig, out_dir: str | os.PathLike, seed: int, tag: int, device: torch.device,
-               export_model: Callable[[Path, int], None], desc: str = "train",
-               stop_after_step: int | None = None, resume: bool = True, show_progress: bool = True) -> dict:
+               export_model: Callable[[Path, int], None], network: torch.nn.Module | None = None,
+               desc: str = "train", stop_after_step: int | None = None, resume: bool = True,
+               show_progress: bool = True) -> dict:
     """Run ``loop.steps`` optimiser steps of ``loss_fn`` and return the last logged scalars.
 
-    ``loss_fn(step, rng)`` returns a dict with a differentiable ``"loss"`` tensor and any other scalars to log.
-    ``export_model(path, step)`` writes the shared-format model checkpoint (Segmenter reads it); it is called at
-    every checkpoint and at the end, as ``out_dir/model.pt``. ``stop_after_step``: a test/ops hook that stops the
-    run (raising TrainingInterrupted) right after that step, before any checkpoint of that step is written - the
-    same situation as a kill.
+    ``model``: the module whose parameters are trained and saved. ``network``: the module a step calls (it shares
+    the model's parameters; default the model itself); with several workers it is wrapped in
+    DistributedDataParallel. ``loss_fn(step, rng, net)`` calls ``net`` once and returns a dict with a
+    differentiable ``"loss"`` tensor and any other scalars to log. ``export_model(path, step)`` writes the
+    shared-format model checkpoint (Segmenter reads it); it is called at every checkpoint and at the end, as
+    ``out_dir/model.pt``. ``stop_after_step`` (default: ``OV3D_STOP_AFTER_STEP``) stops the run right after that
+    step, before its checkpoint is written, raising TrainingInterrupted: the situation of a kill.
     """
+    if stop_after_step is None and os.environ.get(STOP_AFTER_STEP_ENV):
+        stop_after_step = int(os.environ[STOP_AFTER_STEP_ENV])
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     state_path = out_dir / STATE_FILE
@@ -232,11 +244,12 @@ def train_loop(*, model: torch.nn.Module, loss_fn: Callable[[int, np.random.Gene
         log.info("%s: resumed from %s at step %d/%d", desc, state_path, start, loop.steps)
     elif state_path.exists():
         log.info("%s: resume disabled, starting over (overwriting %s)", desc, state_path)
-    distributed.broadcast_module(model)  # the same start on every worker, whatever each one built or read
+    # DDP gives every worker worker 0's parameters and buffers when it wraps the network: the same start
+    # everywhere, whatever each one built or read.
+    net = distributed.wrap(network if network is not None else model, device)
     ema = WeightAverage(model, loop.ema_decay) if loop.ema_decay > 0 else None
     if ema is not None and saved_average is not None:
         ema.load_state_dict(saved_average)
-    params = [p for p in model.parameters() if p.requires_grad]
 
     def save_state(step: int) -> None:
         if not world.main:
@@ -276,13 +289,12 @@ def train_loop(*, model: torch.nn.Module, loss_fn: Callable[[int, np.random.Gene
                 rng = step_rng(seed, tag, step, world.rank, world.size)
                 optimizer.zero_grad(set_to_none=True)
                 with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=use_amp):
-                    terms = loss_fn(step, rng)
+                    terms = loss_fn(step, rng, net)
                 loss = terms["loss"]
                 if not torch.isfinite(loss):
                     raise FloatingPointError(f"{desc}: loss is {float(loss)} at step {step}; lower the learning "
                                              "rate or check the labels")
                 scaler.scale(loss).backward()
-                distributed.average_gradients(params)
                 if loop.grad_clip > 0:
                     scaler.unscale_(optimizer)
                     torch.nn.utils.clip_grad_norm_(model.parameters(), loop.grad_clip)
@@ -316,6 +328,7 @@ def train_loop(*, model: torch.nn.Module, loss_fn: Callable[[int, np.random.Gene
                     raise TrainingInterrupted(done, "stop hook")
                 if stop_now:
                     save_state(done)
+                    distributed.barrier()  # no worker exits (ending the run) before worker 0 has saved
                     raise TrainingInterrupted(done, "SIGTERM")
     except KeyboardInterrupt:
         # Ctrl-C between or inside a step: the optimiser may be mid-update, so keep the last checkpoint as is.

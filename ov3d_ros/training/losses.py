@@ -2,9 +2,13 @@
 
 The point forms take features (N, D) and text embeddings (Q, D) and normalise both, so raw features still give
 cosines, not dot products. The voxel forms that training runs take ``voxel_cosines`` (voxels x texts) and the
-voxels' label histograms instead, and give the same values.
+voxels' label histograms instead, and give the same values. ``text_losses`` is what both stages train with:
+the alignment and contrastive terms of one ``LabelledBatch`` of clouds, whose features come from one call of the
+``VoxelEncoder`` (the module that DistributedDataParallel wraps).
 """
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -189,3 +193,74 @@ def contrastive_loss_voxels(cosines: torch.Tensor, histogram: torch.Tensor, temp
     logits = cosines / temperature
     nll = torch.logsumexp(logits, dim=1, keepdim=True) - logits  # (M, Q): -log p(class | voxel)
     return (histogram * nll).sum() / n
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# One training batch, shared by both stages: labelled clouds -> voxels -> features -> the text losses.
+class VoxelEncoder(torch.nn.Module):
+    """The step's only call into parameters: voxelised clouds -> raw voxel features, and the logit scale when the
+    contrastive term needs it. DistributedDataParallel wraps this module, so every stage makes exactly one
+    forward call per step (whatever it puts in the list) and its gradients are averaged over the workers.
+    Each cloud of the list is encoded on its own (its own batch-norm statistics)."""
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, voxelized: list, with_scale: bool = False):
+        features = [self.model.encode_voxels(v) for v in voxelized]
+        return features, (self.model.logit_scale_value() if with_scale else None)
+
+
+@dataclass
+class LabelledBatch:
+    """Clouds voxelised as one batch (cloud b has batch index b), with their points' vocabulary labels."""
+
+    vox: object  # model.voxelize.Voxelized
+    label: torch.Tensor  # (N,) int64, -1 = unlabelled
+    offsets: list[int]  # first point of each cloud in the concatenation
+
+
+def voxelize_labelled(model, clouds: list[tuple[np.ndarray, np.ndarray, np.ndarray]],
+                      device: torch.device) -> LabelledBatch:
+    """[(xyz, rgb, label)] -> one LabelledBatch (points concatenated in order)."""
+    offsets, total = [], 0
+    for xyz, _, _ in clouds:
+        offsets.append(total)
+        total += len(xyz)
+    xyz = torch.from_numpy(np.concatenate([c[0] for c in clouds])).to(device)
+    rgb = torch.from_numpy(np.concatenate([c[1] for c in clouds])).to(device)
+    batch = torch.from_numpy(np.concatenate([np.full(len(c[0]), b, dtype=np.int64)
+                                             for b, c in enumerate(clouds)])).to(device)
+    label = torch.from_numpy(np.concatenate([c[2] for c in clouds]).astype(np.int64)).to(device)
+    return LabelledBatch(model.voxelize(xyz, rgb, batch), label, offsets)
+
+
+def text_losses(features: torch.Tensor, batch: LabelledBatch, text: torch.Tensor, *,
+                candidates: list[np.ndarray | None] | None = None, class_weight: torch.Tensor | None = None,
+                logit_scale: torch.Tensor | None = None) -> dict:
+    """The losses of voxel features against their points' texts, per voxel (equal to the per-point losses).
+
+    ``align``: mean over labelled points of 1 - cos(f, t_label). With ``logit_scale`` also ``contrast``: per cloud b,
+    cross-entropy over its candidate texts ``candidates[b]`` (vocabulary ids; None or fewer than two: left out) of
+    cos x logit_scale, points weighted by ``class_weight`` of their label, the clouds' terms averaged by weight.
+    """
+    hist = voxel_label_histogram(batch.vox.inverse, batch.label, len(batch.vox), text.shape[0])
+    cos = voxel_cosines(features, text)  # (voxels, vocabulary)
+    out = {"align": alignment_loss_voxels(cos, hist)}
+    if logit_scale is not None:
+        voxel_batch = batch.vox.coords[:, 0].long()
+        terms, weights = [], []
+        for b, vocab in enumerate(candidates or []):
+            if vocab is None or len(vocab) < 2:
+                continue  # one text (or none): nothing to tell apart
+            rows = voxel_batch == b
+            ids = torch.as_tensor(vocab, device=features.device)
+            h = hist[rows][:, ids]
+            if class_weight is not None:
+                h = h * class_weight[ids]
+            terms.append(contrastive_loss_voxels(cos[rows][:, ids], h, temperature=1.0 / logit_scale) * h.sum())
+            weights.append(h.sum())
+        out["contrast"] = (torch.stack(terms).sum() / torch.stack(weights).sum().clamp(min=1.0) if terms
+                           else features.sum() * 0.0)
+    return out

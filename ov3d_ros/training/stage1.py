@@ -10,6 +10,7 @@ augmentations make the consistency term teach invariance too), all frames go thr
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -19,12 +20,21 @@ from .augment import augment_points
 from .common import TrainingContext, export_checkpoint
 from .datasets import FramePair, SceneData
 from .loop import LoopConfig, train_loop
-from .losses import (alignment_loss_voxels, class_balance_weights, consistency_loss, contrastive_loss_voxels,
-                     label_counts, voxel_cosines, voxel_label_histogram)
+from .losses import (LabelledBatch, VoxelEncoder, class_balance_weights, consistency_loss, label_counts,
+                     text_losses, voxelize_labelled)
 
 log = logging.getLogger("ov3d.train")
 
 STAGE1_TAG = 1
+
+
+@dataclass
+class Stage1Draw:
+    """One step's frames: voxelised as a batch, the overlapping pairs among them, and each frame's candidate texts."""
+
+    batch: LabelledBatch
+    links: list[tuple[int, int, FramePair]]
+    candidates: list[np.ndarray | None]
 
 
 def sample_frames(scenes: list[SceneData], n_frames: int, rng: np.random.Generator
@@ -50,84 +60,74 @@ def sample_frames(scenes: list[SceneData], n_frames: int, rng: np.random.Generat
     return picks, links
 
 
-def stage1_loss_fn(ctx: TrainingContext, scenes: list[SceneData], text: torch.Tensor, cfg: dict):
-    """Build ``loss_fn(step, rng)`` for train_loop."""
-    s1 = cfg["stage1"]
-    n_frames = int(s1["frames_per_step"])
-    if n_frames < 1:
-        raise ValueError(f"stage1.frames_per_step must be >= 1, got {n_frames}")
-    lam = float(s1["consistency_weight"])
-    beta = float(s1["contrastive_weight"])
-    if lam < 0 or beta < 0:
-        raise ValueError("stage1.consistency_weight and stage1.contrastive_weight must be >= 0")
-    aug_cfg = s1["augment"]
-    model = ctx.model
-    device = ctx.device
-    contrast_vocabulary = s1["contrast_vocabulary"]
-    if contrast_vocabulary not in ("frame", "scene"):
-        raise ValueError(f"stage1.contrast_vocabulary must be 'frame' or 'scene', got {contrast_vocabulary!r}")
-    counts = label_counts((frame.label for scene in scenes for frame in scene.frames), text.shape[0])
-    class_weight = class_balance_weights(counts, float(s1["class_balance"])).to(device)
+class Stage1Loss:
+    """The stage-1 loss for train_loop: ``draw`` the step's frames (sampling, augmentation, voxelisation: no
+    parameters), one call of the network on them, then ``losses``. Stage 2 draws these frames too and puts them in
+    its own single network call."""
 
-    def loss_fn(step: int, rng: np.random.Generator) -> dict:
+    def __init__(self, ctx: TrainingContext, scenes: list[SceneData], text: torch.Tensor, cfg: dict):
+        self.text = text
+        self.scenes = scenes
+        s1 = cfg["stage1"]
+        self.n_frames = int(s1["frames_per_step"])
+        if self.n_frames < 1:
+            raise ValueError(f"stage1.frames_per_step must be >= 1, got {self.n_frames}")
+        self.lam = float(s1["consistency_weight"])
+        self.beta = float(s1["contrastive_weight"])
+        if self.lam < 0 or self.beta < 0:
+            raise ValueError("stage1.consistency_weight and stage1.contrastive_weight must be >= 0")
+        self.aug_cfg = s1["augment"]
+        self.model = ctx.model
+        self.device = ctx.device
+        self.contrast_vocabulary = s1["contrast_vocabulary"]
+        if self.contrast_vocabulary not in ("frame", "scene"):
+            raise ValueError(f"stage1.contrast_vocabulary must be 'frame' or 'scene', got {self.contrast_vocabulary!r}")
+        counts = label_counts((frame.label for scene in scenes for frame in scene.frames), text.shape[0])
+        self.class_weight = class_balance_weights(counts, float(s1["class_balance"])).to(self.device)
+        self.with_scale = self.beta > 0
+
+    def draw(self, rng: np.random.Generator) -> Stage1Draw:
         # Pairs are drawn whether or not the consistency term is on, so "consistency off" sees the same data.
-        picks, links = sample_frames(scenes, n_frames, rng)
-        xyz, rgb, batch, labels, offsets = [], [], [], [], []
-        total = 0
-        for b, (s, f) in enumerate(picks):
-            frame = scenes[s].frames[f]
-            pxyz, prgb, _ = augment_points(frame.xyz, frame.rgb, rng, aug_cfg)
-            xyz.append(pxyz)
-            rgb.append(prgb)
-            batch.append(np.full(len(pxyz), b, dtype=np.int64))
-            labels.append(frame.label)
-            offsets.append(total)
-            total += len(pxyz)
+        picks, links = sample_frames(self.scenes, self.n_frames, rng)
+        clouds = []
+        for s, f in picks:
+            frame = self.scenes[s].frames[f]
+            pxyz, prgb, _ = augment_points(frame.xyz, frame.rgb, rng, self.aug_cfg)
+            clouds.append((pxyz, prgb, frame.label))
+        scenes = self.scenes
+        candidates = [scenes[s].frames[f].vocab_ids if self.contrast_vocabulary == "frame" else scenes[s].vocab_ids
+                      for s, f in picks]
+        return Stage1Draw(voxelize_labelled(self.model, clouds, self.device), links, candidates)
+
+    def losses(self, d: Stage1Draw, vfeat: torch.Tensor, logit_scale) -> dict:
         # Losses are computed per voxel (label histograms), which equals the per-point losses: see losses.py.
-        vox = model.voxelize(torch.from_numpy(np.concatenate(xyz)).to(device),
-                             torch.from_numpy(np.concatenate(rgb)).to(device),
-                             torch.from_numpy(np.concatenate(batch)).to(device))
-        vfeat = model.encode_voxels(vox)
-        label_t = torch.from_numpy(np.concatenate(labels).astype(np.int64)).to(device)
-        hist = voxel_label_histogram(vox.inverse, label_t, len(vox), text.shape[0])
-        cos = voxel_cosines(vfeat, text)  # (voxels, vocabulary)
-        l_align = alignment_loss_voxels(cos, hist)
-        loss = l_align
-        out = {"align": l_align.detach()}
-        if beta > 0:
-            # Softmax over a frame's candidate texts: its scene's merged vocabulary (stage1.contrast_vocabulary
-            # "scene") or only the texts its own image was labelled with ("frame"), class-weighted (class_balance).
-            voxel_batch = vox.coords[:, 0].long()
-            terms, weights = [], []
-            for b, (s, f) in enumerate(picks):
-                frame = scenes[s].frames[f]
-                vocab = frame.vocab_ids if contrast_vocabulary == "frame" else scenes[s].vocab_ids
-                if vocab is None or len(vocab) < 2:
-                    continue  # one text (or none): nothing to tell apart
-                rows = voxel_batch == b
-                ids = torch.as_tensor(vocab, device=device)
-                h = hist[rows][:, ids] * class_weight[ids]
-                terms.append(contrastive_loss_voxels(cos[rows][:, ids], h,
-                                                     temperature=1.0 / model.logit_scale_value()) * h.sum())
-                weights.append(h.sum())
-            l_con = torch.stack(terms).sum() / torch.stack(weights).sum().clamp(min=1.0) if terms else vfeat.sum() * 0.0
-            loss = loss + beta * l_con
-            out["contrast"] = l_con.detach()
+        # The contrastive softmax runs over a frame's candidate texts: its scene's merged vocabulary
+        # (stage1.contrast_vocabulary "scene") or only the texts its own image was labelled with ("frame").
+        terms = text_losses(vfeat, d.batch, self.text, candidates=d.candidates, class_weight=self.class_weight,
+                            logit_scale=logit_scale)
+        loss = terms["align"]
+        out = {k: v.detach() for k, v in terms.items()}
+        if self.beta > 0:
+            loss = loss + self.beta * terms["contrast"]
         # Consistency on every drawn pair (computed for logging even when its weight is 0).
+        inverse, offsets = d.batch.vox.inverse, d.batch.offsets
         cons_terms = []
-        for pos_a, pos_b, pair in links:
-            va = vox.inverse[torch.from_numpy(pair.ia + offsets[pos_a]).to(device)]
-            vb = vox.inverse[torch.from_numpy(pair.ib + offsets[pos_b]).to(device)]
+        for pos_a, pos_b, pair in d.links:
+            va = inverse[torch.from_numpy(pair.ia + offsets[pos_a]).to(self.device)]
+            vb = inverse[torch.from_numpy(pair.ib + offsets[pos_b]).to(self.device)]
             cons_terms.append(consistency_loss(vfeat[va], vfeat[vb]))
         if cons_terms:
             l_cons = torch.stack(cons_terms).mean()
             out["cons"] = l_cons.detach()
-            if lam > 0:
-                loss = loss + lam * l_cons
+            if self.lam > 0:
+                loss = loss + self.lam * l_cons
         out["loss"] = loss
         return out
 
-    return loss_fn
+    def __call__(self, step: int, rng: np.random.Generator, net: torch.nn.Module) -> dict:
+        d = self.draw(rng)
+        (vfeat,), logit_scale = net([d.batch.vox], with_scale=self.with_scale)
+        return self.losses(d, vfeat, logit_scale)
 
 
 def train_stage1(ctx: TrainingContext, scenes: list[SceneData], vocabulary: list[str], cfg: dict, out_dir: Path, *,
@@ -142,6 +142,7 @@ def train_stage1(ctx: TrainingContext, scenes: list[SceneData], vocabulary: list
     def export(path: Path, step: int) -> None:
         export_checkpoint(path, ctx, vocabulary, meta={"stage": 1, "step": step, "steps": loop.steps})
 
-    return train_loop(model=ctx.model, loss_fn=stage1_loss_fn(ctx, scenes, text, cfg), loop=loop, out_dir=out_dir,
+    return train_loop(model=ctx.model, network=VoxelEncoder(ctx.model), loss_fn=Stage1Loss(ctx, scenes, text, cfg),
+                      loop=loop, out_dir=out_dir,
                       seed=int(cfg["seed"]), tag=STAGE1_TAG, device=ctx.device, export_model=export, desc="stage1",
                       stop_after_step=stop_after_step, resume=resume, show_progress=show_progress)

@@ -37,9 +37,8 @@ from .datasets import SceneData, fuse_global_cloud
 from ..grid_sampling import confident_labels, repeated_grid_sampling, turn_about_gravity
 from ..superpoints import SuperpointConfig, superpoint_mean, superpoints
 from .loop import LoopConfig, average_state_dicts, train_loop
-from .losses import (alignment_loss_voxels, class_balance_weights, contrastive_loss_voxels, label_counts,
-                     voxel_cosines, voxel_label_histogram)
-from .stage1 import stage1_loss_fn
+from .losses import VoxelEncoder, class_balance_weights, label_counts, text_losses, voxelize_labelled
+from .stage1 import Stage1Loss
 
 log = logging.getLogger("ov3d.train")
 
@@ -180,34 +179,32 @@ def stage2_loss_fn(ctx: TrainingContext, scenes: list[GlobalScene], text: torch.
         raise ValueError(f"stage2.partial_weight must be >= 0, got {partial}")
     if partial > 0 and not partial_scenes:
         raise ValueError("stage2.partial_weight > 0 needs the training scenes' frames")
-    partial_fn = stage1_loss_fn(ctx, partial_scenes, text, cfg) if partial > 0 else None
+    partial_loss = Stage1Loss(ctx, partial_scenes, text, cfg) if partial > 0 else None
+    with_scale = beta > 0 or (partial_loss is not None and partial_loss.with_scale)
 
-    def loss_fn(step: int, rng: np.random.Generator) -> dict:
+    def loss_fn(step: int, rng: np.random.Generator, net: torch.nn.Module) -> dict:
         g = usable[int(rng.integers(len(usable)))]
         idx = np.arange(len(g.xyz))
         if radius > 0:
             centre = g.xyz[int(rng.integers(len(g.xyz)))]
             idx = np.flatnonzero(((g.xyz[:, :2] - centre[:2]) ** 2).sum(axis=1) <= radius ** 2)
         xyz, rgb, _ = augment_points(g.xyz[idx], g.rgb[idx], rng, aug_cfg)
-        vox = model.voxelize(torch.from_numpy(xyz).to(device), torch.from_numpy(rgb).to(device))
-        vfeat = model.encode_voxels(vox)
-        label = torch.from_numpy(g.label[idx].astype(np.int64)).to(device)
-        hist = voxel_label_histogram(vox.inverse, label, len(vox), text.shape[0])
-        cos = voxel_cosines(vfeat, text)  # (voxels, vocabulary)
-        l_align = alignment_loss_voxels(cos, hist)
-        out = {"align": l_align.detach()}
-        loss = l_align
+        crop = voxelize_labelled(model, [(xyz, rgb, g.label[idx])], device)
+        frames = partial_loss.draw(rng) if partial_loss is not None else None
+        # One network call for the crop and the frames (each encoded with its own batch statistics).
+        features, logit_scale = net([crop.vox] + ([frames.batch.vox] if frames is not None else []),
+                                    with_scale=with_scale)
+        # The class weights go on the contrastive term as in stage 1.
+        terms = text_losses(features[0], crop, text, candidates=[g.vocab_ids], class_weight=class_weight,
+                            logit_scale=logit_scale if beta > 0 else None)
+        loss = terms["align"]
+        out = {k: v.detach() for k, v in terms.items()}
         if beta > 0:
-            ids = torch.as_tensor(g.vocab_ids, device=device)
-            # The loss divides by the histogram's total, so weighting its columns gives a class-weighted mean.
-            h = hist[:, ids] * class_weight[ids]
-            l_con = contrastive_loss_voxels(cos[:, ids], h, temperature=1.0 / model.logit_scale_value())
-            loss = loss + beta * l_con
-            out["contrast"] = l_con.detach()
-        if partial_fn is not None:
-            frames = partial_fn(step, rng)
-            loss = loss + partial * frames.pop("loss")
-            out.update({f"partial_{k}": v for k, v in frames.items()})
+            loss = loss + beta * terms["contrast"]
+        if frames is not None:
+            frame_terms = partial_loss.losses(frames, features[1], logit_scale)
+            loss = loss + partial * frame_terms.pop("loss")
+            out.update({f"partial_{k}": v for k, v in frame_terms.items()})
         out["loss"] = loss
         return out
 
@@ -242,7 +239,7 @@ def train_stage2(ctx: TrainingContext, scenes: list[SceneData], vocabulary: list
             export_checkpoint(path, ctx, vocabulary, meta={**meta, "step": step})
 
         ctx.model.load_state_dict(init)
-        result = train_loop(model=ctx.model, loss_fn=loss_fn, loop=loop,
+        result = train_loop(model=ctx.model, network=VoxelEncoder(ctx.model), loss_fn=loss_fn, loop=loop,
                             out_dir=folder, seed=int(cfg["seed"]), tag=STAGE2_TAG + REPLICA_TAG * k,
                             device=ctx.device, export_model=export,
                             desc="stage2" if replicas == 1 else f"stage2.{k}", stop_after_step=stop_after_step,

@@ -46,7 +46,7 @@ def _run(out_dir, steps, ema_decay, stop_after_step=None):
     y = x @ torch.tensor([[1.0], [-2.0], [0.5]])
     exported = {}
 
-    def loss_fn(step, rng: np.random.Generator):
+    def loss_fn(step, rng: np.random.Generator, net):
         idx = torch.as_tensor(rng.choice(len(x), 16, replace=False))
         return {"loss": torch.nn.functional.mse_loss(net(x[idx]), y[idx])}
 

@@ -203,13 +203,13 @@ def test_frames_keep_their_own_vocabulary_within_the_merged_scene_vocabulary(pre
 
 def test_stage1_rejects_an_unknown_contrast_vocabulary(prepared, encoder):
     from ov3d_ros.training.common import TrainingContext
-    from ov3d_ros.training.stage1 import stage1_loss_fn
+    from ov3d_ros.training.stage1 import Stage1Loss
 
     root, _, _, scenes, vocabulary = prepared
     cfg = _cfg(root, "bad", ["stage1.contrast_vocabulary=image"])
     ctx = TrainingContext(cfg, text_encoder=encoder)
     with pytest.raises(ValueError, match="contrast_vocabulary"):
-        stage1_loss_fn(ctx, scenes, ctx.embed(vocabulary), cfg)
+        Stage1Loss(ctx, scenes, ctx.embed(vocabulary), cfg)
 
 
 def test_rotated_passes_average_over_turned_copies_of_the_scene(prepared, encoder):
@@ -269,7 +269,8 @@ def test_stage2_partial_term_is_the_stage1_loss_on_frames_drawn_after_the_crop(p
     """stage2.partial_weight w: a stage-2 step is the crop's losses plus w x the stage-1 loss (align + lambda cons +
     contrast) of frames drawn as stage 1 draws them, from the same random stream right after the crop's draws."""
     from ov3d_ros.training.common import TrainingContext
-    from ov3d_ros.training.stage1 import stage1_loss_fn
+    from ov3d_ros.training.stage1 import Stage1Loss
+    from ov3d_ros.training.losses import VoxelEncoder
     from ov3d_ros.training.stage2 import build_global_scenes, stage2_loss_fn
 
     root, _, _, scenes, vocabulary = prepared
@@ -281,11 +282,12 @@ def test_stage2_partial_term_is_the_stage1_loss_on_frames_drawn_after_the_crop(p
     ctx.model.eval()  # batch statistics would otherwise move between the calls compared below
     text = ctx.embed(vocabulary)
     global_scenes = build_global_scenes(ctx, scenes, vocabulary, cfg, tmp_path)
-    with_frames = stage2_loss_fn(ctx, global_scenes, text, cfg, scenes)(0, np.random.default_rng(7))
+    net = VoxelEncoder(ctx.model)
+    with_frames = stage2_loss_fn(ctx, global_scenes, text, cfg, scenes)(0, np.random.default_rng(7), net)
     crop_only = stage2_loss_fn(ctx, global_scenes, text, {**cfg, "stage2": {**cfg["stage2"], "partial_weight": 0.0}})
     rng = np.random.default_rng(7)
-    crop = crop_only(0, rng)
-    frames = stage1_loss_fn(ctx, scenes, text, cfg)(0, rng)  # the stream continues where the crop left it
+    crop = crop_only(0, rng, net)
+    frames = Stage1Loss(ctx, scenes, text, cfg)(0, rng, net)  # the stream continues where the crop left it
 
     assert float(with_frames["align"]) == pytest.approx(float(crop["align"]), rel=1e-5)
     for name in ("align", "cons", "contrast"):
