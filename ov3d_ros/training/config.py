@@ -153,7 +153,6 @@ DEFAULTS: dict[str, Any] = {
         "warmup_steps": 10,
         "min_lr_ratio": 0.02,
         "grad_clip": 5.0,
-        "ema_decay": 0.0,  # as stage1.ema_decay
         "contrastive_weight": 1.0,
         "amp": True,
         "checkpoint_every": 100,

@@ -88,7 +88,8 @@ class LoopConfig:
 
     @classmethod
     def from_section(cls, section: dict) -> "LoopConfig":
-        out = cls(**{k: section[k] for k in cls.__dataclass_fields__})
+        # Keys a section leaves out keep their defaults here (stage 2 has no ema_decay: see training/README.md).
+        out = cls(**{k: section[k] for k in cls.__dataclass_fields__ if k in section})
         if out.steps < 1:
             raise ValueError(f"steps must be >= 1, got {out.steps}")
         if out.lr <= 0:
