@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from .cloud import PointCloud
+from .data.ply import write_ply
 from .geometry import (
     CameraModel,
     DTypeError,
@@ -528,11 +529,6 @@ class VoxelMap:
 
     def write_ply(self, path, frame_id: str = "map") -> Path:
         """Write the voxel cloud as binary PLY (x y z red green blue count) via ``ov3d_ros.data.ply``."""
-        try:
-            from .data.ply import write_ply
-        except ImportError as exc:  # the data area owns the PLY format: fail loudly rather than write a second one
-            raise ImportError(f"VoxelMap.write_ply needs ov3d_ros.data.ply.write_ply, which is not importable: "
-                              f"{exc}") from exc
         cloud = self.to_cloud(frame_id)
         path = Path(path)
         count = np.minimum(cloud.extras["count"], np.iinfo(np.int32).max).astype(np.int32)

@@ -13,6 +13,9 @@ import logging
 import sys
 import time
 from pathlib import Path
+from .data.ply import read_ply, write_ply
+from .segmenter import Segmenter
+from .superpoints import SuperpointConfig
 
 log = logging.getLogger("ov3d.segment")
 
@@ -68,10 +71,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(args) -> int:
-    from .data.ply import read_ply, write_ply
-    from .segmenter import Segmenter
-    from .superpoints import SuperpointConfig
-
     queries = [q.strip() for q in args.queries.split(",")]
     if not args.cloud.is_file():
         raise FileNotFoundError(f"input cloud not found: {args.cloud}")

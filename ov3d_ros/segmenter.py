@@ -12,12 +12,13 @@ model's receptive field (``SpUNet.receptive_field()``) chunked and one-pass feat
 
 Test-time passes (``passes`` > 1): the features are averaged over several network passes, each on one random point
 per ``pass_voxel`` cell (a randomly shifted grid) of the cloud turned about gravity by a random angle - the repeated
-grid sampling that stage 2 pseudo-labels with, used at inference. They pay for checkpoints whose voxel features
-include the point offsets (``offset_feature``, older checkpoints): trained on single frames, about one point per
-voxel, those met voxel means of many points on fused maps; 4 passes raised such a stage-1 model from 55.0 to 60.9
-mIoU on held-out synthetic rooms. The current presets' features do not depend on the point density, and the demo
-checkpoint scores 60.1 with one pass and 59.6 with 4 (bench/bench_passes.py). Passes are seeded (``seed``), so a cloud
-always gets the same labels; 4 passes cost about 5 single passes.
+grid sampling that stage 2 pseudo-labels with, used at inference. They help checkpoints whose voxel features include
+the point offsets (``offset_feature``, older checkpoints), which depend on the point density; the figures are in
+training/README.md ("Test-time passes"). Passes are seeded (``seed``), so a cloud always gets the same labels.
+
+``cloud_features`` keeps a cloud's per-voxel (or per-superpoint) features; ``label_features`` answers any query
+list from them without a network pass (the segmenter node caches them per cloud). ``label_points`` streams the same
+classification chunk by chunk, so memory stays O(N) whatever the embedding size.
 """
 from __future__ import annotations
 
@@ -36,6 +37,7 @@ from .model.checkpoint import check_embed_dim, load_checkpoint
 from .model.unet import SpUNet
 from .model.voxelize import as_points
 from .superpoints import SuperpointConfig, superpoints as compute_superpoints
+from .text import build_text_encoder
 
 log = logging.getLogger(__name__)
 
@@ -168,7 +170,6 @@ class Segmenter:
         if text_encoder is None:
             encoder = ckpt.build_text_encoder(device=dev)
         elif isinstance(text_encoder, dict):
-            from .text import build_text_encoder
 
             encoder = build_text_encoder(text_encoder, device=dev)
         else:

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from .scannet import ScanNetScene
 
 __all__ = [
     "PSEUDO_LABEL_DIR",
@@ -319,7 +320,6 @@ def write_synthetic_pseudo_labels(scene_dir, frames=None, class_names=None, *, s
     from the scene folder (label-filt/, instance-filt/, classes.json). ``noise`` goes to synthetic_pseudo_labels.
     """
     if frames is None:
-        from .scannet import ScanNetScene
 
         scene = ScanNetScene(scene_dir)
         if class_names is None:

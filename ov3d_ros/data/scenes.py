@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from .rosbag import RosbagScene
+from .scannet import ScanNetScene
 
 BAG_SUFFIXES = (".mcap", ".db3")
 
@@ -76,12 +78,10 @@ def open_scene(path: str | Path, *, rosbag: dict | None = None) -> OpenScene:
     if not path.exists():
         raise FileNotFoundError(f"scene not found: {path}")
     if is_rosbag(path):
-        from .rosbag import RosbagScene
 
         options = {k: v for k, v in (rosbag or {}).items() if v is not None}
         scene = RosbagScene(path, **options)
         return OpenScene(scene, [str(i) for i in range(len(scene))], Path(scene.path))
-    from .scannet import ScanNetScene
 
     scene = ScanNetScene(path)
     return OpenScene(scene, [str(f) for f in scene.frame_ids], path)

@@ -9,6 +9,9 @@ import argparse
 import logging
 import sys
 import time
+from ..data.scenes import find_scenes
+from .config import load_label_config
+from .pipeline import PseudoLabeller, label_scene
 
 log = logging.getLogger("ov3d_ros.labelling")
 
@@ -77,7 +80,6 @@ def build_parser(prog: str = "ov3d-train label") -> argparse.ArgumentParser:
 
 def config_from_args(args: argparse.Namespace) -> dict:
     """The resolved recipe: defaults, --config, --set, then the dedicated flags (most specific wins)."""
-    from .config import load_label_config
 
     overrides = list(args.overrides or [])
     flags = {"sam.checkpoint": args.sam_checkpoint, "sam.model_type": args.sam_model_type,
@@ -115,8 +117,6 @@ def run_label(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     import torch
 
-    from ..data.scenes import find_scenes
-    from .pipeline import PseudoLabeller, label_scene
 
     config = config_from_args(args)
     if config["threads"] > 0:

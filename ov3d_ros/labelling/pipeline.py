@@ -18,10 +18,12 @@ from typing import Iterable, Protocol, Sequence
 
 import numpy as np
 
+from ..data.pseudo_labels import PSEUDO_LABEL_DIR, read_scene_vocabulary, write_frame_labels
+from ..data.pseudo_labels import labelled_frame_ids as listed_frame_ids
 from ..data.scenes import open_scene
-from .masks import MaskSet, check_rgb_image, clean_masks
-from .naming import MaskNames
-from .vocabulary import VocabularySource
+from .masks import MaskSet, build_mask_generator, check_rgb_image, clean_masks
+from .naming import MaskNames, build_namer, check_clip_source
+from .vocabulary import VocabularySource, build_vocabulary_source
 
 log = logging.getLogger(__name__)
 
@@ -90,9 +92,6 @@ class PseudoLabeller:
     @classmethod
     def from_config(cls, cfg: dict) -> "PseudoLabeller":
         """Load every model the config names (so a bad path fails before the first frame)."""
-        from .masks import build_mask_generator
-        from .naming import build_namer, check_clip_source
-        from .vocabulary import build_vocabulary_source
 
         device = resolve_device(cfg.get("device", "auto"))
         allow_random = bool(cfg.get("allow_random_weights", False))
@@ -153,10 +152,8 @@ def resolve_device(device: str) -> str:
 
 def labelled_frame_ids(scene_dir: str | Path) -> set[str]:
     """Frames whose labels are complete on disk: listed in entities.json and with their label PNG present."""
-    from ..data.pseudo_labels import PSEUDO_LABEL_DIR as label_dir
-    from ..data.pseudo_labels import labelled_frame_ids as listed_frame_ids
 
-    labels = Path(scene_dir) / label_dir / "labels"
+    labels = Path(scene_dir) / PSEUDO_LABEL_DIR / "labels"
     return {fid for fid in listed_frame_ids(str(scene_dir)) if (labels / f"{fid}.png").is_file()}
 
 
@@ -195,7 +192,6 @@ def label_scene(scene_path: str | Path, labeller: PseudoLabeller, *, every: int 
     """
     from tqdm import tqdm
 
-    from ..data.pseudo_labels import PSEUDO_LABEL_DIR, read_scene_vocabulary, write_frame_labels
 
     if every < 1 or batch_size < 1 or max_frames < 0:
         raise ValueError(f"every and batch_size must be >= 1 and max_frames >= 0, got {every}, {batch_size}, "

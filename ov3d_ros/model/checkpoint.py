@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from ..text import build_text_encoder
 from .backend import resolve_device
 from .unet import SpUNet, build_model, resolve_config
 
@@ -59,7 +60,6 @@ class Checkpoint:
 
     def build_text_encoder(self, device="cpu", **kwargs):
         """Build the saved text encoder and check that its dimension matches the model's."""
-        from ..text import build_text_encoder
 
         encoder = build_text_encoder(self.text_encoder_spec, device=device, **kwargs)
         check_embed_dim(self.embed_dim, encoder, self.path)

@@ -15,6 +15,8 @@ from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
 
 from ov3d_interfaces.srv import QueryObjects
+from ov3d_ros.data.ply import write_ply
+from ov3d_ros.nodes.conversions import pointcloud2_to_cloud
 from ov3d_ros.nodes.objects import ObjectSummary, format_table
 
 log = logging.getLogger("ov3d-query")
@@ -133,8 +135,6 @@ def main(argv: list[str] | None = None) -> int:
         if response.success:
             print(format_table(summaries_from_response(response)))
     if response.success and args.save_ply:
-        from ov3d_ros.data.ply import write_ply
-        from ov3d_ros.nodes.conversions import pointcloud2_to_cloud
 
         path = write_ply(args.save_ply, pointcloud2_to_cloud(response.labelled_cloud))
         print(f"labelled cloud written to {path}")

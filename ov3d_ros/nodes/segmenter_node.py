@@ -32,6 +32,7 @@ from ov3d_ros.nodes.sync import BoundedQueue
 from ov3d_ros.resources import default_checkpoint
 from ov3d_ros.segmenter import CloudFeatures, PointLabels, Segmenter
 from ov3d_ros.superpoints import SuperpointConfig
+from ov3d_ros.viz import label_palette
 
 DEVICE_CHOICES = ("auto", "cpu", "cuda")
 
@@ -298,8 +299,6 @@ class SegmenterNode(Node):
         return response
 
     def make_markers(self, summaries: list[ObjectSummary], header) -> MarkerArray:
-        from ov3d_ros.viz import label_palette
-
         markers = MarkerArray()
         frame = self.p["marker_frame"] or header.frame_id
         clear = Marker(action=Marker.DELETEALL)

@@ -1,11 +1,9 @@
 """Point-cloud augmentation for training: rotation about gravity, scaling, translation, jitter, colour jitter.
 
 Gravity is the world -z axis (REP 103/105 world frames are z-up), so rotations are about z and never tilt the floor.
-Translation matters more than it looks: the model's voxel grid is anchored at the world origin and its input holds
-each voxel's point offset from the voxel centre, so a floor at exactly z = 0 (or a wall at x = 0) always sits on a
-voxel boundary. Without random shifts the network learns that one phase and fails where the grid cuts surfaces
-differently (e.g. a ground-truth cloud sampled on a regular grid): held-out mIoU dropped from the frames' level to
-under 10% in our first synthetic run.
+Translation matters more than it looks: the model's voxel grid is anchored at the world origin, so a floor at
+exactly z = 0 (or a wall at x = 0) always sits on a voxel boundary. Without random shifts the network learns that
+one phase and fails where the grid cuts surfaces differently (e.g. a ground-truth cloud sampled on a regular grid).
 Every random draw comes from the generator passed in, which the training loop seeds per step (exact resume).
 """
 from __future__ import annotations

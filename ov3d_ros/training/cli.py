@@ -19,7 +19,14 @@ import logging
 import os
 import sys
 
+import torch
+
+from ..labelling.cli import add_label_parser
+from ..model.backend import resolve_device
+from . import pipeline
+from .config import ConfigError, load_config
 from .distributed import INTERRUPTED_EXIT, env_world_size, run_workers, shutdown, workers_for_device, world
+from .loop import TrainingInterrupted
 
 log = logging.getLogger("ov3d.train")
 
@@ -67,7 +74,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _mount_label_parser(sub) -> None:
     """``ov3d-train label``: the 2D labeller's parser (its heavy imports wait until the command runs)."""
-    from ..labelling.cli import add_label_parser
 
     add_label_parser(sub)
 
@@ -84,7 +90,6 @@ def main(argv: list[str] | None = None) -> int:
             parser.error("the labelling parser registered no handler (set_defaults(func=...))")
         return int(func(args) or 0)
 
-    from .config import ConfigError, load_config
 
     try:
         cfg = load_config(args.config, args.overrides)
@@ -110,10 +115,6 @@ def _worker_main(rank: int, argv: list[str]) -> int:
 
 
 def _local_workers(cfg: dict, parser) -> int:
-    import torch
-
-    from ..model.backend import resolve_device
-
     try:
         device = resolve_device(cfg["device"])
     except ValueError as exc:
@@ -123,9 +124,6 @@ def _local_workers(cfg: dict, parser) -> int:
 
 
 def _run(args, cfg: dict, parser, progress: bool, resume: bool) -> int:
-    from .loop import TrainingInterrupted
-    from . import pipeline
-
     try:
         if args.command == "prepare":
             if cfg["data"]["kind"] != "synthetic":

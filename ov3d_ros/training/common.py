@@ -6,6 +6,10 @@ import logging
 from pathlib import Path
 
 import torch
+from ..model import build_model
+from ..model.backend import resolve_device
+from ..model.checkpoint import load_checkpoint, save_checkpoint
+from ..text import build_text_encoder
 
 
 log = logging.getLogger("ov3d.train")
@@ -15,8 +19,6 @@ class TrainingContext:
     """Model + device + text encoder for one training run."""
 
     def __init__(self, cfg: dict, *, model: torch.nn.Module | None = None, text_encoder=None):
-        from ..model import build_model
-        from ..model.backend import resolve_device
 
         self.cfg = cfg
         self.device = resolve_device(cfg["device"])
@@ -36,7 +38,6 @@ class TrainingContext:
     @property
     def text_encoder(self):
         if self._text_encoder is None:
-            from ..text import build_text_encoder
 
             self._text_encoder = build_text_encoder(self.text_spec)
         return self._text_encoder
@@ -54,7 +55,6 @@ class TrainingContext:
     @classmethod
     def from_checkpoint(cls, cfg: dict, path: str | Path, *, text_encoder=None) -> "TrainingContext":
         """Rebuild the model and text encoder of a shared-format checkpoint (e.g. stage 1's, for stage 2)."""
-        from ..model.checkpoint import load_checkpoint
 
         ckpt = load_checkpoint(str(path), "cpu")
         cfg = dict(cfg)
@@ -70,7 +70,6 @@ def export_checkpoint(path: Path, ctx: TrainingContext, vocabulary: list[str], m
     The text encoder object (not just the recipe's spec) is saved, so its prompt templates travel with the weights
     and the segmenter embeds queries exactly as training embedded the entity texts.
     """
-    from ..model.checkpoint import save_checkpoint
 
     meta = dict(meta)
     meta.setdefault("train_config", ctx.cfg)

@@ -22,9 +22,9 @@ DEFAULTS: dict[str, Any] = {
     "seed": 0,
     "device": "auto",  # "auto" (cuda if available), "cpu", "cuda", "cuda:1"
     "threads": 0,  # torch CPU threads of the whole run, shared out over its workers; 0 = all cores
-    # training processes on this machine (data parallel: each trains on its own frames, gradients averaged; see
-    # training/distributed.py). On a CPU, 2 workers of 1 thread train ~1.6x the frames per second of 1 worker
-    # with 2 threads. Steps, frames_per_step and learning rates are per worker: N workers see N x the frames.
+    # training processes on this machine (data parallel: each trains on its own frames, DDP averages the
+    # gradients; see training/distributed.py and training/README.md for the CPU figures). Steps, frames_per_step
+    # and learning rates are per worker: N workers see N x the frames.
     "workers": 1,
     "output_dir": "runs/ov3d",  # stage1/, stage2/, eval/ and data/ (synthetic) go under it
     "model": {
@@ -90,8 +90,7 @@ DEFAULTS: dict[str, Any] = {
         # -class_balance, mean weight 1; 0 = unweighted, 1 = every class weighs the same in total
         "class_balance": 0.5,
         # the texts L_contrast tells apart: "scene" (merged over the scene's frames) or "frame" (the image's own
-        # vocabulary only). "frame" keeps the merge for stage 2 alone, but with few texts per frame stage 1 learns
-        # weak separations (held-out mIoU 37 vs 50 after 1200 steps) that stage 2 did not recover (37 after it)
+        # vocabulary only). With few texts per frame, "frame" teaches stage 1 weak separations (training/README.md)
         "contrast_vocabulary": "scene",
         "pair_max_gap": 3,  # consistency pairs: frames of the same sequence at most this many frames apart
         "min_pair_matches": 200,  # pairs with fewer matched points are not used
@@ -139,8 +138,8 @@ DEFAULTS: dict[str, Any] = {
         # > 1: train this many replicas from the stage-1 weights, each on its own crops and augmentations, and
         # write the mean of their weights as model.pt (each replica's run is under replica<k>/); costs k x the steps
         "replicas": 1,
-        # > 0: train on random vertical cylinders of this radius (metres) of the global clouds, 0 = whole scenes. On
-        # the synthetic rooms 2.5 m crops scored higher than whole rooms at half the cost per step (training/README.md)
+        # > 0: train on random vertical cylinders of this radius (metres) of the global clouds, 0 = whole scenes
+        # (the recipes use 2.5 m: training/README.md)
         "crop_radius": 0.0,
         "class_balance": 0.5,  # as stage1.class_balance, over the pseudo-labelled global points
         # > 0: each step also takes the stage-1 loss (L_align + consistency_weight * L_cons + contrast, frames drawn

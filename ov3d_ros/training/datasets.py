@@ -18,7 +18,12 @@ from pathlib import Path
 
 import numpy as np
 
+from ..data.ply import read_ply
+from ..data.pseudo_labels import read_frame_labels
+from ..data.scannet import ScanNetScene
 from ..data.scenes import open_scene
+from ..fusion import make_partial_cloud, match_points
+from ..mapping import Mapper, MapperConfig
 
 log = logging.getLogger("ov3d.train")
 
@@ -78,7 +83,6 @@ def label_points_from_image(pixels: np.ndarray, label_image: np.ndarray, entitie
 
 def find_pairs(frames: list[FrameData], *, max_gap: int, min_matches: int, voxel_size: float) -> list[FramePair]:
     """Pairs of frames at most ``max_gap`` apart in the sequence that share at least ``min_matches`` points."""
-    from ..fusion import match_points
 
     pairs = []
     order = sorted(range(len(frames)), key=lambda i: frames[i].index)
@@ -94,7 +98,6 @@ def find_pairs(frames: list[FrameData], *, max_gap: int, min_matches: int, voxel
 
 def load_scene_frames(path: str | Path, data_cfg: dict) -> tuple[list[tuple[str, object]], Path]:
     """Read a scene's frames as (frame_id, PartialCloud) with the configured strides, and its label root."""
-    from ..fusion import make_partial_cloud
 
     opened = open_scene(path, rosbag=data_cfg["rosbag"])
     scene, ids, label_root = opened.scene, opened.frame_ids, opened.label_root
@@ -118,7 +121,6 @@ def load_scene_frames(path: str | Path, data_cfg: dict) -> tuple[list[tuple[str,
 def load_training_scenes(paths: list[str], data_cfg: dict, *, pair_max_gap: int, min_pair_matches: int,
                          match_voxel: float, progress: bool = True) -> tuple[list[SceneData], list[str]]:
     """Scenes with their labelled frames and consistency pairs, and the merged training vocabulary."""
-    from ..data.pseudo_labels import read_frame_labels
 
     if not paths:
         raise ValueError("no training scenes given (data.train is empty)")
@@ -161,7 +163,6 @@ def load_training_scenes(paths: list[str], data_cfg: dict, *, pair_max_gap: int,
 
 def fuse_global_cloud(frames: list[FrameData], voxel_size: float):
     """The scene's global cloud: every partial cloud integrated by a Mapper (voxel-mean xyz, mean rgb)."""
-    from ..mapping import Mapper, MapperConfig
 
     mapper = Mapper(MapperConfig(voxel_size=voxel_size, capacity=50_000_000))
     for frame in frames:
@@ -180,7 +181,6 @@ class LabelledScene:
 
 def load_labelled_scene(path: str | Path) -> LabelledScene:
     """Ground-truth labelled global cloud of a ScanNet-layout scene (labels PLY or exported synthetic GT)."""
-    from ..data.scannet import ScanNetScene
 
     path = Path(path)
     if path.suffix == ".ply":
@@ -196,8 +196,6 @@ def load_labelled_scene(path: str | Path) -> LabelledScene:
 
 
 def _labelled_ply(path: Path) -> LabelledScene:
-    from ..data.ply import read_ply
-
     cloud, extras = read_ply(str(path))
     if cloud.label is None:
         raise ValueError(f"{path} has no 'label' field to evaluate against")

@@ -5,9 +5,9 @@ gradients during each backward pass (``wrap``), and the batch-norm statistics ar
 (``sync_step``), so every worker holds the same model and optimiser state at every step; worker 0 (the main one)
 writes the logs, the progress bar and the files.
 
-Why on a CPU: a training step of the small preset is a chain of small sparse convolutions that one thread runs as
-fast as two (measured on the 2-core CI machine), so one process leaves a core idle. Two processes with one thread
-each train on twice the frames per step at ~1.2x the step time.
+Why on a CPU too: a training step of the small preset is a chain of small sparse convolutions that a second thread
+barely speeds up, so two single-thread workers use two cores better than one worker with two threads
+(training/README.md, "Several workers").
 
 How a run becomes distributed:
   * ``torchrun --nnodes M --nproc_per_node N -m ov3d_ros.training.cli ...``: the environment torchrun sets (RANK,

@@ -12,6 +12,8 @@ from typing import Callable
 
 import numpy as np
 
+from ..segmenter import Segmenter
+from . import distributed
 from .datasets import LabelledScene
 from .metrics import SegmentationMetrics, SegmentationReport
 
@@ -40,7 +42,6 @@ def segmenter_predictor(checkpoint: str, device: str = "auto", prompt: str = "{}
     ``passes``: the Segmenter's test-time passes (the segmenter node's ``test_time_passes``).
     ``superpoints``: a ``SuperpointConfig`` to average the features over superpoints (the node's ``superpoints``).
     """
-    from ..segmenter import Segmenter
 
     seg = Segmenter.load(checkpoint, device=device, text_encoder=text_encoder, passes=passes,
                          superpoints=superpoints)
@@ -84,7 +85,6 @@ def evaluate_scenes(predict: Predictor, scenes: list[LabelledScene], eval_cfg: d
             raise ValueError(f"predictor returned {pred.shape} labels for {gt.shape} points")
         metrics.update(gt, pred.astype(np.int64), cloud.instance)
     if scene_classes is not None:  # every worker ends with the sum of all shares
-        from . import distributed
 
         metrics, *others = distributed.all_gather_objects(metrics)
         for other in others:

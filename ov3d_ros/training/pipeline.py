@@ -20,8 +20,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..data.pseudo_labels import write_synthetic_pseudo_labels
+from ..data.scannet import write_scannet_scene
+from ..data.synthetic import CLASS_NAMES, SyntheticRoom, ViewVariation, labelled_reconstruction, render_sequence
+from ..superpoints import SuperpointConfig
 from . import distributed
+from .common import TrainingContext
 from .config import save_resolved_config
+from .datasets import load_labelled_scene, load_training_scenes
+from .evaluate import evaluate_scenes, segmenter_predictor
+from .stage1 import train_stage1
+from .stage2 import train_stage2
 
 log = logging.getLogger("ov3d.train")
 
@@ -52,9 +61,6 @@ def prepare_synthetic(cfg: dict, *, progress: bool = True) -> tuple[list[str], l
 
     Scenes are written once per setting: a scene folder whose stamp matches the settings is reused.
     """
-    from ..data.pseudo_labels import write_synthetic_pseudo_labels
-    from ..data.scannet import write_scannet_scene
-    from ..data.synthetic import CLASS_NAMES, SyntheticRoom, ViewVariation, render_sequence
 
     syn = cfg["data"]["synthetic"]
     root = _synthetic_root(cfg)
@@ -103,7 +109,6 @@ def synthetic_ground_truth(room, syn: dict):
     ground truth, like a benchmark's labelled scan: observed surfaces, shaded colours. "surfaces": every exposed
     surface of the room sampled on a grid, with unshaded colours, including faces the camera never sees.
     """
-    from ..data.synthetic import labelled_reconstruction, render_sequence
 
     spacing = float(syn["gt_spacing"])
     if syn["ground_truth"] == "surfaces":
@@ -129,8 +134,6 @@ def resolve_scenes(cfg: dict, *, progress: bool = True) -> tuple[list[str], list
 
 
 def load_train_data(cfg: dict, train_paths: list[str], *, progress: bool = True):
-    from .datasets import load_training_scenes
-
     s1 = cfg["stage1"]
     return load_training_scenes(train_paths, cfg["data"], pair_max_gap=int(s1["pair_max_gap"]),
                                 min_pair_matches=int(s1["min_pair_matches"]), match_voxel=float(s1["match_voxel"]),
@@ -140,8 +143,6 @@ def load_train_data(cfg: dict, train_paths: list[str], *, progress: bool = True)
 # -- stages ---------------------------------------------------------------------------------------------------------
 def run_stage1(cfg: dict, *, scenes=None, vocabulary=None, resume: bool = True, progress: bool = True,
                stop_after_step: int | None = None, text_encoder=None) -> dict:
-    from .common import TrainingContext
-    from .stage1 import train_stage1
 
     world = _setup(cfg)
     torch.manual_seed(int(cfg["seed"]))
@@ -164,8 +165,6 @@ def run_stage1(cfg: dict, *, scenes=None, vocabulary=None, resume: bool = True, 
 
 def run_stage2(cfg: dict, *, scenes=None, vocabulary=None, resume: bool = True, progress: bool = True,
                stop_after_step: int | None = None, text_encoder=None) -> dict:
-    from .common import TrainingContext
-    from .stage2 import train_stage2
 
     world = _setup(cfg)
     torch.manual_seed(int(cfg["seed"]) + 1)
@@ -202,8 +201,6 @@ def default_checkpoint(cfg: dict) -> str:
 def run_eval(cfg: dict, *, checkpoint: str | None = None, scenes: list[str] | None = None,
              progress: bool = True, text_encoder=None) -> dict:
     """Evaluate a shared-format checkpoint on labelled scenes; writes output_dir/eval/<name>.json."""
-    from .datasets import load_labelled_scene
-    from .evaluate import evaluate_scenes
 
     world = _setup(cfg)
     checkpoint = checkpoint or default_checkpoint(cfg)
@@ -235,9 +232,7 @@ def run_eval(cfg: dict, *, checkpoint: str | None = None, scenes: list[str] | No
 
 def _predictor_for(cfg: dict, checkpoint: str, text_encoder=None):
     """The deployed Segmenter path with the recipe's prompt, passes and superpoints."""
-    from .evaluate import segmenter_predictor
 
-    from ..superpoints import SuperpointConfig
 
     superpoints = SuperpointConfig(**cfg["superpoints"]) if cfg["eval"]["superpoints"] else None
     return segmenter_predictor(checkpoint, device=cfg["device"], prompt=cfg["eval"]["prompt"],

@@ -30,12 +30,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..data.ply import read_ply
+from ..grid_sampling import confident_labels, repeated_grid_sampling, turn_about_gravity
+from ..superpoints import SuperpointConfig, superpoint_mean, superpoints
 from . import distributed
 from .augment import augment_points
 from .common import TrainingContext, export_checkpoint
 from .datasets import SceneData, fuse_global_cloud
-from ..grid_sampling import confident_labels, repeated_grid_sampling, turn_about_gravity
-from ..superpoints import SuperpointConfig, superpoint_mean, superpoints
 from .loop import LoopConfig, average_state_dicts, train_loop
 from .losses import VoxelEncoder, class_balance_weights, label_counts, text_losses, voxelize_labelled
 from .stage1 import Stage1Loss
@@ -129,7 +130,6 @@ def build_global_scenes(ctx: TrainingContext, scenes: list[SceneData], vocabular
     for i in world.share(len(scenes)):  # several workers label different scenes, then trade them
         scene = scenes[i]
         if str(Path(scene.path)) in given:
-            from ..data.ply import read_ply
 
             cloud, _ = read_ply(given[str(Path(scene.path))])
         else:

@@ -7,6 +7,7 @@ import numpy as np
 
 from ov3d_ros.cloud import PointCloud
 from ov3d_ros.data.synthetic.sensor import SyntheticFrame
+from ov3d_ros.fusion import make_partial_cloud
 
 
 def labelled_reconstruction(frames: list[SyntheticFrame], voxel_size: float = 0.02, *, stride: int = 1,
@@ -19,7 +20,6 @@ def labelled_reconstruction(frames: list[SyntheticFrame], voxel_size: float = 0.
     what the nodes and the curriculum actually see: observed surfaces only, sensor noise, shaded colours. Voxels
     whose points carry no class (rays that escaped the room) are left out.
     """
-    from ov3d_ros.fusion import make_partial_cloud
 
     if not frames:
         raise ValueError("labelled_reconstruction: no frames")
