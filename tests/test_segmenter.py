@@ -228,6 +228,25 @@ def test_superpoint_features_are_the_mean_of_their_points_voxel_features():
         Segmenter(model, BasisEncoder(WORDS), superpoints={"k": 1.0})
 
 
+def test_kept_features_answer_any_query_list_like_label_points():
+    """cloud_features once, then label_features per query list: the labels and scores of label_points, and each
+    query's best cosine over the cloud."""
+    xyz, rgb = room(3000)
+    seg = Segmenter(busy_model(), BasisEncoder(WORDS), chunk_points=1000)  # several chunks
+    kept = seg.cloud_features(xyz, rgb, stamp=4.5)
+    assert kept.n_points == len(xyz) and kept.stamp == 4.5 and len(kept.chunks) > 1
+    feats = seg.features(xyz, rgb)
+    for queries in (["chair", "table"], ["floor", "wall", "lamp"]):
+        answer = seg.label_features(kept, queries, min_score=0.1)
+        label, score = seg.label_points(xyz, rgb, queries, min_score=0.1)
+        np.testing.assert_array_equal(answer.label, label)
+        np.testing.assert_allclose(answer.score, score, rtol=1e-6)
+        best = (feats @ seg.embed(queries).T).amax(dim=0).numpy()
+        np.testing.assert_allclose(answer.best, best, atol=1e-4)  # chunk borders move features by ~1e-5
+    empty = seg.label_chunks([], 0, ["chair"])
+    assert len(empty.label) == 0 and np.isnan(empty.best).all()
+
+
 def test_plan_chunks_covers_every_point_once():
     xyz, _ = room(5000, seed=3)
     chunks = plan_chunks(xyz, 1000, 0.2)
