@@ -18,6 +18,8 @@ How a run becomes distributed:
 from __future__ import annotations
 
 import datetime
+import gc
+import inspect
 import logging
 import os
 import signal
@@ -107,6 +109,9 @@ def shutdown(finished: bool = False) -> None:
     failure there is no barrier, since the other workers may never arrive.
     """
     if torch.distributed.is_available() and torch.distributed.is_initialized():
+        # DistributedDataParallel wrappers that are no longer used, but not yet collected (they hold reference
+        # cycles), must go while the group is alive: finalised after it, gloo aborts the process.
+        gc.collect()
         if finished and world().size > 1:
             torch.distributed.barrier()
         torch.distributed.destroy_process_group()
@@ -205,9 +210,13 @@ def wrap(network: torch.nn.Module, device: torch.device) -> torch.nn.Module:
     if world().size == 1:
         return network
     device = torch.device(device)
-    return torch.nn.parallel.DistributedDataParallel(
-        network, device_ids=[device.index if device.index is not None else torch.cuda.current_device()]
-        if device.type == "cuda" else None, broadcast_buffers=False, find_unused_parameters=True)
+    ddp = torch.nn.parallel.DistributedDataParallel
+    # torch >= 2.14 names "sync buffers at init, not on every call" forward_sync_buffers=False; before, that
+    # was broadcast_buffers=False (which now warns that it is deprecated).
+    buffers = ({"forward_sync_buffers": False} if "forward_sync_buffers" in inspect.signature(ddp).parameters
+               else {"broadcast_buffers": False})
+    return ddp(network, device_ids=[device.index if device.index is not None else torch.cuda.current_device()]
+               if device.type == "cuda" else None, find_unused_parameters=True, **buffers)
 
 
 def sync_step(module: torch.nn.Module, stop: bool, device: torch.device) -> bool:

@@ -46,6 +46,7 @@ COLLECTIVES = textwrap.dedent("""
            "gathered": d.all_gather_objects({"rank": w.rank}),
            "stop": stop, "go": go,
            "share": list(w.share(5))}
+    del net, p, q
     d.shutdown(finished=True)
     print(json.dumps(out))
 """)
