@@ -19,6 +19,7 @@ import functools
 import logging
 import os
 import sys
+import threading
 from collections import OrderedDict
 from pathlib import Path
 
@@ -52,7 +53,8 @@ class TextEncoder:
     """Queries -> (Q, D) float32 L2-normalised CPU tensor. Subclasses implement ``_embed_texts``.
 
     ``encode`` caches the ensembled embedding of every query it has seen (LRU, ``cache_size`` entries), so a
-    repeated query costs a dictionary look-up.
+    repeated query costs a dictionary look-up. It is thread-safe: a node's query service and its map updates may
+    embed texts at the same time.
     """
 
     def __init__(self, spec: dict, templates, *, device="cpu", cache_size: int = 4096, batch_size: int = 256):
@@ -63,6 +65,7 @@ class TextEncoder:
         self.batch_size = int(batch_size)
         self._cache: OrderedDict[str, torch.Tensor] = OrderedDict()
         self._dim: int | None = None
+        self._lock = threading.RLock()
 
     @property
     def spec(self) -> dict:
@@ -86,28 +89,29 @@ class TextEncoder:
         for q in queries:
             if not isinstance(q, str):
                 raise TypeError(f"every query must be a str, got {type(q).__name__}: {q!r}")
-        missing = list(dict.fromkeys(q for q in queries if q not in self._cache))
-        if missing:
-            texts = [t.format(q) for q in missing for t in self.templates]
-            rows = []
-            with torch.no_grad():
-                for start in range(0, len(texts), self.batch_size):
-                    rows.append(self._embed_texts(texts[start:start + self.batch_size]).float().cpu())
-            per_text = torch.cat(rows).view(len(missing), len(self.templates), -1)
-            ensembled = F.normalize(per_text.mean(dim=1), dim=1)
-            if self._dim is None:
-                self._dim = int(ensembled.shape[1])
-            # Cached rows must be ordinary tensors even when encode() runs under a caller's inference_mode:
-            # an inference tensor cannot take part in a training step's autograd graph later.
-            with torch.inference_mode(False):
-                for q, e in zip(missing, ensembled):
-                    self._cache[q] = e.clone()
-        for q in queries:
-            self._cache.move_to_end(q)
-        out = torch.stack([self._cache[q] for q in queries]) if queries else torch.zeros(0, self.dim)
-        while len(self._cache) > self.cache_size:
-            self._cache.popitem(last=False)
-        return out
+        with self._lock:
+            missing = list(dict.fromkeys(q for q in queries if q not in self._cache))
+            if missing:
+                texts = [t.format(q) for q in missing for t in self.templates]
+                rows = []
+                with torch.no_grad():
+                    for start in range(0, len(texts), self.batch_size):
+                        rows.append(self._embed_texts(texts[start:start + self.batch_size]).float().cpu())
+                per_text = torch.cat(rows).view(len(missing), len(self.templates), -1)
+                ensembled = F.normalize(per_text.mean(dim=1), dim=1)
+                if self._dim is None:
+                    self._dim = int(ensembled.shape[1])
+                # Cached rows must be ordinary tensors even when encode() runs under a caller's inference_mode:
+                # an inference tensor cannot take part in a training step's autograd graph later.
+                with torch.inference_mode(False):
+                    for q, e in zip(missing, ensembled):
+                        self._cache[q] = e.clone()
+            for q in queries:
+                self._cache.move_to_end(q)
+            out = torch.stack([self._cache[q] for q in queries]) if queries else torch.zeros(0, self.dim)
+            while len(self._cache) > self.cache_size:
+                self._cache.popitem(last=False)
+            return out
 
     def cache_info(self) -> dict:
         return {"entries": len(self._cache), "capacity": self.cache_size}

@@ -1,0 +1,262 @@
+"""FeatureMap: per-voxel features that follow a growing map, so a query is answered at once from what was seen.
+
+The map arrives as a cloud of voxel means (the fusion node's global cloud, ``VoxelMap.to_cloud``), again and again
+as it grows. Running the network on the whole map for each version costs seconds on a CPU; instead the map is cut
+into square tiles in x and y (``tile`` metres, every height), and an update re-runs only the tiles that changed:
+those holding a voxel that is new, gone, or whose mean moved more than ``position_tolerance`` voxels or whose
+colour changed more than ``color_tolerance`` since its features were computed. A tile is run with every map point
+within ``margin`` metres of it as context (the Segmenter's chunk margin by default) and keeps the features of its
+own points, so the cost of an update grows with what changed, not with the size of the map.
+
+Features are kept per network unit (a model voxel, or a superpoint when the Segmenter averages over superpoints,
+then computed within each tile and its context), not per map point, and each point keeps the row of its unit; a
+query classifies the units and gives every point its unit's label (``Segmenter.label_chunks``).
+
+Each update builds a new ``FeatureSnapshot`` and swaps it in at the end: a query reads the current snapshot and
+never waits for the network. ``snapshot.stamp`` is the stamp of the map version the features were computed on (the
+newest frame whose voxels have features), so an answer says how fresh it is.
+
+Differences from a full pass of the Segmenter on the same map come from two places, both bounded by the tests: a
+tile's context is cut at ``margin`` (as the Segmenter's chunks are), and a tile left alone keeps the features it got
+when its neighbourhood was what it was then (a change next to a tile, outside it, does not re-run it).
+"""
+from __future__ import annotations
+
+import math
+import threading
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .segmenter import PointLabels, Segmenter
+
+__all__ = ["FeatureMapConfig", "FeatureSnapshot", "FeatureMap", "voxel_keys"]
+
+_BITS = 20  # bits per axis of a voxel key; the 3 bits above count points that share a voxel
+_OFFSET = 1 << (_BITS - 1)  # voxel indices in [-2^19, 2^19) per axis: +-10 km at 2 cm
+
+
+def voxel_keys(xyz: np.ndarray, voxel: float) -> np.ndarray:
+    """(N,) int64 keys, one per point of a map of voxel means: the ``voxel``-sized cell holding the point.
+
+    A voxel's mean lies inside its voxel, but a mean rounded to micrometres or to float32 can land on the next
+    cell's face, so two points may fall in one cell. The second and later ones of a cell (in x, y, z order) then get
+    the cell's key with a collision count in the top bits: unique, and the same for the same points.
+    """
+    ijk = np.floor(np.asarray(xyz, dtype=np.float64) / voxel).astype(np.int64) + _OFFSET
+    if len(ijk) and (ijk.min() < 0 or ijk.max() >= (1 << _BITS)):
+        raise ValueError(f"points lie beyond +-{_OFFSET * voxel:.0f} m of the origin: not a map")
+    keys = (ijk[:, 0] << (2 * _BITS)) | (ijk[:, 1] << _BITS) | ijk[:, 2]
+    order = np.lexsort((xyz[:, 2], xyz[:, 1], xyz[:, 0], keys))
+    same = np.zeros(len(keys), dtype=np.int64)
+    if len(keys) > 1:
+        dup = np.concatenate([[False], keys[order[1:]] == keys[order[:-1]]])
+        if dup.any():
+            run_start = np.maximum.accumulate(np.where(~dup, np.arange(len(dup)), 0))
+            same[order] = np.arange(len(dup)) - run_start  # 0 for the first point of a cell, 1, 2, ... after
+            if same.max() >= (1 << (63 - 3 * _BITS)):
+                raise ValueError("map points crowd into single voxels: is map_voxel the map's voxel size?")
+    return keys | (same << (3 * _BITS))
+
+
+@dataclass(frozen=True)
+class FeatureMapConfig:
+    """``map_voxel``: the voxel of the incoming map (its points' keys); ``tile``: tile edge in x and y, metres;
+    ``margin``: context around a tile, metres (None: the Segmenter's chunk margin); a voxel counts as changed when
+    its mean moved more than ``position_tolerance`` x map_voxel or a colour channel more than ``color_tolerance``."""
+
+    map_voxel: float = 0.02
+    tile: float = 2.0
+    margin: float | None = None
+    position_tolerance: float = 0.25
+    color_tolerance: float = 8.0
+
+    def __post_init__(self) -> None:
+        for name in ("map_voxel", "tile"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value > 0):
+                raise ValueError(f"FeatureMap: {name} must be > 0, got {value}")
+        if self.margin is not None and not (math.isfinite(self.margin) and self.margin >= 0):
+            raise ValueError(f"FeatureMap: margin must be >= 0 metres, got {self.margin}")
+        if self.position_tolerance < 0 or self.color_tolerance < 0:
+            raise ValueError("FeatureMap: tolerances must be >= 0")
+
+
+@dataclass
+class _Tile:
+    keys: np.ndarray  # (n,) map-voxel keys of the tile's points
+    features: torch.Tensor  # (U, D) unit features, normalised
+    unit: torch.Tensor  # (n,) unit row of each point
+
+
+@dataclass(frozen=True)
+class FeatureSnapshot:
+    """One map version with features for every point: ``xyz`` (N, 3) float32, ``rgb`` (N, 3) uint8 and ``keys``
+    (N,) in the order the map came in, the tiles' features, ``stamp`` (seconds) and ``version`` (updates so far).
+    ``order`` sorts the keys (``sorted_keys``), for look-ups by key; ``points`` holds each tile's point positions,
+    found once when the snapshot is made so a query only classifies."""
+
+    xyz: np.ndarray
+    rgb: np.ndarray
+    keys: np.ndarray
+    order: np.ndarray
+    sorted_keys: np.ndarray
+    tiles: dict
+    points: dict
+    stamp: float
+    version: int
+
+    @classmethod
+    def build(cls, xyz, rgb, keys, order, tiles: dict, stamp: float, version: int) -> "FeatureSnapshot":
+        sorted_keys = keys[order]
+        points = {t: torch.from_numpy(order[np.searchsorted(sorted_keys, tile.keys)]) for t, tile in tiles.items()}
+        return cls(xyz, rgb, keys, order, sorted_keys, tiles, points, float(stamp), version)
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def index_of(self, keys: np.ndarray) -> np.ndarray:
+        """Positions of ``keys`` (all present) in the snapshot's point arrays."""
+        return self.order[np.searchsorted(self.sorted_keys, keys)]
+
+    def chunks(self):
+        """(point indices, unit features, unit row of each point) per tile: ``Segmenter.label_chunks``' input."""
+        for t, tile in self.tiles.items():
+            yield self.points[t], tile.features, tile.unit
+
+    def label(self, segmenter: Segmenter, queries, min_score: float = 0.0, *, score: str = "cosine"
+              ) -> PointLabels:
+        """Labels of every point for ``queries``: a classification of the units, no network pass."""
+        return segmenter.label_chunks(self.chunks(), len(self), queries, min_score, score=score)
+
+    def feature_rows(self) -> int:
+        return sum(len(t.features) for t in self.tiles.values())
+
+    def memory_bytes(self) -> int:
+        """Bytes of the kept features, unit rows and point arrays."""
+        total = self.xyz.nbytes + self.rgb.nbytes + self.keys.nbytes
+        for name, t in self.tiles.items():
+            total += t.keys.nbytes + t.features.numel() * t.features.element_size()
+            total += (t.unit.numel() + self.points[name].numel()) * 8
+        return total
+
+
+EMPTY = FeatureSnapshot.build(np.zeros((0, 3), np.float32), np.zeros((0, 3), np.uint8), np.zeros(0, np.int64),
+                              np.zeros(0, np.int64), {}, float("nan"), 0)
+
+
+class FeatureMap:
+    """Keeps the features of a map's points up to date; ``update`` re-runs the changed tiles, ``snapshot`` is what
+    queries read. One update at a time (a lock); reading the snapshot takes no lock."""
+
+    def __init__(self, segmenter: Segmenter, config: FeatureMapConfig | None = None, *,
+                 superpoints: bool | None = None) -> None:
+        self.segmenter = segmenter
+        self.config = config or FeatureMapConfig()
+        self.margin = self.config.margin if self.config.margin is not None else segmenter.chunk_margin
+        self.superpoints = superpoints
+        self.snapshot: FeatureSnapshot = EMPTY
+        self._update_lock = threading.Lock()
+        self.tiles_run = 0  # tiles the network ran on, over all updates
+        self.last_update: dict = {}
+
+    def _tile_ids(self, xyz: np.ndarray) -> np.ndarray:
+        t = np.floor(xyz[:, :2].astype(np.float64) / self.config.tile).astype(np.int64) + (1 << 30)
+        return (t[:, 0] << 32) | t[:, 1]
+
+    def update(self, xyz, rgb, stamp: float) -> FeatureSnapshot:
+        """Bring the features up to the map ``xyz`` (N, 3), ``rgb`` (N, 3) uint8 of time ``stamp`` and swap the
+        new snapshot in; returns it. ``last_update`` tells what it cost (changed points, tiles run, seconds)."""
+        started = time.perf_counter()
+        xyz = np.ascontiguousarray(xyz, dtype=np.float32)
+        rgb = np.ascontiguousarray(rgb, dtype=np.uint8)
+        if xyz.ndim != 2 or xyz.shape[1] != 3 or rgb.shape != xyz.shape:
+            raise ValueError(f"FeatureMap.update: xyz and rgb must be (N, 3), got {xyz.shape} and {rgb.shape}")
+        if not np.all(np.isfinite(xyz)):
+            raise ValueError("FeatureMap.update: the map holds non-finite points")
+        with self._update_lock:
+            old = self.snapshot
+            keys = voxel_keys(xyz, self.config.map_voxel)
+            order = np.argsort(keys, kind="stable")
+            changed = self._changed(old, keys, xyz, rgb)
+            tile_of = self._tile_ids(xyz)
+            dirty = set(np.unique(tile_of[changed]).tolist())
+            gone = self._removed_keys(old, keys[order])
+            if len(gone):
+                old_tile = self._tile_ids(old.xyz[old.index_of(gone)])
+                dirty |= set(np.unique(old_tile).tolist())
+            tiles = {t: tile for t, tile in old.tiles.items() if t not in dirty}
+            run = sorted(dirty & set(np.unique(tile_of).tolist()))
+            tiles.update(self._run_tiles(xyz, rgb, keys, tile_of, run))
+            self.tiles_run += len(run)
+            snapshot = FeatureSnapshot.build(xyz, rgb, keys, order, tiles, stamp, old.version + 1)
+            self.snapshot = snapshot
+            self.last_update = {"points": len(keys), "changed": int(changed.sum()), "removed": int(len(gone)),
+                                "tiles_run": len(run), "tiles": len(tiles),
+                                "seconds": time.perf_counter() - started}
+            return snapshot
+
+    def _changed(self, old: FeatureSnapshot, keys, xyz, rgb) -> np.ndarray:
+        """Points that are new, or moved / changed colour beyond the tolerances, since the last snapshot."""
+        if len(old) == 0:
+            return np.ones(len(keys), dtype=bool)
+        sorted_keys = old.sorted_keys
+        rank = np.clip(np.searchsorted(sorted_keys, keys), 0, len(old) - 1)
+        known = sorted_keys[rank] == keys
+        pos = old.order[rank]
+        moved = np.linalg.norm(xyz - old.xyz[pos], axis=1) > self.config.position_tolerance * self.config.map_voxel
+        recoloured = np.abs(rgb.astype(np.int16) - old.rgb[pos].astype(np.int16)).max(axis=1) \
+            > self.config.color_tolerance
+        return ~known | moved | recoloured
+
+    @staticmethod
+    def _removed_keys(old: FeatureSnapshot, sorted_keys) -> np.ndarray:
+        """Keys of the old snapshot that ``sorted_keys`` no longer holds."""
+        if len(old) == 0:
+            return np.zeros(0, np.int64)
+        pos = np.clip(np.searchsorted(sorted_keys, old.keys), 0, max(len(sorted_keys) - 1, 0))
+        still = (sorted_keys[pos] == old.keys) if len(sorted_keys) else np.zeros(len(old), bool)
+        return old.keys[~still]
+
+    def _run_tiles(self, xyz, rgb, keys, tile_of, run: list[int]) -> dict[int, _Tile]:
+        """One network pass over the tiles to run and every point within ``margin`` of them; the features of the
+        run tiles' own points' units, per tile."""
+        if not run:
+            return {}
+        size, margin = self.config.tile, self.margin
+        in_context = np.zeros(len(xyz), dtype=bool)
+        for tile in run:
+            tx, ty = (tile >> 32) - (1 << 30), (tile & 0xFFFFFFFF) - (1 << 30)
+            lo = np.array([tx * size - margin, ty * size - margin])
+            hi = np.array([(tx + 1) * size + margin, (ty + 1) * size + margin])
+            in_context |= np.all((xyz[:, :2] >= lo) & (xyz[:, :2] < hi), axis=1)
+        context = np.flatnonzero(in_context)
+        tile_of_context = tile_of[context]
+        wanted = np.isin(tile_of_context, np.asarray(run, dtype=np.int64))
+        parts: dict[int, list] = {t: [] for t in run}
+        with torch.inference_mode():
+            # One item for the context unless it exceeds the Segmenter's chunk_points (then its own chunks).
+            for core, feats, rows in self.segmenter.iter_voxel_features(xyz[context], rgb[context],
+                                                                         superpoints=self.superpoints):
+                core = core.cpu().numpy()
+                mine = wanted[core]
+                for tile in np.unique(tile_of_context[core[mine]]).tolist():
+                    sel = np.flatnonzero(mine & (tile_of_context[core] == tile))
+                    parts[tile].append((core[sel], feats, rows[torch.from_numpy(sel).to(rows.device)]))
+        return {tile: self._tile(keys, context, pieces) for tile, pieces in parts.items() if pieces}
+
+    @staticmethod
+    def _tile(keys, context, pieces) -> _Tile:
+        """A tile from its points' (context positions, chunk features, unit rows) pieces: only the units its points
+        use are kept."""
+        positions, features, units, offset = [], [], [], 0
+        for position, feats, rows in pieces:
+            used, unit = torch.unique(rows, return_inverse=True)
+            positions.append(position)
+            features.append(feats.index_select(0, used))
+            units.append(unit + offset)
+            offset += len(used)
+        return _Tile(keys=keys[context[np.concatenate(positions)]], features=torch.cat(features).contiguous(),
+                     unit=torch.cat(units))
