@@ -152,8 +152,10 @@ def main() -> int:
         pub = probe.create_publisher(PointCloud2, "/fusion_node/global_cloud", 2)
         wait_for(lambda: pub.get_subscription_count() > 0, 20, "segmenter subscription")
         pub.publish(cloud_to_pointcloud2(big, make_header("map", 1e6)))
-        wait_for(lambda: segmenter.latest_global is not None and len(segmenter.latest_global.cloud) == len(big),
-                 60, "the big map at the segmenter")
+        t = time.perf_counter()
+        wait_for(lambda: len(segmenter.feature_map.snapshot) == len(big), 600, "the feature map of the big map")
+        print(f"feature map of the {len(big)}-point map: {time.perf_counter() - t:.1f} s "
+              f"({segmenter.feature_map.last_update})")
         client = Node("bench_client")
         caller = ServiceCaller(client, QueryObjects, "/query_objects")
         try:

@@ -312,13 +312,16 @@ class FusionNode(Node):
             self.counters["not_keyframe"] += 1
 
     def publish_global(self, force: bool = True) -> None:
-        """Publish the map. The timer passes force=False: an unchanged map is not sent again (each copy costs the
-        segmenter a network pass); late subscribers still get the last one (transient-local publisher)."""
+        """Publish the map, stamped with its newest keyframe's time (how fresh it is). The timer passes
+        force=False: an unchanged map is not sent again; late subscribers still get the last one (transient-local
+        publisher)."""
         with self.mapper.lock:
             if len(self.map) == 0 or (not force and self.mapper.version == self._published_version):
                 return
             cloud, self._published_version = self.mapper.cloud(self.p["world_frame"])
-        header = make_header(self.p["world_frame"], self.get_clock().now().nanoseconds * 1e-9)
+            stamp = self.mapper.last_keyframe_stamp
+        header = make_header(self.p["world_frame"], stamp if stamp is not None else
+                             self.get_clock().now().nanoseconds * 1e-9)
         self.global_pub.publish(cloud_to_pointcloud2(cloud, header))
 
     # ------------------------------------------------------------------ services

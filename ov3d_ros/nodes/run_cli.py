@@ -111,16 +111,12 @@ def run_demo(args) -> int:
         wait_for(fusion.idle, args.timeout, "the fusion node to fuse its queued frames")
         fusion.publish_global()
         n_voxels = len(fusion.map)
-        wait_for(lambda: segmenter.latest_global is not None and len(segmenter.latest_global.cloud) == n_voxels,
-                 args.timeout, "the segmenter to receive the global map")
         stats = fusion.stats()
         log.info("fused %d of %d frames (%d not keyframes, %d dropped without pose) into %d voxels",
                  stats["integrated"], camera.frames_published, stats["not_keyframe"], stats["no_pose"], n_voxels)
-        if segmenter.p["global_rate"] > 0:  # queries answer on the last segmented map: wait for the final one
-            log.info("segmenting the map (%d points)", n_voxels)
-            wait_for(lambda: segmenter.segmented_global is not None
-                     and len(segmenter.segmented_global.cloud) == n_voxels, args.timeout,
-                     "the segmenter to segment the final map")
+        # Queries answer from the segmenter's feature map: let it catch up with the final map first.
+        wait_for(lambda: len(segmenter.feature_map.snapshot) == n_voxels, args.timeout,
+                 "the segmenter's feature map to cover the final map")
 
         queries = args.queries or list(segmenter.queries)
         client = Node("ov3d_demo_client")

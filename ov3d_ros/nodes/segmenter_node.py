@@ -1,8 +1,10 @@
 """segmenter_node: partial / global clouds -> labelled clouds, markers and the /query_objects service.
 
-A thin adapter over ``ov3d_ros.segmenter.Segmenter``. The network runs once per cloud: the per-point (per-voxel,
-since the fusion node publishes one point per map voxel) features of the latest partial cloud and of the latest
-global map are cached, so a query with new text only embeds the text and takes a matrix product.
+A thin adapter over the core. The global map's features live in a ``FeatureMap`` that follows the fusion node's
+~/global_cloud: each update re-runs the network only where the map changed, and a query is answered from the
+current feature map without waiting for the network, with the stamp of the map it used (``map_stamp``). Partial
+clouds are segmented only for the subscribers of ~/labelled_cloud (at ``partial_rate``) or for a CLOUD_PARTIAL
+query, their per-voxel features kept so a query with new text only embeds the text and takes a matrix product.
 """
 from __future__ import annotations
 
@@ -23,14 +25,15 @@ from visualization_msgs.msg import Marker, MarkerArray
 
 from ov3d_interfaces.srv import QueryObjects
 from ov3d_ros.cloud import PointCloud
+from ov3d_ros.feature_map import FeatureMap, FeatureMapConfig
 from ov3d_ros.messages import stamp_seconds
-from ov3d_ros.nodes.conversions import cloud_to_pointcloud2, make_header, pointcloud2_to_cloud
+from ov3d_ros.nodes.conversions import cloud_to_pointcloud2, make_header, pointcloud2_to_cloud, sec_to_stamp
 from ov3d_ros.nodes.objects import ObjectSummary, summarise_queries
 from ov3d_ros.nodes.params import Param, declare_all
 from ov3d_ros.nodes.runner import spin_nodes
 from ov3d_ros.nodes.sync import BoundedQueue
 from ov3d_ros.resources import default_checkpoint
-from ov3d_ros.segmenter import CloudFeatures, PointLabels, Segmenter
+from ov3d_ros.segmenter import CloudFeatures, Segmenter
 from ov3d_ros.superpoints import SuperpointConfig
 from ov3d_ros.viz import label_palette
 
@@ -45,8 +48,8 @@ SEGMENTER_PARAMS = [
           "cloud turned about gravity (Segmenter passes); 1 = one plain pass. Costs one network run per pass.",
           minimum=1, maximum=64),
     Param("superpoints", True, "Average the features of the global map over superpoints (surface patches of one "
-          "orientation and colour, ov3d_ros.superpoints), so each patch gets one label: fewer scattered mistakes, "
-          "label borders on colour and shape edges. Costs ~1 s per 200k points on a CPU."),
+          "orientation and colour, ov3d_ros.superpoints, computed over each update's region), so each patch gets "
+          "one label: fewer scattered mistakes, label borders on colour and shape edges."),
     Param("superpoints_partial", False, "The same for every partial cloud (adds to the frame -> labels latency)."),
     Param("superpoint_voxel", 0.02, "Cell size [m] of the superpoint graph: about the spacing of the clouds' points "
           "(the fusion node's voxel_size).", minimum=1e-3, maximum=1.0),
@@ -59,9 +62,16 @@ SEGMENTER_PARAMS = [
     Param("min_score", 0.0, "Points scoring below this for every query stay unlabelled (label 0xFFFFFFFF).",
           minimum=-1.0, maximum=1.0, read_only=False),
     Param("query_service", "/query_objects", "Name of the QueryObjects service."),
-    Param("segment_partial", True, "Segment every partial cloud and publish it on ~/labelled_cloud."),
-    Param("global_rate", 0.5, "Rate [Hz] at which a new global map is segmented (features cached) and published "
-          "on ~/labelled_map with ~/markers (0 = only on request).", minimum=0.0, maximum=100.0),
+    Param("segment_partial", True, "Segment partial clouds for ~/labelled_cloud while someone subscribes to it, "
+          "at most partial_rate a second (a CLOUD_PARTIAL query segments the latest one in any case)."),
+    Param("partial_rate", 2.0, "Max rate [Hz] of labelled partial clouds.", minimum=0.01, maximum=100.0),
+    Param("global_rate", 0.5, "Max rate [Hz] at which the feature map follows ~/global_cloud: each update re-runs "
+          "the network only where the map changed, then ~/labelled_map and ~/markers go to their subscribers "
+          "(0 = as soon as each map arrives). Queries never wait for an update.", minimum=0.0, maximum=100.0),
+    Param("map_voxel", 0.02, "Voxel size [m] of the incoming global map (the fusion node's voxel_size): it tells "
+          "which voxels are the same from one map to the next.", minimum=1e-3, maximum=1.0),
+    Param("feature_tile", 2.0, "Tile edge [m] of the feature map: an update re-runs the tiles that hold a changed "
+          "voxel, with the model's context around them.", minimum=0.1, maximum=100.0),
     Param("partial_queue_size", 2, "Partial clouds waiting for the network (oldest dropped).", minimum=1,
           maximum=100),
     Param("cluster_voxel", 0.05, "Voxel [m] of the connected-component clustering behind each query's centroid.",
@@ -83,6 +93,8 @@ class _Cached:
 
 
 class SegmenterNode(Node):
+    """Constructor in order: parameters, segmenter and feature map, subscriptions, publishers, service, timers."""
+
     def __init__(self, name: str = "segmenter_node", **kwargs) -> None:
         super().__init__(name, **kwargs)
         self.p = declare_all(self, SEGMENTER_PARAMS)
@@ -95,13 +107,16 @@ class SegmenterNode(Node):
                                         superpoints=superpoints, max_queries=p["max_queries"])
         self.checkpoint = checkpoint
         self.segmenter.check_queries(list(p["queries"]))
-        self._lock = threading.Lock()  # guards the caches (service and timers may run on different threads)
+        self.feature_map = FeatureMap(self.segmenter, FeatureMapConfig(map_voxel=p["map_voxel"],
+                                                                       tile=p["feature_tile"]),
+                                      superpoints=bool(p["superpoints"]))
+        self.map_frame = "map"
+        self._lock = threading.Lock()  # guards the pending map and the latest partial cloud
+        self._pending_map: tuple[PointCloud, float] | None = None  # newest global cloud not yet in the feature map
         self.partial_queue = BoundedQueue(p["partial_queue_size"], name="partial")
-        self.latest_global: _Cached | None = None     # newest map received
-        self.segmented_global: _Cached | None = None  # newest map whose features are computed (cached)
         self.latest_partial: _Cached | None = None
-        self.counters = {"bad_cloud": 0, "partials_segmented": 0, "globals_segmented": 0, "queries": 0,
-                         "queries_failed": 0, "feature_passes": 0}
+        self.counters = {"bad_cloud": 0, "partials_segmented": 0, "map_updates": 0, "maps_superseded": 0,
+                         "queries": 0, "queries_failed": 0, "feature_passes": 0}
         self.last_partial_latency = float("nan")
 
         self.add_on_set_parameters_callback(self._on_set_parameters)
@@ -113,16 +128,15 @@ class SegmenterNode(Node):
         self.labelled_pub = self.create_publisher(PointCloud2, "~/labelled_cloud", 5)
         self.labelled_map_pub = self.create_publisher(PointCloud2, "~/labelled_map", 2)
         self.markers_pub = self.create_publisher(MarkerArray, "~/markers", 2)
-        # The partial-cloud timer is always ready while clouds stream in (a pass outlasts its 10 ms period), and
-        # rclpy's executor serves ready timers before services: in one callback group it would starve the
-        # service and the global pass. So each gets its own group, and the network passes share one lock.
+        # The service, the map updates and the partial clouds each get a callback group of their own: a query is
+        # answered from the current feature map while an update runs. The network passes share one lock.
         self._network_lock = threading.Lock()
         self.create_service(QueryObjects, p["query_service"], self._on_query,
                             callback_group=MutuallyExclusiveCallbackGroup())
+        self.create_timer(1.0 / p["global_rate"] if p["global_rate"] > 0 else 0.05, self._update_map,
+                          callback_group=MutuallyExclusiveCallbackGroup())
         if p["segment_partial"]:
-            self.create_timer(0.01, self._segment_partials, callback_group=MutuallyExclusiveCallbackGroup())
-        if p["global_rate"] > 0:
-            self.create_timer(1.0 / p["global_rate"], self._segment_global,
+            self.create_timer(1.0 / p["partial_rate"], self._segment_partial,
                               callback_group=MutuallyExclusiveCallbackGroup())
         if p["stats_period"] > 0:
             self.create_timer(p["stats_period"], self._log_stats, callback_group=inputs)
@@ -174,32 +188,66 @@ class SegmenterNode(Node):
         cloud = self._decode(msg, "global")
         if cloud is not None:
             with self._lock:
-                self.latest_global = _Cached(cloud=cloud, stamp=stamp_seconds(msg.header.stamp),
-                                             superpoints=self.p["superpoints"])
+                if self._pending_map is not None:
+                    self.counters["maps_superseded"] += 1  # only the newest map is brought in
+                self._pending_map = (cloud, stamp_seconds(msg.header.stamp))
 
     # ------------------------------------------------------------------ network passes
+    def _update_map(self) -> None:
+        """Bring the newest global cloud into the feature map (re-running only what changed), then publish the
+        labelled map and markers to whoever subscribes."""
+        with self._lock:
+            pending, self._pending_map = self._pending_map, None
+        if pending is None:
+            return
+        cloud, stamp = pending
+        try:
+            with self._network_lock:
+                snapshot = self.feature_map.update(cloud.xyz, cloud.rgb, stamp)
+        except (ValueError, TypeError, RuntimeError) as exc:
+            self.counters["bad_cloud"] += 1
+            self.get_logger().error(f"updating the feature map failed: {exc}", throttle_duration_sec=5.0)
+            return
+        self.map_frame = cloud.frame_id
+        self.counters["map_updates"] += 1
+        if self.feature_map.last_update.get("tiles_run"):
+            self.counters["feature_passes"] += 1
+        self.get_logger().debug(f"feature map: {self.feature_map.last_update}")
+        wants_map = self.labelled_map_pub.get_subscription_count() > 0
+        if not (wants_map or self.markers_pub.get_subscription_count() > 0):
+            return
+        try:
+            queries = self.queries
+            labels = snapshot.label(self.segmenter, queries, self.p["min_score"])
+        except (ValueError, TypeError, RuntimeError) as exc:
+            self.get_logger().error(f"labelling the map failed: {exc}", throttle_duration_sec=5.0)
+            return
+        header = make_header(self.map_frame, stamp)
+        if wants_map:
+            labelled = PointCloud(xyz=snapshot.xyz, rgb=snapshot.rgb, frame_id=self.map_frame).with_labels(
+                labels.label.astype(np.int32), labels.score)
+            self.labelled_map_pub.publish(cloud_to_pointcloud2(labelled, header, with_labels=True))
+        summaries = summarise_queries(snapshot.xyz, labels.label, queries, labels.best, self.p["cluster_voxel"])
+        self.markers_pub.publish(self.make_markers(summaries, header))
+
     def _features(self, entry: _Cached) -> CloudFeatures:
-        """Per-voxel features of ``entry``: computed once, then kept on the entry (a new query costs no network
-        pass). With superpoints they are one feature per superpoint instead."""
-        with self._network_lock:  # one pass at a time; a second caller for the same entry finds it cached
+        """Per-voxel features of a partial cloud: computed once, then kept on the entry."""
+        with self._network_lock:
             if entry.features is None:
                 entry.features = self.segmenter.cloud_features(entry.cloud.xyz, entry.cloud.rgb, stamp=entry.stamp,
                                                                superpoints=entry.superpoints)
                 self.counters["feature_passes"] += 1
             return entry.features
 
-    def _classify(self, entry: _Cached, queries: list[str], min_score: float) -> PointLabels:
-        features = self._features(entry)
-        with self._network_lock:  # the text encoder's embedding cache is not thread-safe
-            return self.segmenter.label_features(features, queries, min_score)
-
-    def _segment_partials(self) -> None:
+    def _segment_partial(self) -> None:
+        """The newest partial cloud, labelled, for the subscribers of ~/labelled_cloud (none: no work)."""
+        if self.labelled_pub.get_subscription_count() == 0:
+            return
         entry = self.partial_queue.pop_latest()
         if entry is None or len(entry.cloud) == 0:
             return
         try:
-            queries = self.queries
-            labels = self._classify(entry, queries, self.p["min_score"])
+            labels = self.segmenter.label_features(self._features(entry), self.queries, self.p["min_score"])
         except (ValueError, TypeError, RuntimeError) as exc:
             self.counters["bad_cloud"] += 1
             self.get_logger().error(f"segmenting a partial cloud failed: {exc}", throttle_duration_sec=5.0)
@@ -211,27 +259,6 @@ class SegmenterNode(Node):
         self.labelled_pub.publish(cloud_to_pointcloud2(labelled, header, with_labels=True))
         self.counters["partials_segmented"] += 1
         self.last_partial_latency = self.get_clock().now().nanoseconds * 1e-9 - entry.stamp
-
-    def _segment_global(self) -> None:
-        with self._lock:
-            entry = self.latest_global
-        if entry is None or len(entry.cloud) == 0 or entry is self.segmented_global:
-            return
-        try:
-            queries = self.queries
-            labels = self._classify(entry, queries, self.p["min_score"])
-        except (ValueError, TypeError, RuntimeError) as exc:
-            self.counters["bad_cloud"] += 1
-            self.get_logger().error(f"segmenting the global map failed: {exc}", throttle_duration_sec=5.0)
-            return
-        with self._lock:
-            self.segmented_global = entry
-        labelled = entry.cloud.with_labels(labels.label.astype(np.int32), labels.score)
-        header = make_header(entry.cloud.frame_id, entry.stamp)
-        self.labelled_map_pub.publish(cloud_to_pointcloud2(labelled, header, with_labels=True))
-        summaries = summarise_queries(entry.cloud.xyz, labels.label, queries, labels.best, self.p["cluster_voxel"])
-        self.markers_pub.publish(self.make_markers(summaries, header))
-        self.counters["globals_segmented"] += 1
 
     # ------------------------------------------------------------------ service
     def _on_query(self, request: QueryObjects.Request, response: QueryObjects.Response) -> QueryObjects.Response:
@@ -252,47 +279,47 @@ class SegmenterNode(Node):
         min_score = float(request.min_score)
         if not math.isfinite(min_score) or not -1.0 <= min_score <= 1.0:
             return fail(f"min_score must be a finite number in [-1, 1], got {request.min_score}")
-        if request.cloud == QueryObjects.Request.CLOUD_GLOBAL:
-            # With a global_rate the answer comes from the map of the last global pass (at most 1/global_rate old,
-            # features cached: no network pass); on demand (global_rate 0) from the newest map received.
-            with self._lock:
-                entry = self.segmented_global if self.p["global_rate"] > 0 else None
-                entry = entry or self.latest_global
-            which = f"global map ({self.p['global_topic']})"
-        elif request.cloud == QueryObjects.Request.CLOUD_PARTIAL:
-            with self._lock:
-                entry = self.latest_partial
-                if entry is None:  # a partial cloud that arrived but was not segmented yet
-                    entry = self.partial_queue.pop_latest()
-            which = f"partial cloud ({self.p['partial_topic']})"
-        else:
-            return fail(f"cloud must be CLOUD_GLOBAL (0) or CLOUD_PARTIAL (1), got {request.cloud}")
-        if entry is None or len(entry.cloud) == 0:
-            return fail(f"no {which} received yet")
         try:
-            labels = self._classify(entry, queries, min_score)
+            if request.cloud == QueryObjects.Request.CLOUD_GLOBAL:
+                # The current feature map: no network pass, whatever update is running.
+                snapshot = self.feature_map.snapshot
+                if len(snapshot) == 0:
+                    return fail(f"no map yet: no global map from {self.p['global_topic']} has features")
+                cloud = PointCloud(xyz=snapshot.xyz, rgb=snapshot.rgb, frame_id=self.map_frame)
+                stamp, which = snapshot.stamp, "global map"
+                labels = snapshot.label(self.segmenter, queries, min_score)
+            elif request.cloud == QueryObjects.Request.CLOUD_PARTIAL:
+                with self._lock:
+                    entry = self.latest_partial
+                newest = self.partial_queue.pop_latest()  # a partial cloud that arrived but was not segmented yet
+                entry = newest or entry
+                if entry is None or len(entry.cloud) == 0:
+                    return fail(f"no partial cloud from {self.p['partial_topic']} received yet")
+                with self._lock:
+                    self.latest_partial = entry
+                cloud, stamp, which = entry.cloud, entry.stamp, "partial cloud"
+                labels = self.segmenter.label_features(self._features(entry), queries, min_score)
+            else:
+                return fail(f"cloud must be CLOUD_GLOBAL (0) or CLOUD_PARTIAL (1), got {request.cloud}")
         except (ValueError, TypeError, RuntimeError) as exc:
             return fail(f"segmentation failed: {exc}")
-        if request.cloud == QueryObjects.Request.CLOUD_GLOBAL:
-            with self._lock:
-                if self.segmented_global is None or entry.stamp >= self.segmented_global.stamp:
-                    self.segmented_global = entry
-        summaries = summarise_queries(entry.cloud.xyz, labels.label, queries, labels.best, self.p["cluster_voxel"])
+        summaries = summarise_queries(cloud.xyz, labels.label, queries, labels.best, self.p["cluster_voxel"])
         response.success = True
         response.queries = queries
+        response.map_stamp = sec_to_stamp(stamp)
         response.point_counts = [s.point_count for s in summaries]
         response.best_scores = [float(s.best_score) for s in summaries]
         response.centroids = [Point(x=float(s.centroid[0]), y=float(s.centroid[1]), z=float(s.centroid[2]))
                               for s in summaries]
         response.cluster_point_counts = [s.cluster_point_count for s in summaries]
-        header = make_header(entry.cloud.frame_id, entry.stamp)
+        header = make_header(cloud.frame_id, stamp)
         if request.return_cloud:
-            response.labelled_cloud = cloud_to_pointcloud2(entry.cloud.with_labels(labels.label.astype(np.int32), labels.score), header,
-                                                           with_labels=True)
+            response.labelled_cloud = cloud_to_pointcloud2(
+                cloud.with_labels(labels.label.astype(np.int32), labels.score), header, with_labels=True)
         self.markers_pub.publish(self.make_markers(summaries, header))
         labelled = int((labels.label >= 0).sum())
-        age = self.get_clock().now().nanoseconds * 1e-9 - entry.stamp
-        response.message = (f"{len(queries)} queries on the {which.split(' (')[0]} ({age:.1f} s old): "
+        age = self.get_clock().now().nanoseconds * 1e-9 - stamp
+        response.message = (f"{len(queries)} queries on the {which} of t={stamp:.2f} s ({age:.1f} s old): "
                             f"{labelled}/{len(labels.label)} points labelled in "
                             f"{1e3 * (time.perf_counter() - started):.1f} ms")
         self.get_logger().info(f"query_objects {queries}: {response.message}")
@@ -327,6 +354,9 @@ class SegmenterNode(Node):
     def stats(self) -> dict:
         out = dict(self.counters)
         out.update({f"partial_{k}": v for k, v in self.partial_queue.counters().items()})
+        snapshot = self.feature_map.snapshot
+        out.update(map_points=len(snapshot), feature_rows=snapshot.feature_rows(),
+                   feature_mb=round(snapshot.memory_bytes() / 2 ** 20, 1))
         return out
 
     def _log_stats(self) -> None:

@@ -10,12 +10,13 @@ from sensor_msgs.msg import PointCloud2
 
 from ov3d_interfaces.srv import QueryObjects
 from ov3d_ros.data.synthetic import CLASS_NAMES, SyntheticRoom
-from ov3d_ros.resources import default_checkpoint
+from ov3d_ros.messages import stamp_seconds
 from ov3d_ros.nodes.conversions import pointcloud2_to_cloud
 from ov3d_ros.nodes.fusion_node import FusionNode
 from ov3d_ros.nodes.query_client import call_service, make_request
 from ov3d_ros.nodes.segmenter_node import SegmenterNode
 from ov3d_ros.nodes.synthetic_camera_node import SyntheticCameraNode
+from ov3d_ros.resources import default_checkpoint
 
 CHECKPOINT = default_checkpoint()
 SEED = 1000         # the demo room: held out, the demo checkpoint was trained on seeds 0-11
@@ -35,7 +36,7 @@ P = Parameter
 
 
 def test_query_objects_labels_match_ground_truth(run_nodes, wait_until, tmp_path):
-    camera_params = [P("seed", value=SEED), P("n_frames", value=N_FRAMES), P("rate", value=10.0),
+    camera_params = [P("seed", value=SEED), P("n_frames", value=N_FRAMES), P("rate", value=4.0),
                      P("max_loops", value=1), P("wait_for_subscribers", value=True),
                      P("cache_dir", value=str(tmp_path))]
     fusion_params = [P("pose_source", value="pose"), P("qos", value="reliable"), P("global_rate", value=4.0),
@@ -54,21 +55,38 @@ def test_query_objects_labels_match_ground_truth(run_nodes, wait_until, tmp_path
     fusion, segmenter = runner.nodes[0], runner.nodes[1]
     camera = run_nodes(lambda: SyntheticCameraNode(parameter_overrides=camera_params)).nodes[0]
 
-    wait_until(camera.finished.is_set, timeout=120, what="the synthetic camera's loop")
-    wait_until(lambda: fusion.sync.counters()["matched"] == N_FRAMES, what="every frame synchronised")
-    wait_until(fusion.idle, what="fusion to finish")
-    assert fusion.counters["integrated"] == N_FRAMES
-    n_voxels = len(fusion.map)
-    wait_until(lambda: segmenter.latest_global is not None and len(segmenter.latest_global.cloud) == n_voxels,
-               what="the final global map at the segmenter")
-
     client = Node("e2e_client")  # a separate rclpy node with its own executor, as an external caller
     try:
+        # While the camera maps, every answer says which map it came from, and that stamp moves forward.
+        wait_until(lambda: len(segmenter.feature_map.snapshot) > 0, timeout=120, what="a first feature map")
+        stamps = []
+        while not camera.finished.is_set() and len(stamps) < 3:
+            answer = call_service(client, QueryObjects, "/query_objects", make_request(["chair"]), timeout=60.0)
+            assert answer.success, answer.message
+            stamps.append(stamp_seconds(answer.map_stamp))
+            version = segmenter.feature_map.snapshot.version
+            wait_until(lambda: segmenter.feature_map.snapshot.version > version or camera.finished.is_set(),
+                       timeout=120, what="the next feature map")
+
+        wait_until(camera.finished.is_set, timeout=120, what="the synthetic camera's loop")
+        wait_until(lambda: fusion.sync.counters()["matched"] == N_FRAMES, what="every frame synchronised")
+        wait_until(fusion.idle, what="fusion to finish")
+        assert fusion.counters["integrated"] == N_FRAMES
+        fusion.publish_global()
+        n_voxels = len(fusion.map)
+        last_stamp = fusion.mapper.last_keyframe_stamp
+        wait_until(lambda: len(segmenter.feature_map.snapshot) == n_voxels, timeout=120,
+                   what="the feature map of the final global map")
         request = make_request(list(CLASS_NAMES), min_score=0.0, cloud="global", return_cloud=True)
         response = call_service(client, QueryObjects, "/query_objects", request, timeout=120.0)
     finally:
         client.destroy_node()
     assert response.success, response.message
+    final_stamp = stamp_seconds(response.map_stamp)
+    assert final_stamp == pytest.approx(last_stamp, abs=1e-6)  # the newest frame whose voxels have features
+    print("map stamps while mapping:", stamps, "final:", final_stamp)
+    assert stamps, "no feature map while the camera was streaming (4 s)"
+    assert stamps == sorted(stamps) and final_stamp > stamps[0], (stamps, final_stamp)
     cloud = pointcloud2_to_cloud(response.labelled_cloud)
     assert len(cloud) == n_voxels and list(response.queries) == list(CLASS_NAMES)
 

@@ -69,12 +69,12 @@ def test_query_service_matches_the_core_segmenter_and_caches_features(checkpoint
 
         # Nothing received yet: a clear refusal, not an empty success.
         response = query(QUERIES)
-        assert not response.success and "no global map" in response.message
+        assert not response.success and "no map yet" in response.message
 
         scene = _scene()
         wait_until(lambda: global_pub.get_subscription_count() > 0, what="segmenter subscription")
         global_pub.publish(cloud_to_pointcloud2(scene, make_header("map", 5.0)))
-        wait_until(lambda: segmenter.latest_global is not None, what="the global cloud")
+        wait_until(lambda: len(segmenter.feature_map.snapshot) == len(scene), what="the feature map of the cloud")
 
         bad_requests = {
             "no queries given": ([], {}),
@@ -95,6 +95,8 @@ def test_query_service_matches_the_core_segmenter_and_caches_features(checkpoint
         response = query(QUERIES, min_score=0.0, return_cloud=True)
         assert response.success, response.message
         assert segmenter.counters["feature_passes"] == 1
+        assert (response.map_stamp.sec, response.map_stamp.nanosec) == (5, 0)  # the stamp of the map it used
+        assert "t=5.00 s" in response.message
         # Reference: the core Segmenter on the same cloud, with the same (seeded) test-time passes and the node's
         # default superpoint refinement of the global map.
         reference = Segmenter.load(checkpoint, device="cpu", passes=2, superpoints=True)
