@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import time
 
 import numpy as np
 import rclpy
@@ -16,6 +17,7 @@ from rclpy.node import Node
 
 from ov3d_interfaces.srv import QueryObjects
 from ov3d_ros.data.ply import write_ply
+from ov3d_ros.messages import stamp_seconds
 from ov3d_ros.nodes.conversions import pointcloud2_to_cloud
 from ov3d_ros.nodes.objects import ObjectSummary, format_table
 
@@ -32,6 +34,7 @@ class ServiceCaller:
 
     def __init__(self, node: Node, srv_type, name: str) -> None:
         self.node, self.name = node, name
+        self.last_latency = float("nan")
         self.client = node.create_client(srv_type, name)
         self.executor = SingleThreadedExecutor(context=node.context)
         self.executor.add_node(node)
@@ -41,11 +44,13 @@ class ServiceCaller:
         if not self.client.wait_for_service(timeout_sec=timeout):
             raise ServiceTimeout(f"service {self.name} is not available after {timeout:.0f} s "
                                  "(is the segmenter node running, with the same ROS_DOMAIN_ID?)")
+        started = time.perf_counter()
         future = self.client.call_async(request)
         self.executor.spin_until_future_complete(future, timeout_sec=timeout)
         if not future.done():
             self.client.remove_pending_request(future)
             raise ServiceTimeout(f"service {self.name} did not answer within {timeout:.0f} s")
+        self.last_latency = time.perf_counter() - started  # request sent -> answer received, seconds
         return future.result()
 
     def close(self) -> None:
@@ -120,7 +125,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         print(f"requester: making request: queries={request.queries} min_score={request.min_score} "
               f"cloud={args.cloud}")
-        response = call_service(node, QueryObjects, args.service, request, args.timeout)
+        with ServiceCaller(node, QueryObjects, args.service) as caller:
+            response = caller.call(request, args.timeout)
+        age = node.get_clock().now().nanoseconds * 1e-9 - stamp_seconds(response.map_stamp)
     except ServiceTimeout as exc:
         log.error("%s", exc)
         return 2
@@ -133,9 +140,10 @@ def main(argv: list[str] | None = None) -> int:
     else:
         print(f"response: success={response.success} message='{response.message}'")
         if response.success:
+            print(f"answered in {1e3 * caller.last_latency:.0f} ms from the map of "
+                  f"t={stamp_seconds(response.map_stamp):.2f} s ({age:.1f} s old)")
             print(format_table(summaries_from_response(response)))
     if response.success and args.save_ply:
-
         path = write_ply(args.save_ply, pointcloud2_to_cloud(response.labelled_cloud))
         print(f"labelled cloud written to {path}")
     return 0 if response.success else 1

@@ -1,5 +1,9 @@
-"""ov3d-run: start the fusion and segmenter nodes (and the synthetic camera) in one process with the YAML
-parameters the launch file uses, for machines without `ros2 launch`.
+"""ov3d-run: start the fusion and segmenter nodes (and the synthetic camera) with the YAML parameters the launch
+file uses, for machines without `ros2 launch`.
+
+The segmenter node runs in a process of its own at a lower CPU priority (nice +5), as `ros2 launch` would run it:
+its network passes then never take the fusion node's frames, which must keep up with the camera. The camera and the
+fusion node share this process.
 
     ov3d-run --demo                 # synthetic camera -> fusion -> segmenter, one query, PLY + PNG, exit
     ov3d-run --sim-camera           # the same pipeline, running until Ctrl-C
@@ -9,22 +13,27 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
+import signal
+import subprocess
 import sys
 import time
 from pathlib import Path
 
+import yaml
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from tqdm import tqdm
 
 from ov3d_interfaces.srv import QueryObjects
 from ov3d_ros.data.ply import write_ply
+from ov3d_ros.messages import stamp_seconds
 from ov3d_ros.nodes.conversions import pointcloud2_to_cloud
 from ov3d_ros.nodes.fusion_node import FusionNode
 from ov3d_ros.nodes.objects import format_table
-from ov3d_ros.nodes.query_client import call_service, make_request, summaries_from_response
+from ov3d_ros.nodes.query_client import ServiceCaller, make_request, summaries_from_response
 from ov3d_ros.nodes.runner import NodeRunner
-from ov3d_ros.nodes.segmenter_node import SegmenterNode
+from ov3d_ros.nodes.segmenter_node import SEGMENTER_PARAMS
 from ov3d_ros.nodes.synthetic_camera_node import SyntheticCameraNode
 from ov3d_ros.resources import default_checkpoint, default_config_files
 from ov3d_ros.viz import render_labelled_cloud
@@ -41,16 +50,18 @@ def params_file_args(files: list[Path]) -> list[str]:
     return args
 
 
-def make_factories(*, sim_camera: bool, checkpoint: str | None, device: str | None, demo_frames: int | None = None,
-                   camera_rate: float | None = None, num_threads: int | None = None):
-    """Node constructors with command-line overrides (overrides win over the YAML, as in the launch file)."""
-    seg_overrides = []
-    if checkpoint:
-        seg_overrides.append(Parameter("checkpoint", value=str(checkpoint)))
-    if device:
-        seg_overrides.append(Parameter("device", value=device))
-    if num_threads:
-        seg_overrides.append(Parameter("num_threads", value=int(num_threads)))
+def yaml_parameter(files: list[Path], node: str, name: str, default):
+    """The value of ``node``'s parameter ``name`` in ROS parameter files (the last file that sets it wins)."""
+    value = default
+    for path in files:
+        section = (yaml.safe_load(Path(path).read_text()) or {}).get(node, {}).get("ros__parameters", {})
+        value = section.get(name, value)
+    return value
+
+
+def make_factories(*, sim_camera: bool, demo_frames: int | None = None, camera_rate: float | None = None):
+    """Constructors of the nodes of this process (camera, fusion), with command-line overrides (overrides win over
+    the YAML, as in the launch file)."""
     cam_overrides = []
     if demo_frames:
         cam_overrides += [Parameter("n_frames", value=int(demo_frames)), Parameter("max_loops", value=1)]
@@ -60,8 +71,40 @@ def make_factories(*, sim_camera: bool, checkpoint: str | None, device: str | No
     if sim_camera:
         factories.append(lambda: SyntheticCameraNode(parameter_overrides=cam_overrides))
     factories.append(lambda: FusionNode())
-    factories.append(lambda: SegmenterNode(parameter_overrides=seg_overrides))
     return factories
+
+
+SEGMENTER_NICE = 5
+
+
+def start_segmenter(ros_args: list[str], *, checkpoint: str | None, device: str | None,
+                    num_threads: int | None) -> subprocess.Popen:
+    """segmenter_node in its own process with the same parameter files and ROS arguments, at nice +5."""
+    overrides = []
+    if checkpoint:
+        overrides += ["-p", f"segmenter_node:checkpoint:={checkpoint}"]
+    if device:
+        overrides += ["-p", f"segmenter_node:device:={device}"]
+    if num_threads:
+        overrides += ["-p", f"segmenter_node:num_threads:={int(num_threads)}"]
+    process = subprocess.Popen([sys.executable, "-m", "ov3d_ros.nodes.segmenter_node", *ros_args, *overrides])
+    try:
+        os.setpriority(os.PRIO_PROCESS, process.pid, SEGMENTER_NICE)
+    except (AttributeError, OSError) as exc:  # not on Linux/macOS, or not allowed: same priority then
+        log.warning("could not lower the segmenter's CPU priority: %s", exc)
+    return process
+
+
+def stop_segmenter(process: subprocess.Popen, timeout: float = 20.0) -> int:
+    """Ask the segmenter process to stop as Ctrl-C would, then wait for it; returns its exit code."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGINT)
+        try:
+            return process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            log.warning("segmenter_node did not stop within %.0f s: killing it", timeout)
+            process.kill()
+    return process.wait()
 
 
 def wait_for(predicate, timeout: float, what: str, poll: float = 0.05) -> None:
@@ -83,11 +126,15 @@ def run_demo(args) -> int:
     files = args.config or default_config_files(sim_camera=True)
     log.info("parameters from %s", ", ".join(map(str, files)))
     started = time.perf_counter()
-    runner = NodeRunner(make_factories(sim_camera=True, checkpoint=str(checkpoint), device=args.device,
-                                       demo_frames=args.frames, camera_rate=args.rate,
-                                       num_threads=args.threads),
-                        ros_args=params_file_args(files) + args.ros_args)
-    camera, fusion, segmenter = runner.nodes
+    ros_args = params_file_args(files) + args.ros_args
+    segmenter = start_segmenter(ros_args, checkpoint=str(checkpoint), device=args.device, num_threads=args.threads)
+    try:
+        runner = NodeRunner(make_factories(sim_camera=True, demo_frames=args.frames, camera_rate=args.rate),
+                            ros_args=ros_args)
+    except BaseException:
+        stop_segmenter(segmenter)
+        raise
+    camera, fusion = runner.nodes
     try:
         runner.start()
         n_frames = camera.p["n_frames"]
@@ -114,23 +161,35 @@ def run_demo(args) -> int:
         stats = fusion.stats()
         log.info("fused %d of %d frames (%d not keyframes, %d dropped without pose) into %d voxels",
                  stats["integrated"], camera.frames_published, stats["not_keyframe"], stats["no_pose"], n_voxels)
-        # Queries answer from the segmenter's feature map: let it catch up with the final map first.
-        wait_for(lambda: len(segmenter.feature_map.snapshot) == n_voxels, args.timeout,
-                 "the segmenter's feature map to cover the final map")
-
-        queries = args.queries or list(segmenter.queries)
+        final_stamp = fusion.mapper.last_keyframe_stamp
         client = Node("ov3d_demo_client")
         try:
-            request = make_request(queries, min_score=args.min_score, cloud="global", return_cloud=True)
-            response = call_service(client, QueryObjects, segmenter.p["query_service"], request, args.timeout)
+            defaults = {p.name: p.default for p in SEGMENTER_PARAMS}
+            service = yaml_parameter(files, "segmenter_node", "query_service", defaults["query_service"])
+            with ServiceCaller(client, QueryObjects, service) as caller:
+                # Queries answer from the segmenter's feature map: let it catch up with the final map first.
+                def caught_up() -> bool:
+                    if segmenter.poll() is not None:
+                        raise RuntimeError(f"segmenter_node exited with code {segmenter.returncode}")
+                    answer = caller.call(make_request(["wall"]), args.timeout)
+                    return answer.success and abs(stamp_seconds(answer.map_stamp) - final_stamp) < 1e-6
+                wait_for(caught_up, args.timeout, "the segmenter's feature map to cover the final map", poll=0.5)
+                queries = args.queries or list(yaml_parameter(files, "segmenter_node", "queries",
+                                                              defaults["queries"]))
+                request = make_request(queries, min_score=args.min_score, cloud="global", return_cloud=True)
+                response = caller.call(request, args.timeout)
+            age = client.get_clock().now().nanoseconds * 1e-9 - stamp_seconds(response.map_stamp)
         finally:
             client.destroy_node()
     finally:
         runner.close()
+        stop_segmenter(segmenter)
     if not response.success:
         log.error("query failed: %s", response.message)
         return 1
     print(f"\n/query_objects {queries}: {response.message}")
+    print(f"answered in {1e3 * caller.last_latency:.0f} ms from the map of the newest fused frame "
+          f"({age:.1f} s old)")
     print(format_table(summaries_from_response(response)))
     cloud = pointcloud2_to_cloud(response.labelled_cloud)
     ply = write_ply(output / "labelled_map.ply", cloud)
@@ -144,15 +203,18 @@ def run_demo(args) -> int:
 def run_nodes(args) -> int:
     files = args.config or default_config_files(sim_camera=args.sim_camera)
     log.info("parameters from %s; Ctrl-C to stop", ", ".join(map(str, files)))
-    runner = NodeRunner(make_factories(sim_camera=args.sim_camera, checkpoint=args.checkpoint, device=args.device,
-                                       camera_rate=args.rate, num_threads=args.threads),
-                        ros_args=params_file_args(files) + args.ros_args)
+    ros_args = params_file_args(files) + args.ros_args
+    segmenter = start_segmenter(ros_args, checkpoint=args.checkpoint, device=args.device, num_threads=args.threads)
+    runner = None
     try:
+        runner = NodeRunner(make_factories(sim_camera=args.sim_camera, camera_rate=args.rate), ros_args=ros_args)
         runner.executor.spin()
     except KeyboardInterrupt:
         log.info("stopping")
     finally:
-        runner.close()
+        if runner is not None:
+            runner.close()
+        stop_segmenter(segmenter)
     return 0
 
 

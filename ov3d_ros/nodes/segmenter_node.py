@@ -269,7 +269,7 @@ class SegmenterNode(Node):
             self.counters["queries_failed"] += 1
             response.success = False
             response.message = message
-            self.get_logger().error(f"query_objects: {message}")
+            self.get_logger().warning(f"query_objects: {message}")
             return response
 
         try:
