@@ -88,13 +88,15 @@ def run_size(width: int, height: int, args) -> dict:
     cmd += ["--ros-args", "-p", f"synthetic_camera_node:width:={width}", "-p",
             f"synthetic_camera_node:height:={height}", "-p", "fusion_node:stats_period:=5.0",
             "-p", "segmenter_node:stats_period:=5.0"]
+    for param in args.param or []:
+        cmd += ["-p", param]
     log_path = Path(args.log_dir) / f"bench_live_{width}x{height}.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "w") as log_file:
         proc = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, cwd=ROOT,
                                 env=dict(os.environ, PYTHONUNBUFFERED="1"))
     context = rclpy.Context()
-    rclpy.init(context=context)
+    rclpy.init(args=[], context=context)  # not this script's argv: its --param values are not ROS arguments
     node = Node("bench_live_client", context=context)
     latency, freshness, points, failures = [], [], [], 0
     try:
@@ -176,10 +178,12 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads of the segmenter")
     parser.add_argument("--startup-timeout", type=float, default=600.0, help="seconds to wait for a first map")
     parser.add_argument("--log-dir", default="runs/bench_live", help="where the nodes' logs go")
+    parser.add_argument("--param", action="append", metavar="NODE:NAME:=VALUE",
+                        help="a node parameter for ov3d-run, e.g. segmenter_node:superpoints:=false (repeatable)")
     args = parser.parse_args()
     sizes = args.size or ["320x240", "640x480"]
     print(f"bench_live: {args.duration:.0f} s per size at {args.rate:g} Hz, {len(QUERIES)} queries a second; "
-          f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}")
+          f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}; parameters {args.param or 'from the YAML'}")
     for size in sizes:
         width, height = (int(v) for v in size.lower().split("x"))
         report(run_size(width, height, args))

@@ -65,13 +65,18 @@ def voxel_keys(xyz: np.ndarray, voxel: float) -> np.ndarray:
 class FeatureMapConfig:
     """``map_voxel``: the voxel of the incoming map (its points' keys); ``tile``: tile edge in x and y, metres;
     ``margin``: context around a tile, metres (None: the Segmenter's chunk margin); a voxel counts as changed when
-    its mean moved more than ``position_tolerance`` x map_voxel or a colour channel more than ``color_tolerance``."""
+    its mean moved more than ``position_tolerance`` x map_voxel or a colour channel more than ``color_tolerance``
+    since the tile's features were computed. A tile runs again when its changes (changed, new and removed points
+    since then) exceed ``rerun_points`` and ``rerun_fraction`` of its points; below that its new points take the
+    unit of their nearest point of the tile, and its removed points go (0 and 0: every change runs the tile)."""
 
     map_voxel: float = 0.02
     tile: float = 2.0
     margin: float | None = None
     position_tolerance: float = 0.25
     color_tolerance: float = 8.0
+    rerun_fraction: float = 0.0
+    rerun_points: int = 0
 
     def __post_init__(self) -> None:
         for name in ("map_voxel", "tile"):
@@ -82,6 +87,8 @@ class FeatureMapConfig:
             raise ValueError(f"FeatureMap: margin must be >= 0 metres, got {self.margin}")
         if self.position_tolerance < 0 or self.color_tolerance < 0:
             raise ValueError("FeatureMap: tolerances must be >= 0")
+        if not 0 <= self.rerun_fraction <= 1 or self.rerun_points < 0:
+            raise ValueError("FeatureMap: rerun_fraction must be in [0, 1] and rerun_points >= 0")
 
 
 @dataclass
@@ -89,6 +96,9 @@ class _Tile:
     keys: np.ndarray  # (n,) map-voxel keys of the tile's points
     features: torch.Tensor  # (U, D) unit features, normalised
     unit: torch.Tensor  # (n,) unit row of each point
+    ref_xyz: np.ndarray  # (n, 3) each point's position when its unit was given (changes are measured from it)
+    ref_rgb: np.ndarray  # (n, 3) and its colour
+    patched: int = 0  # points added to or removed from the tile since its features were computed
 
 
 @dataclass(frozen=True)
@@ -180,45 +190,82 @@ class FeatureMap:
             old = self.snapshot
             keys = voxel_keys(xyz, self.config.map_voxel)
             order = np.argsort(keys, kind="stable")
-            changed = self._changed(old, keys, xyz, rgb)
             tile_of = self._tile_ids(xyz)
-            dirty = set(np.unique(tile_of[changed]).tolist())
-            gone = self._removed_keys(old, keys[order])
-            if len(gone):
-                old_tile = self._tile_ids(old.xyz[old.index_of(gone)])
-                dirty |= set(np.unique(old_tile).tolist())
-            tiles = {t: tile for t, tile in old.tiles.items() if t not in dirty}
-            run = sorted(dirty & set(np.unique(tile_of).tolist()))
-            tiles.update(self._run_tiles(xyz, rgb, keys, tile_of, run))
+            changed, present, ref_tile = self._changes(old, keys, xyz, rgb, tile_of)
+            # Per tile: its points now, and its changes since its features were computed.
+            tiles_now, count = np.unique(tile_of, return_counts=True)
+            points_in = dict(zip(tiles_now.tolist(), count.tolist()))
+            pending = dict.fromkeys(points_in, 0)
+            for t, n in zip(*np.unique(np.concatenate([tile_of[changed], ref_tile[~present]]), return_counts=True)):
+                if int(t) in pending:
+                    pending[int(t)] += int(n)
+            run, patch = [], []
+            for t, n in points_in.items():
+                tile = old.tiles.get(t)
+                if tile is None or pending[t] + tile.patched > max(self.config.rerun_points,
+                                                                   self.config.rerun_fraction * n):
+                    run.append(t)
+                elif pending[t]:
+                    patch.append(t)
+            tiles = {t: old.tiles[t] for t in points_in if t in old.tiles and t not in run and t not in patch}
+            for t in patch:
+                tile = self._patch(old.tiles[t], t, xyz, rgb, keys, tile_of, changed, pending[t])
+                if tile is None:  # nothing of the tile is left to borrow a unit from: it runs
+                    run.append(t)
+                else:
+                    tiles[t] = tile
+            tiles.update(self._run_tiles(xyz, rgb, keys, tile_of, sorted(run)))
             self.tiles_run += len(run)
             snapshot = FeatureSnapshot.build(xyz, rgb, keys, order, tiles, stamp, old.version + 1)
             self.snapshot = snapshot
-            self.last_update = {"points": len(keys), "changed": int(changed.sum()), "removed": int(len(gone)),
-                                "tiles_run": len(run), "tiles": len(tiles),
-                                "seconds": time.perf_counter() - started}
+            self.last_update = {"points": len(keys), "changed": int(changed.sum()),
+                                "removed": int((~present).sum()), "tiles_run": len(run), "tiles_patched": len(patch) - len(set(run) & set(patch)),
+                                "tiles": len(tiles), "seconds": time.perf_counter() - started}
             return snapshot
 
-    def _changed(self, old: FeatureSnapshot, keys, xyz, rgb) -> np.ndarray:
-        """Points that are new, or moved / changed colour beyond the tolerances, since the last snapshot."""
-        if len(old) == 0:
-            return np.ones(len(keys), dtype=bool)
-        sorted_keys = old.sorted_keys
-        rank = np.clip(np.searchsorted(sorted_keys, keys), 0, len(old) - 1)
-        known = sorted_keys[rank] == keys
-        pos = old.order[rank]
-        moved = np.linalg.norm(xyz - old.xyz[pos], axis=1) > self.config.position_tolerance * self.config.map_voxel
-        recoloured = np.abs(rgb.astype(np.int16) - old.rgb[pos].astype(np.int16)).max(axis=1) \
+    def _changes(self, old: FeatureSnapshot, keys, xyz, rgb, tile_of):
+        """(changed: points new to their tile or moved / recoloured beyond the tolerances since their tile's
+        features were computed; present: which of the old featured points are still there, in key order; the
+        tile of each of those)."""
+        if not old.tiles:
+            return np.ones(len(keys), bool), np.zeros(0, bool), np.zeros(0, np.int64)
+        ref_keys = np.concatenate([t.keys for t in old.tiles.values()])
+        order = np.argsort(ref_keys, kind="stable")
+        ref_keys = ref_keys[order]
+        ref_xyz = np.concatenate([t.ref_xyz for t in old.tiles.values()])[order]
+        ref_rgb = np.concatenate([t.ref_rgb for t in old.tiles.values()])[order]
+        ref_tile = np.concatenate([np.full(len(t.keys), name, np.int64) for name, t in old.tiles.items()])[order]
+        rank = np.clip(np.searchsorted(ref_keys, keys), 0, len(ref_keys) - 1)
+        known = (ref_keys[rank] == keys) & (ref_tile[rank] == tile_of)
+        moved = np.linalg.norm(xyz - ref_xyz[rank], axis=1) > self.config.position_tolerance * self.config.map_voxel
+        recoloured = np.abs(rgb.astype(np.int16) - ref_rgb[rank].astype(np.int16)).max(axis=1) \
             > self.config.color_tolerance
-        return ~known | moved | recoloured
+        present = np.zeros(len(ref_keys), bool)
+        present[rank[known]] = True
+        return ~known | moved | recoloured, present, ref_tile
 
     @staticmethod
-    def _removed_keys(old: FeatureSnapshot, sorted_keys) -> np.ndarray:
-        """Keys of the old snapshot that ``sorted_keys`` no longer holds."""
-        if len(old) == 0:
-            return np.zeros(0, np.int64)
-        pos = np.clip(np.searchsorted(sorted_keys, old.keys), 0, max(len(sorted_keys) - 1, 0))
-        still = (sorted_keys[pos] == old.keys) if len(sorted_keys) else np.zeros(len(old), bool)
-        return old.keys[~still]
+    def _patch(tile: _Tile, name: int, xyz, rgb, keys, tile_of, changed, changes: int) -> _Tile | None:
+        """The tile without its removed points and with its new ones, each new point on the unit of the nearest
+        point the tile keeps; its features stay (too few changes to run it again). Points that moved or changed
+        colour keep their unit and their reference, so their change still counts at the next update."""
+        mine = np.flatnonzero(tile_of == name)
+        keep = np.isin(tile.keys, keys[mine])
+        kept_keys = tile.keys[keep]
+        kept_unit = tile.unit[torch.from_numpy(np.flatnonzero(keep))]
+        new = mine[changed[mine] & ~np.isin(keys[mine], kept_keys)]
+        units = [kept_unit]
+        if not len(kept_keys):
+            return None
+        if len(new):
+            old_xyz = torch.from_numpy(tile.ref_xyz[keep])
+            nearest = torch.cat([torch.cdist(torch.from_numpy(xyz[new[i:i + 512]]), old_xyz).argmin(dim=1)
+                                 for i in range(0, len(new), 512)])
+            units.append(kept_unit[nearest])
+        return _Tile(keys=np.concatenate([kept_keys, keys[new]]), features=tile.features, unit=torch.cat(units),
+                     ref_xyz=np.concatenate([tile.ref_xyz[keep], xyz[new]]),
+                     ref_rgb=np.concatenate([tile.ref_rgb[keep], rgb[new]]),
+                     patched=tile.patched + changes)
 
     def _run_tiles(self, xyz, rgb, keys, tile_of, run: list[int]) -> dict[int, _Tile]:
         """One network pass over the tiles to run and every point within ``margin`` of them; the features of the
@@ -245,10 +292,10 @@ class FeatureMap:
                 for tile in np.unique(tile_of_context[core[mine]]).tolist():
                     sel = np.flatnonzero(mine & (tile_of_context[core] == tile))
                     parts[tile].append((core[sel], feats, rows[torch.from_numpy(sel).to(rows.device)]))
-        return {tile: self._tile(keys, context, pieces) for tile, pieces in parts.items() if pieces}
+        return {tile: self._tile(xyz, rgb, keys, context, pieces) for tile, pieces in parts.items() if pieces}
 
     @staticmethod
-    def _tile(keys, context, pieces) -> _Tile:
+    def _tile(xyz, rgb, keys, context, pieces) -> _Tile:
         """A tile from its points' (context positions, chunk features, unit rows) pieces: only the units its points
         use are kept."""
         positions, features, units, offset = [], [], [], 0
@@ -258,5 +305,6 @@ class FeatureMap:
             features.append(feats.index_select(0, used))
             units.append(unit + offset)
             offset += len(used)
-        return _Tile(keys=keys[context[np.concatenate(positions)]], features=torch.cat(features).contiguous(),
-                     unit=torch.cat(units))
+        points = context[np.concatenate(positions)]
+        return _Tile(keys=keys[points], features=torch.cat(features).contiguous(), unit=torch.cat(units),
+                     ref_xyz=xyz[points], ref_rgb=rgb[points])

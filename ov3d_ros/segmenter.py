@@ -320,7 +320,10 @@ class Segmenter:
         return out
 
     # -- classification -----------------------------------------------------------------------------------------
-    def _scores(self, features: torch.Tensor, text: torch.Tensor, min_score: float, score: str):
+    def _scores(self, features: torch.Tensor, text: torch.Tensor, min_score: float, score: str,
+                query_best: torch.Tensor | None = None):
+        """(label, score) per feature row; with ``query_best`` (Q,) also the highest cosine of each query, kept as
+        the running maximum over calls (computed from the same similarity blocks)."""
         label = torch.empty(len(features), dtype=torch.int64, device=features.device)
         best = torch.empty(len(features), dtype=torch.float32, device=features.device)
         # Rows per block so the (rows, Q) similarity matrix stays near 64M floats.
@@ -328,6 +331,8 @@ class Segmenter:
         scale = self.model.logit_scale_value().detach().to(features.device) if score == "softmax" else None
         for start in range(0, len(features), block):
             sim = features[start:start + block] @ text.T
+            if query_best is not None and len(sim):
+                torch.maximum(query_best, sim.amax(dim=0).to(query_best.device), out=query_best)
             if score == "softmax":
                 prob = torch.softmax(sim * scale, dim=1)
                 s, idx = prob.max(dim=1)
@@ -384,17 +389,16 @@ class Segmenter:
         text = self.embed(queries)
         label = np.full(n_points, -1, dtype=np.int64)
         point_score = np.zeros(n_points, dtype=np.float32)
-        best = np.full(len(queries), -np.inf, dtype=np.float32)
         with torch.inference_mode():
+            best = torch.full((len(queries),), -torch.inf, dtype=torch.float32)
             for core, feats, rows in chunks:
                 if not len(feats):
                     continue
-                unit_text = text.to(feats.device)
-                unit_label, unit_score = self._scores(feats, unit_text, float(min_score), score)
+                unit_label, unit_score = self._scores(feats, text.to(feats.device), float(min_score), score, best)
                 core_np = core.cpu().numpy()
                 label[core_np] = unit_label.index_select(0, rows).cpu().numpy()
                 point_score[core_np] = unit_score.index_select(0, rows).cpu().numpy()
-                best = np.maximum(best, (feats @ unit_text.T).amax(dim=0).cpu().numpy())
+        best = best.numpy()
         best[~np.isfinite(best)] = np.nan
         return PointLabels(label, point_score, best)
 

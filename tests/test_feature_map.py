@@ -141,3 +141,32 @@ def test_bad_maps_are_refused():
         fm.update(np.full((2, 3), np.nan, np.float32), np.zeros((2, 3), np.uint8), 0.0)
     with pytest.raises(ValueError, match="tile must be > 0"):
         FeatureMapConfig(tile=0.0)
+
+
+def test_small_changes_patch_a_tile_until_they_add_up(map_versions):
+    """With rerun_fraction 0.2 a tile whose changes stay under a fifth of its points keeps its features: new
+    points take their nearest point's unit, removed ones go. Once the changes since the last run add up past the
+    bar, the tile runs again."""
+    seg = _segmenter()
+    config = FeatureMapConfig(map_voxel=MAP_VOXEL, tile=1.0, rerun_fraction=0.2)
+    fm = FeatureMap(seg, config)
+    cloud, _ = map_versions[-1]
+    first = fm.update(cloud.xyz, cloud.rgb, 1.0)
+    tiles = np.floor(first.xyz[:, :2] / 1.0).astype(int)
+    names, counts = np.unique(tiles, axis=0, return_counts=True)
+    busiest = np.all(tiles == names[np.argmax(counts)], axis=1)
+    # Move a 25th of the busiest tile's points by 10 cm along z: new voxels, their old ones gone (8% changes).
+    chosen = np.flatnonzero(busiest)[:: 25]
+    xyz = first.xyz.copy()
+    xyz[chosen, 2] += 0.1
+    snap = fm.update(xyz, first.rgb, 2.0)
+    assert fm.last_update["tiles_run"] == 0 and fm.last_update["tiles_patched"] == 1
+    full = FeatureMap(seg, FeatureMapConfig(map_voxel=MAP_VOXEL, tile=1.0)).update(xyz, first.rgb, 2.0)
+    a, b = snap.label(seg, WORDS, -1.0), full.label(seg, WORDS, -1.0)
+    assert len(a.label) == len(xyz) and (a.label >= 0).all()  # every point, the moved ones too, has a label
+    assert (a.label == b.label).mean() >= 0.95
+    # Another tenth (20% changes): together the changes since the tile last ran pass the bar, and it runs.
+    xyz2 = xyz.copy()
+    xyz2[np.flatnonzero(busiest)[5::10], 2] += 0.1
+    fm.update(xyz2, first.rgb, 3.0)
+    assert fm.last_update["tiles_run"] == 1 and fm.last_update["tiles_patched"] == 0

@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
 
 
 @dataclass
@@ -21,22 +23,35 @@ class ObjectSummary:
     cluster_point_count: int  # points in that cluster
 
 
-def voxel_clusters(xyz: np.ndarray, cluster_voxel: float) -> np.ndarray:
-    """Cluster id per point: connected components of occupied voxels under 26-connectivity."""
-    from scipy.sparse import coo_matrix
-    from scipy.sparse.csgraph import connected_components
+@dataclass(frozen=True)
+class ClusterGrid:
+    """A cloud on the cluster grid: sorted linear keys of the occupied voxels, the voxel of each point, and the
+    grid's dims (with a one-voxel border, so the +-1 neighbour offsets of a linear key never wrap). Computed once
+    per cloud, it serves any number of queries (``summarise_queries(..., grid=)``)."""
 
-    xyz = np.asarray(xyz, dtype=np.float64)
-    if len(xyz) == 0:
-        return np.zeros(0, dtype=np.int64)
+    voxels: np.ndarray
+    point_voxel: np.ndarray
+    dims: np.ndarray
+
+
+def cluster_grid(xyz: np.ndarray, cluster_voxel: float) -> ClusterGrid:
+    return ClusterGrid(*_voxel_grid(np.asarray(xyz, dtype=np.float64).reshape(-1, 3), cluster_voxel))
+
+
+def _voxel_grid(xyz: np.ndarray, cluster_voxel: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     if not cluster_voxel > 0:
         raise ValueError(f"cluster_voxel must be > 0 metres, got {cluster_voxel}")
     keys = np.floor(xyz / cluster_voxel).astype(np.int64)
     keys -= keys.min(axis=0)
-    dims = keys.max(axis=0) + 3  # +3: room for the -1/+1 neighbour offsets without wrapping
+    dims = keys.max(axis=0) + 3
     keys += 1
     linear = (keys[:, 0] * dims[1] + keys[:, 1]) * dims[2] + keys[:, 2]
     voxels, point_voxel = np.unique(linear, return_inverse=True)
+    return voxels, point_voxel.reshape(-1), dims
+
+
+def _components(voxels: np.ndarray, dims: np.ndarray) -> np.ndarray:
+    """Connected component of each voxel (sorted linear keys) under 26-connectivity."""
     n_vox = len(voxels)
     rows, cols = [np.arange(n_vox)], [np.arange(n_vox)]
     # 13 "forward" neighbour offsets cover all 26 neighbours once the graph is treated as undirected.
@@ -46,24 +61,38 @@ def voxel_clusters(xyz: np.ndarray, cluster_voxel: float) -> np.ndarray:
                 if (dx, dy, dz) <= (0, 0, 0):
                     continue
                 shifted = voxels + (dx * dims[1] + dy) * dims[2] + dz
-                pos = np.searchsorted(voxels, shifted)
-                pos = np.minimum(pos, n_vox - 1)
+                pos = np.minimum(np.searchsorted(voxels, shifted), n_vox - 1)
                 hit = voxels[pos] == shifted
                 rows.append(np.nonzero(hit)[0])
                 cols.append(pos[hit])
     rows, cols = np.concatenate(rows), np.concatenate(cols)
     graph = coo_matrix((np.ones(len(rows), dtype=np.int8), (rows, cols)), shape=(n_vox, n_vox))
-    _, voxel_label = connected_components(graph, directed=False)
-    return voxel_label[point_voxel].astype(np.int64)
+    return connected_components(graph, directed=False)[1]
+
+
+def voxel_clusters(xyz: np.ndarray, cluster_voxel: float) -> np.ndarray:
+    """Cluster id per point: connected components of occupied voxels under 26-connectivity."""
+    xyz = np.asarray(xyz, dtype=np.float64)
+    if len(xyz) == 0:
+        return np.zeros(0, dtype=np.int64)
+    voxels, point_voxel, dims = _voxel_grid(xyz, cluster_voxel)
+    return _components(voxels, dims)[point_voxel].astype(np.int64)
 
 
 def summarise_queries(xyz: np.ndarray, label: np.ndarray, queries: list[str], best_scores: np.ndarray,
-                      cluster_voxel: float = 0.05) -> list[ObjectSummary]:
-    """One ObjectSummary per query. ``label`` indexes ``queries`` (-1 = unlabelled); ``best_scores`` is (Q,)."""
+                      cluster_voxel: float = 0.05, *, grid: ClusterGrid | None = None) -> list[ObjectSummary]:
+    """One ObjectSummary per query. ``label`` indexes ``queries`` (-1 = unlabelled); ``best_scores`` is (Q,).
+
+    The cloud is put on the cluster grid once (or ``grid``, the cloud's ``cluster_grid`` at ``cluster_voxel``, is
+    reused); each query then clusters only the voxels its points occupy.
+    """
     xyz = np.asarray(xyz, dtype=np.float64).reshape(-1, 3)
     label = np.asarray(label).reshape(-1)
     if len(label) != len(xyz):
         raise ValueError(f"summarise_queries: {len(label)} labels for {len(xyz)} points")
+    if len(xyz):
+        voxels, point_voxel, dims = (grid.voxels, grid.point_voxel, grid.dims) if grid is not None \
+            else _voxel_grid(xyz, cluster_voxel)
     out = []
     for q, query in enumerate(queries):
         mask = label == q
@@ -71,12 +100,15 @@ def summarise_queries(xyz: np.ndarray, label: np.ndarray, queries: list[str], be
         centroid = np.full(3, np.nan)
         cluster_count = 0
         if count:
-            points = xyz[mask]
-            cluster = voxel_clusters(points, cluster_voxel)
-            sizes = np.bincount(cluster)
-            largest = int(np.argmax(sizes))
-            cluster_count = int(sizes[largest])
-            centroid = points[cluster == largest].mean(axis=0)
+            occupancy = np.bincount(point_voxel[mask], minlength=len(voxels))
+            mine = np.flatnonzero(occupancy)  # this query's voxels, in key order
+            component = _components(voxels[mine], dims)
+            largest = int(np.argmax(np.bincount(component, weights=occupancy[mine])))
+            in_largest = np.zeros(len(voxels), dtype=bool)
+            in_largest[mine[component == largest]] = True
+            points = mask & in_largest[point_voxel]
+            cluster_count = int(points.sum())
+            centroid = xyz[points].mean(axis=0)
         out.append(ObjectSummary(query=query, point_count=count, best_score=float(best_scores[q]),
                                  centroid=centroid, cluster_point_count=cluster_count))
     return out

@@ -28,7 +28,7 @@ from ov3d_ros.cloud import PointCloud
 from ov3d_ros.feature_map import FeatureMap, FeatureMapConfig
 from ov3d_ros.messages import stamp_seconds
 from ov3d_ros.nodes.conversions import cloud_to_pointcloud2, make_header, pointcloud2_to_cloud, sec_to_stamp
-from ov3d_ros.nodes.objects import ObjectSummary, summarise_queries
+from ov3d_ros.nodes.objects import ObjectSummary, cluster_grid, summarise_queries
 from ov3d_ros.nodes.params import Param, declare_all
 from ov3d_ros.nodes.runner import spin_nodes
 from ov3d_ros.nodes.sync import BoundedQueue
@@ -65,13 +65,16 @@ SEGMENTER_PARAMS = [
     Param("segment_partial", True, "Segment partial clouds for ~/labelled_cloud while someone subscribes to it, "
           "at most partial_rate a second (a CLOUD_PARTIAL query segments the latest one in any case)."),
     Param("partial_rate", 2.0, "Max rate [Hz] of labelled partial clouds.", minimum=0.01, maximum=100.0),
-    Param("global_rate", 0.5, "Max rate [Hz] at which the feature map follows ~/global_cloud: each update re-runs "
+    Param("global_rate", 0.0, "Max rate [Hz] at which the feature map follows ~/global_cloud: each update re-runs "
           "the network only where the map changed, then ~/labelled_map and ~/markers go to their subscribers "
           "(0 = as soon as each map arrives). Queries never wait for an update.", minimum=0.0, maximum=100.0),
     Param("map_voxel", 0.02, "Voxel size [m] of the incoming global map (the fusion node's voxel_size): it tells "
           "which voxels are the same from one map to the next.", minimum=1e-3, maximum=1.0),
     Param("feature_tile", 2.0, "Tile edge [m] of the feature map: an update re-runs the tiles that hold a changed "
           "voxel, with the model's context around them.", minimum=0.1, maximum=100.0),
+    Param("feature_rerun_fraction", 0.1, "A tile of the feature map runs again once this fraction of its points "
+          "changed (new, gone, moved or recoloured) since it last ran; below it, new points take their nearest "
+          "point's features (0 = every change runs the tile).", minimum=0.0, maximum=1.0),
     Param("partial_queue_size", 2, "Partial clouds waiting for the network (oldest dropped).", minimum=1,
           maximum=100),
     Param("cluster_voxel", 0.05, "Voxel [m] of the connected-component clustering behind each query's centroid.",
@@ -107,10 +110,12 @@ class SegmenterNode(Node):
                                         superpoints=superpoints, max_queries=p["max_queries"])
         self.checkpoint = checkpoint
         self.segmenter.check_queries(list(p["queries"]))
-        self.feature_map = FeatureMap(self.segmenter, FeatureMapConfig(map_voxel=p["map_voxel"],
-                                                                       tile=p["feature_tile"]),
-                                      superpoints=bool(p["superpoints"]))
+        self.feature_map = FeatureMap(
+            self.segmenter, FeatureMapConfig(map_voxel=p["map_voxel"], tile=p["feature_tile"],
+                                             rerun_fraction=p["feature_rerun_fraction"]),
+            superpoints=bool(p["superpoints"]))
         self.map_frame = "map"
+        self._grid = (None, None)  # (feature-map version, its cluster grid): shared by the queries on one map
         self._lock = threading.Lock()  # guards the pending map and the latest partial cloud
         self._pending_map: tuple[PointCloud, float] | None = None  # newest global cloud not yet in the feature map
         self.partial_queue = BoundedQueue(p["partial_queue_size"], name="partial")
@@ -209,6 +214,7 @@ class SegmenterNode(Node):
             self.get_logger().error(f"updating the feature map failed: {exc}", throttle_duration_sec=5.0)
             return
         self.map_frame = cloud.frame_id
+        self._map_grid(snapshot)  # here, not in the first query on this map
         self.counters["map_updates"] += 1
         if self.feature_map.last_update.get("tiles_run"):
             self.counters["feature_passes"] += 1
@@ -229,6 +235,15 @@ class SegmenterNode(Node):
             self.labelled_map_pub.publish(cloud_to_pointcloud2(labelled, header, with_labels=True))
         summaries = summarise_queries(snapshot.xyz, labels.label, queries, labels.best, self.p["cluster_voxel"])
         self.markers_pub.publish(self.make_markers(summaries, header))
+
+    def _map_grid(self, snapshot):
+        """The cluster grid of a feature-map snapshot, computed once per snapshot and cluster voxel."""
+        key = (snapshot.version, self.p["cluster_voxel"])
+        cached_key, grid = self._grid
+        if cached_key != key:
+            grid = cluster_grid(snapshot.xyz, self.p["cluster_voxel"])
+            self._grid = (key, grid)
+        return grid
 
     def _features(self, entry: _Cached) -> CloudFeatures:
         """Per-voxel features of a partial cloud: computed once, then kept on the entry."""
@@ -288,6 +303,7 @@ class SegmenterNode(Node):
                 cloud = PointCloud(xyz=snapshot.xyz, rgb=snapshot.rgb, frame_id=self.map_frame)
                 stamp, which = snapshot.stamp, "global map"
                 labels = snapshot.label(self.segmenter, queries, min_score)
+                grid = self._map_grid(snapshot)
             elif request.cloud == QueryObjects.Request.CLOUD_PARTIAL:
                 with self._lock:
                     entry = self.latest_partial
@@ -299,11 +315,13 @@ class SegmenterNode(Node):
                     self.latest_partial = entry
                 cloud, stamp, which = entry.cloud, entry.stamp, "partial cloud"
                 labels = self.segmenter.label_features(self._features(entry), queries, min_score)
+                grid = None
             else:
                 return fail(f"cloud must be CLOUD_GLOBAL (0) or CLOUD_PARTIAL (1), got {request.cloud}")
         except (ValueError, TypeError, RuntimeError) as exc:
             return fail(f"segmentation failed: {exc}")
-        summaries = summarise_queries(cloud.xyz, labels.label, queries, labels.best, self.p["cluster_voxel"])
+        summaries = summarise_queries(cloud.xyz, labels.label, queries, labels.best, self.p["cluster_voxel"],
+                                      grid=grid)
         response.success = True
         response.queries = queries
         response.map_stamp = sec_to_stamp(stamp)
