@@ -8,17 +8,22 @@ colour changed more than ``color_tolerance`` since its features were computed. A
 within ``margin`` metres of it as context (the Segmenter's chunk margin by default) and keeps the features of its
 own points, so the cost of an update grows with what changed, not with the size of the map.
 
+All the tiles of an update run in one network pass over them and their context. With ``rerun_fraction`` > 0 a tile
+whose changes since it last ran stay under that fraction of its points is patched instead: its new points take the
+unit of their nearest point in the tile, its removed points go, and its changes add up until it runs.
+
 Features are kept per network unit (a model voxel, or a superpoint when the Segmenter averages over superpoints,
-then computed within each tile and its context), not per map point, and each point keeps the row of its unit; a
-query classifies the units and gives every point its unit's label (``Segmenter.label_chunks``).
+then computed over the update's region), not per map point, and each point keeps the row of its unit; a query
+classifies the units and gives every point its unit's label (``Segmenter.label_chunks``).
 
 Each update builds a new ``FeatureSnapshot`` and swaps it in at the end: a query reads the current snapshot and
 never waits for the network. ``snapshot.stamp`` is the stamp of the map version the features were computed on (the
 newest frame whose voxels have features), so an answer says how fresh it is.
 
-Differences from a full pass of the Segmenter on the same map come from two places, both bounded by the tests: a
-tile's context is cut at ``margin`` (as the Segmenter's chunks are), and a tile left alone keeps the features it got
-when its neighbourhood was what it was then (a change next to a tile, outside it, does not re-run it).
+Differences from a full pass of the Segmenter on the same map come from three places, bounded by the tests: a
+tile's context is cut at ``margin`` (as the Segmenter's chunks are), a tile left alone keeps the features it got
+when its neighbourhood was what it was then (a change next to a tile, outside it, does not re-run it), and patched
+points borrow a neighbour's features.
 """
 from __future__ import annotations
 
