@@ -5,24 +5,15 @@ import threading
 
 import numpy as np
 import pytest
-import torch
 
 from ov3d_ros.data.synthetic import SyntheticRoom, render_sequence
 from ov3d_ros.feature_map import FeatureMap, FeatureMapConfig, voxel_keys
 from ov3d_ros.mapping import Mapper, MapperConfig
 from ov3d_ros.segmenter import Segmenter
 
-from test_segmenter import WORDS, BasisEncoder, busy_model  # the tiny model and exact text encoder (same folder)
+from test_segmenter import WORDS, BasisEncoder, _one_thread, busy_model  # noqa: F401  (_one_thread: autouse)
 
 MAP_VOXEL = 0.04
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 @pytest.fixture(scope="module")
