@@ -13,7 +13,7 @@ whose changes since it last ran stay under that fraction of its points is patche
 unit of their nearest point in the tile, its removed points go, and its changes add up until it runs.
 
 Features are kept per network unit (a model voxel, or a superpoint when the Segmenter averages over superpoints,
-then computed over the update's region), not per map point, and each point keeps the row of its unit; a query
+then computed over the run tiles' own points), not per map point, and each point keeps the row of its unit; a query
 classifies the units and gives every point its unit's label (``Segmenter.label_chunks``).
 
 Each update builds a new ``FeatureSnapshot`` and swaps it in at the end: a query reads the current snapshot and
@@ -290,8 +290,9 @@ class FeatureMap:
         parts: dict[int, list] = {t: [] for t in run}
         with torch.inference_mode():
             # One item for the context unless it exceeds the Segmenter's chunk_points (then its own chunks).
+            # With superpoints, those of the run tiles' own points alone: the context only feeds the network.
             for core, feats, rows in self.segmenter.iter_voxel_features(xyz[context], rgb[context],
-                                                                         superpoints=self.superpoints):
+                                                                         superpoints=self.superpoints, keep=wanted):
                 core = core.cpu().numpy()
                 mine = wanted[core]
                 for tile in np.unique(tile_of_context[core[mine]]).tolist():

@@ -226,7 +226,8 @@ class Segmenter:
                      len(chunks), self.chunk_points, self.chunk_margin)
         return chunks
 
-    def iter_voxel_features(self, xyz, rgb, progress: bool = False, *, superpoints: bool | None = None):
+    def iter_voxel_features(self, xyz, rgb, progress: bool = False, *, superpoints: bool | None = None,
+                            keep: np.ndarray | None = None):
         """Yield (core indices, unit features (M, D) normalised, unit row of each core point) per chunk.
 
         A unit is a model voxel, or, with superpoints, a superpoint: then there is one item for the whole cloud
@@ -236,6 +237,10 @@ class Segmenter:
 
         Callers that keep these features (the segmenter node caches them so a new query needs no network pass)
         use this instead of `features`, which expands them to every point.
+
+        ``keep`` (a boolean mask of the points): with superpoints, the superpoints are computed over these points
+        alone and only they are yielded; the others still serve as the network's context (the feature map runs the
+        changed tiles with their surroundings this way). Without superpoints it is ignored: the caller picks.
         """
         xyz_t, rgb_t = as_points(xyz, rgb)
         if superpoints is None:
@@ -246,17 +251,21 @@ class Segmenter:
         if config is None:
             yield from chunks
             return
-        segment = torch.from_numpy(compute_superpoints(xyz_t.numpy(), rgb_t.numpy(), config))
-        n_seg = int(segment.max()) + 1
+        kept = torch.arange(len(xyz_t)) if keep is None else torch.from_numpy(np.flatnonzero(keep))
+        kept_segment = torch.from_numpy(compute_superpoints(xyz_t[kept].numpy(), rgb_t[kept].numpy(), config))
+        segment = torch.full((len(xyz_t),), -1, dtype=torch.int64)
+        segment[kept] = kept_segment
+        n_seg = int(kept_segment.max()) + 1
         sums = None
         for core, feats, rows in chunks:
             # One row per distinct (voxel, superpoint) pair, weighted by its point count: no (N, D) array.
-            key = rows * n_seg + segment[core].to(rows.device)
+            mine = segment[core] >= 0
+            key = rows[mine.to(rows.device)] * n_seg + segment[core[mine]].to(rows.device)
             pair, count = torch.unique(key, return_counts=True)
             if sums is None:
                 sums = torch.zeros(n_seg, feats.shape[1], dtype=torch.float32, device=feats.device)
             sums.index_add_(0, pair % n_seg, feats.index_select(0, pair // n_seg) * count.unsqueeze(1).float())
-        yield torch.arange(len(segment)), F.normalize(sums, dim=1), segment.to(sums.device)
+        yield kept, F.normalize(sums, dim=1), kept_segment.to(sums.device)
 
     def _voxel_features(self, xyz_t: torch.Tensor, rgb_t: torch.Tensor, progress: bool):
         chunks = self._chunks(xyz_t)
