@@ -224,8 +224,9 @@ class FeatureMap:
             snapshot = FeatureSnapshot.build(xyz, rgb, keys, order, tiles, stamp, old.version + 1)
             self.snapshot = snapshot
             self.last_update = {"points": len(keys), "changed": int(changed.sum()),
-                                "removed": int((~present).sum()), "tiles_run": len(run), "tiles_patched": len(patch) - len(set(run) & set(patch)),
-                                "tiles": len(tiles), "seconds": time.perf_counter() - started}
+                                "removed": int((~present).sum()), "tiles_run": len(run),
+                                "tiles_patched": len(set(patch) - set(run)), "tiles": len(tiles),
+                                "seconds": time.perf_counter() - started}
             return snapshot
 
     def _changes(self, old: FeatureSnapshot, keys, xyz, rgb, tile_of):

@@ -48,8 +48,8 @@ SEGMENTER_PARAMS = [
           "cloud turned about gravity (Segmenter passes); 1 = one plain pass. Costs one network run per pass.",
           minimum=1, maximum=64),
     Param("superpoints", True, "Average the features of the global map over superpoints (surface patches of one "
-          "orientation and colour, ov3d_ros.superpoints, computed over each update's region), so each patch gets "
-          "one label: fewer scattered mistakes, label borders on colour and shape edges."),
+          "orientation and colour, ov3d_ros.superpoints, computed over the tiles each update runs), so each patch "
+          "gets one label: fewer scattered mistakes, label borders on colour and shape edges."),
     Param("superpoints_partial", False, "The same for every partial cloud (adds to the frame -> labels latency)."),
     Param("superpoint_voxel", 0.02, "Cell size [m] of the superpoint graph: about the spacing of the clouds' points "
           "(the fusion node's voxel_size).", minimum=1e-3, maximum=1.0),
