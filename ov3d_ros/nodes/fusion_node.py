@@ -304,7 +304,8 @@ class FusionNode(Node):
             return
         self.frame_index += 1
         header = make_header(self.p["world_frame"], frame.stamp)
-        self.partial_pub.publish(cloud_to_pointcloud2(partial.to_cloud(self.p["world_frame"]), header))
+        if self.partial_pub.get_subscription_count() > 0:  # nobody listening: no message to build
+            self.partial_pub.publish(cloud_to_pointcloud2(partial.to_cloud(self.p["world_frame"]), header))
         self.last_partial_stamp = frame.stamp
         if self.mapper.integrate(partial, stamp=frame.stamp).keyframe:
             self.counters["integrated"] += 1

@@ -38,6 +38,7 @@ from ov3d_ros.superpoints import SuperpointConfig
 from ov3d_ros.viz import label_palette
 
 DEVICE_CHOICES = ("auto", "cpu", "cuda")
+PARTIAL_DEMAND_S = 60.0  # a CLOUD_PARTIAL query keeps the partial clouds coming for this long
 
 SEGMENTER_PARAMS = [
     Param("checkpoint", "", "Model checkpoint (.pt, ov3d format); empty = the demo checkpoint shipped with "
@@ -54,7 +55,8 @@ SEGMENTER_PARAMS = [
     Param("superpoint_voxel", 0.02, "Cell size [m] of the superpoint graph: about the spacing of the clouds' points "
           "(the fusion node's voxel_size).", minimum=1e-3, maximum=1.0),
     Param("superpoint_k", 1.0, "Superpoint scale: larger values give larger patches.", minimum=1e-3, maximum=100.0),
-    Param("partial_topic", "/fusion_node/partial_cloud", "Partial clouds to segment as they arrive."),
+    Param("partial_topic", "/fusion_node/partial_cloud", "Partial clouds to segment: subscribed to only while "
+          "~/labelled_cloud has subscribers or a CLOUD_PARTIAL query came in the last minute."),
     Param("global_topic", "/fusion_node/global_cloud", "Global map clouds, segmented at global_rate."),
     Param("queries", ["chair", "table", "sofa", "bed", "lamp", "cabinet"],
           "Default text queries for the published labelled clouds and markers (changeable at runtime).",
@@ -128,7 +130,9 @@ class SegmenterNode(Node):
         # Decoding callbacks run beside the network passes (own group), so clouds are queued -- and counted when
         # dropped -- instead of overflowing the DDS history while the network is busy.
         inputs = MutuallyExclusiveCallbackGroup()
-        self.create_subscription(PointCloud2, p["partial_topic"], self._on_partial, 5, callback_group=inputs)
+        self._inputs = inputs
+        self._partial_sub = None  # created while partial clouds are wanted (_follow_partial_demand)
+        self._partial_asked = -math.inf  # monotonic time of the last CLOUD_PARTIAL query
         self.create_subscription(PointCloud2, p["global_topic"], self._on_global, 2, callback_group=inputs)
         self.labelled_pub = self.create_publisher(PointCloud2, "~/labelled_cloud", 5)
         self.labelled_map_pub = self.create_publisher(PointCloud2, "~/labelled_map", 2)
@@ -143,6 +147,8 @@ class SegmenterNode(Node):
         if p["segment_partial"]:
             self.create_timer(1.0 / p["partial_rate"], self._segment_partial,
                               callback_group=MutuallyExclusiveCallbackGroup())
+        self.create_timer(1.0, self._follow_partial_demand, callback_group=inputs)
+        self._follow_partial_demand()
         if p["stats_period"] > 0:
             self.create_timer(p["stats_period"], self._log_stats, callback_group=inputs)
         self.get_logger().info(f"loaded {checkpoint} on {getattr(self.segmenter, 'device', p['device'])}; "
@@ -182,6 +188,18 @@ class SegmenterNode(Node):
             self.counters["bad_cloud"] += 1
             self.get_logger().error(f"dropping {what} cloud: {exc}", throttle_duration_sec=5.0)
             return None
+
+    def _follow_partial_demand(self) -> None:
+        """Subscribe to partial clouds only while they are wanted, so that nobody builds, sends or decodes them
+        otherwise (the fusion node publishes a partial cloud only to subscribers)."""
+        wanted = (self.p["segment_partial"] and self.labelled_pub.get_subscription_count() > 0) \
+            or time.monotonic() - self._partial_asked < PARTIAL_DEMAND_S
+        if wanted and self._partial_sub is None:
+            self._partial_sub = self.create_subscription(PointCloud2, self.p["partial_topic"], self._on_partial, 5,
+                                                         callback_group=self._inputs)
+        elif not wanted and self._partial_sub is not None:
+            self.destroy_subscription(self._partial_sub)
+            self._partial_sub = None
 
     def _on_partial(self, msg: PointCloud2) -> None:
         cloud = self._decode(msg, "partial")
@@ -305,12 +323,14 @@ class SegmenterNode(Node):
                 labels = snapshot.label(self.segmenter, queries, min_score)
                 grid = self._map_grid(snapshot)
             elif request.cloud == QueryObjects.Request.CLOUD_PARTIAL:
+                self._partial_asked = time.monotonic()  # the demand timer subscribes within a second
                 with self._lock:
                     entry = self.latest_partial
                 newest = self.partial_queue.pop_latest()  # a partial cloud that arrived but was not segmented yet
                 entry = newest or entry
                 if entry is None or len(entry.cloud) == 0:
-                    return fail(f"no partial cloud from {self.p['partial_topic']} received yet")
+                    return fail(f"no partial cloud from {self.p['partial_topic']} received yet (subscribing now: ask "
+                                "again after the next frame)")
                 with self._lock:
                     self.latest_partial = entry
                 cloud, stamp, which = entry.cloud, entry.stamp, "partial cloud"

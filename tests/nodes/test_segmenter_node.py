@@ -129,6 +129,8 @@ def test_query_service_matches_the_core_segmenter_and_caches_features(checkpoint
         assert segmenter.queries == ["box", "floor"]
 
         # Partial clouds are segmented as they arrive and published with PCL-compatible fields.
+        # The segmenter subscribes to partial clouds while ~/labelled_cloud has a subscriber (this test's io node).
+        wait_until(lambda: partial_pub.get_subscription_count() > 0, what="the segmenter's partial subscription")
         partial_pub.publish(cloud_to_pointcloud2(scene.select(np.arange(0, len(scene), 3)), make_header("map", 6.0)))
         wait_until(lambda: labelled, what="a labelled partial cloud")
         msg = labelled[-1]
