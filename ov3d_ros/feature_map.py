@@ -111,7 +111,8 @@ class FeatureSnapshot:
     """One map version with features for every point: ``xyz`` (N, 3) float32, ``rgb`` (N, 3) uint8 and ``keys``
     (N,) in the order the map came in, the tiles' features, ``stamp`` (seconds) and ``version`` (updates so far).
     ``order`` sorts the keys (``sorted_keys``), for look-ups by key; ``points`` holds each tile's point positions,
-    found once when the snapshot is made so a query only classifies."""
+    found once when the snapshot is made so a query only classifies. ``tile_of``, ``ref_xyz`` and ``ref_rgb`` give
+    each point its tile and the position and colour its features were computed on (the next update's reference)."""
 
     xyz: np.ndarray
     rgb: np.ndarray
@@ -120,14 +121,22 @@ class FeatureSnapshot:
     sorted_keys: np.ndarray
     tiles: dict
     points: dict
+    tile_of: np.ndarray
+    ref_xyz: np.ndarray
+    ref_rgb: np.ndarray
     stamp: float
     version: int
 
     @classmethod
-    def build(cls, xyz, rgb, keys, order, tiles: dict, stamp: float, version: int) -> "FeatureSnapshot":
+    def build(cls, xyz, rgb, keys, order, tile_of, tiles: dict, stamp: float, version: int) -> "FeatureSnapshot":
         sorted_keys = keys[order]
         points = {t: torch.from_numpy(order[np.searchsorted(sorted_keys, tile.keys)]) for t, tile in tiles.items()}
-        return cls(xyz, rgb, keys, order, sorted_keys, tiles, points, float(stamp), version)
+        ref_xyz, ref_rgb = np.empty_like(xyz), np.empty_like(rgb)
+        for t, tile in tiles.items():
+            ref_xyz[points[t].numpy()] = tile.ref_xyz
+            ref_rgb[points[t].numpy()] = tile.ref_rgb
+        return cls(xyz, rgb, keys, order, sorted_keys, tiles, points, tile_of, ref_xyz, ref_rgb, float(stamp),
+                   version)
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -151,7 +160,8 @@ class FeatureSnapshot:
 
     def memory_bytes(self) -> int:
         """Bytes of the kept features, unit rows and point arrays."""
-        total = self.xyz.nbytes + self.rgb.nbytes + self.keys.nbytes
+        total = sum(a.nbytes for a in (self.xyz, self.rgb, self.keys, self.order, self.sorted_keys, self.tile_of,
+                                        self.ref_xyz, self.ref_rgb))
         for name, t in self.tiles.items():
             total += t.keys.nbytes + t.features.numel() * t.features.element_size()
             total += (t.unit.numel() + self.points[name].numel()) * 8
@@ -159,7 +169,8 @@ class FeatureSnapshot:
 
 
 EMPTY = FeatureSnapshot.build(np.zeros((0, 3), np.float32), np.zeros((0, 3), np.uint8), np.zeros(0, np.int64),
-                              np.zeros(0, np.int64), {}, float("nan"), 0)
+                              np.zeros(0, np.int64), np.zeros(0, np.int64), {}, float("nan"), 0)
+_TILE_OFFSET = 1 << 30  # tile indices in x and y are shifted by this to pack them into one int64 id
 
 
 class FeatureMap:
@@ -174,12 +185,18 @@ class FeatureMap:
         self.superpoints = superpoints
         self.snapshot: FeatureSnapshot = EMPTY
         self._update_lock = threading.Lock()
-        self.tiles_run = 0  # tiles the network ran on, over all updates
         self.last_update: dict = {}
 
     def _tile_ids(self, xyz: np.ndarray) -> np.ndarray:
-        t = np.floor(xyz[:, :2].astype(np.float64) / self.config.tile).astype(np.int64) + (1 << 30)
+        t = np.floor(xyz[:, :2].astype(np.float64) / self.config.tile).astype(np.int64) + _TILE_OFFSET
         return (t[:, 0] << 32) | t[:, 1]
+
+    def _context_box(self, tile: int) -> tuple[np.ndarray, np.ndarray]:
+        """x, y bounds of a tile grown by the context margin."""
+        tx, ty = (tile >> 32) - _TILE_OFFSET, (tile & 0xFFFFFFFF) - _TILE_OFFSET
+        size, margin = self.config.tile, self.margin
+        return (np.array([tx * size - margin, ty * size - margin]),
+                np.array([(tx + 1) * size + margin, (ty + 1) * size + margin]))
 
     def update(self, xyz, rgb, stamp: float) -> FeatureSnapshot:
         """Bring the features up to the map ``xyz`` (N, 3), ``rgb`` (N, 3) uint8 of time ``stamp`` and swap the
@@ -196,12 +213,12 @@ class FeatureMap:
             keys = voxel_keys(xyz, self.config.map_voxel)
             order = np.argsort(keys, kind="stable")
             tile_of = self._tile_ids(xyz)
-            changed, present, ref_tile = self._changes(old, keys, xyz, rgb, tile_of)
+            changed, present = self._changes(old, keys, xyz, rgb, tile_of)
             # Per tile: its points now, and its changes since its features were computed.
             tiles_now, count = np.unique(tile_of, return_counts=True)
             points_in = dict(zip(tiles_now.tolist(), count.tolist()))
             pending = dict.fromkeys(points_in, 0)
-            for t, n in zip(*np.unique(np.concatenate([tile_of[changed], ref_tile[~present]]), return_counts=True)):
+            for t, n in zip(*np.unique(np.concatenate([tile_of[changed], old.tile_of[~present]]), return_counts=True)):
                 if int(t) in pending:
                     pending[int(t)] += int(n)
             run, patch = [], []
@@ -220,8 +237,7 @@ class FeatureMap:
                 else:
                     tiles[t] = tile
             tiles.update(self._run_tiles(xyz, rgb, keys, tile_of, sorted(run)))
-            self.tiles_run += len(run)
-            snapshot = FeatureSnapshot.build(xyz, rgb, keys, order, tiles, stamp, old.version + 1)
+            snapshot = FeatureSnapshot.build(xyz, rgb, keys, order, tile_of, tiles, stamp, old.version + 1)
             self.snapshot = snapshot
             self.last_update = {"points": len(keys), "changed": int(changed.sum()),
                                 "removed": int((~present).sum()), "tiles_run": len(run),
@@ -231,24 +247,19 @@ class FeatureMap:
 
     def _changes(self, old: FeatureSnapshot, keys, xyz, rgb, tile_of):
         """(changed: points new to their tile or moved / recoloured beyond the tolerances since their tile's
-        features were computed; present: which of the old featured points are still there, in key order; the
-        tile of each of those)."""
-        if not old.tiles:
-            return np.ones(len(keys), bool), np.zeros(0, bool), np.zeros(0, np.int64)
-        ref_keys = np.concatenate([t.keys for t in old.tiles.values()])
-        order = np.argsort(ref_keys, kind="stable")
-        ref_keys = ref_keys[order]
-        ref_xyz = np.concatenate([t.ref_xyz for t in old.tiles.values()])[order]
-        ref_rgb = np.concatenate([t.ref_rgb for t in old.tiles.values()])[order]
-        ref_tile = np.concatenate([np.full(len(t.keys), name, np.int64) for name, t in old.tiles.items()])[order]
-        rank = np.clip(np.searchsorted(ref_keys, keys), 0, len(ref_keys) - 1)
-        known = (ref_keys[rank] == keys) & (ref_tile[rank] == tile_of)
-        moved = np.linalg.norm(xyz - ref_xyz[rank], axis=1) > self.config.position_tolerance * self.config.map_voxel
-        recoloured = np.abs(rgb.astype(np.int16) - ref_rgb[rank].astype(np.int16)).max(axis=1) \
+        features were computed; present: which points of the old snapshot are still there)."""
+        if len(old) == 0:
+            return np.ones(len(keys), bool), np.zeros(0, bool)
+        rank = np.clip(np.searchsorted(old.sorted_keys, keys), 0, len(old) - 1)
+        pos = old.order[rank]
+        known = (old.sorted_keys[rank] == keys) & (old.tile_of[pos] == tile_of)
+        moved = np.linalg.norm(xyz - old.ref_xyz[pos], axis=1) > \
+            self.config.position_tolerance * self.config.map_voxel
+        recoloured = np.abs(rgb.astype(np.int16) - old.ref_rgb[pos].astype(np.int16)).max(axis=1) \
             > self.config.color_tolerance
-        present = np.zeros(len(ref_keys), bool)
-        present[rank[known]] = True
-        return ~known | moved | recoloured, present, ref_tile
+        present = np.zeros(len(old), bool)
+        present[pos[known]] = True
+        return ~known | moved | recoloured, present
 
     @staticmethod
     def _patch(tile: _Tile, name: int, xyz, rgb, keys, tile_of, changed, changes: int) -> _Tile | None:
@@ -278,12 +289,9 @@ class FeatureMap:
         run tiles' own points' units, per tile."""
         if not run:
             return {}
-        size, margin = self.config.tile, self.margin
         in_context = np.zeros(len(xyz), dtype=bool)
         for tile in run:
-            tx, ty = (tile >> 32) - (1 << 30), (tile & 0xFFFFFFFF) - (1 << 30)
-            lo = np.array([tx * size - margin, ty * size - margin])
-            hi = np.array([(tx + 1) * size + margin, (ty + 1) * size + margin])
+            lo, hi = self._context_box(tile)
             in_context |= np.all((xyz[:, :2] >= lo) & (xyz[:, :2] < hi), axis=1)
         context = np.flatnonzero(in_context)
         tile_of_context = tile_of[context]

@@ -120,8 +120,8 @@ class RosbagScene:
             if pose_topic is None and tf_topic not in by_topic and tf_static_topic not in by_topic:
                 raise ValueError(f"RosbagScene: no pose source in {path}: give pose_topic (Odometry/PoseStamped) "
                                  f"or record {tf_topic} / {tf_static_topic} (topics: {sorted(by_topic)})")
-            self._color_type = self._single_type(by_topic[color_topic], (_IMAGE, _COMPRESSED), "colour")
-            self._depth_type = self._single_type(by_topic[depth_topic], (_IMAGE, _COMPRESSED), "depth")
+            self._single_type(by_topic[color_topic], (_IMAGE, _COMPRESSED), "colour")
+            self._single_type(by_topic[depth_topic], (_IMAGE, _COMPRESSED), "depth")
             self._single_type(by_topic[info_topic], (_INFO,), "camera info")
             pose_type = None
             if pose_topic is not None:
