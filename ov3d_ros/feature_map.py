@@ -50,20 +50,27 @@ def voxel_keys(xyz: np.ndarray, voxel: float) -> np.ndarray:
     cell's face, so two points may fall in one cell. The second and later ones of a cell (in x, y, z order) then get
     the cell's key with a collision count in the top bits: unique, and the same for the same points.
     """
-    ijk = np.floor(np.asarray(xyz, dtype=np.float64) / voxel).astype(np.int64) + _OFFSET
+    xyz = np.asarray(xyz)
+    ijk = np.floor(xyz.astype(np.float64) / voxel).astype(np.int64) + _OFFSET
     if len(ijk) and (ijk.min() < 0 or ijk.max() >= (1 << _BITS)):
         raise ValueError(f"points lie beyond +-{_OFFSET * voxel:.0f} m of the origin: not a map")
     keys = (ijk[:, 0] << (2 * _BITS)) | (ijk[:, 1] << _BITS) | ijk[:, 2]
-    order = np.lexsort((xyz[:, 2], xyz[:, 1], xyz[:, 0], keys))
-    same = np.zeros(len(keys), dtype=np.int64)
-    if len(keys) > 1:
-        dup = np.concatenate([[False], keys[order[1:]] == keys[order[:-1]]])
-        if dup.any():
-            run_start = np.maximum.accumulate(np.where(~dup, np.arange(len(dup)), 0))
-            same[order] = np.arange(len(dup)) - run_start  # 0 for the first point of a cell, 1, 2, ... after
-            if same.max() >= (1 << (63 - 3 * _BITS)):
-                raise ValueError("map points crowd into single voxels: is map_voxel the map's voxel size?")
-    return keys | (same << (3 * _BITS))
+    if len(keys) < 2:
+        return keys
+    sorted_keys = np.sort(keys)
+    shared = np.unique(sorted_keys[1:][sorted_keys[1:] == sorted_keys[:-1]])
+    if not len(shared):
+        return keys
+    # Only the points of shared cells are ordered (cell, then x, y, z) to number them within their cell.
+    crowd = np.flatnonzero(np.isin(keys, shared))
+    crowd = crowd[np.lexsort((xyz[crowd, 2], xyz[crowd, 1], xyz[crowd, 0], keys[crowd]))]
+    first = np.concatenate([[True], keys[crowd[1:]] != keys[crowd[:-1]]])
+    run_start = np.maximum.accumulate(np.where(first, np.arange(len(crowd)), 0))
+    same = np.arange(len(crowd)) - run_start  # 0 for the first point of a cell, 1, 2, ... after
+    if same.max() >= (1 << (63 - 3 * _BITS)):
+        raise ValueError("map points crowd into single voxels: is map_voxel the map's voxel size?")
+    keys[crowd] |= same << (3 * _BITS)
+    return keys
 
 
 @dataclass(frozen=True)

@@ -26,57 +26,58 @@ class ObjectSummary:
 @dataclass(frozen=True)
 class ClusterGrid:
     """A cloud on the cluster grid: sorted linear keys of the occupied voxels, the voxel of each point, and the
-    grid's dims (with a one-voxel border, so the +-1 neighbour offsets of a linear key never wrap). Computed once
-    per cloud, it serves any number of queries (``summarise_queries(..., grid=)``)."""
+    pairs of 26-adjacent occupied voxels (``a`` < ``b`` as rows of ``voxels``, each pair once). Computed once per
+    cloud, it serves any number of queries (``summarise_queries(..., grid=)``): a query only keeps the pairs whose
+    two voxels hold its points."""
 
     voxels: np.ndarray
     point_voxel: np.ndarray
-    dims: np.ndarray
+    a: np.ndarray
+    b: np.ndarray
+
+    def components(self, occupied: np.ndarray) -> np.ndarray:
+        """Connected component of every voxel among the ``occupied`` ones (bool per voxel), 26-connected; voxels
+        not occupied are components of their own."""
+        keep = occupied[self.a]
+        keep &= occupied[self.b]
+        n = len(self.voxels)
+        graph = coo_matrix((np.ones(int(keep.sum()), dtype=np.int8), (self.a[keep], self.b[keep])), shape=(n, n))
+        return connected_components(graph, directed=False)[1]
 
 
 def cluster_grid(xyz: np.ndarray, cluster_voxel: float) -> ClusterGrid:
-    return ClusterGrid(*_voxel_grid(np.asarray(xyz, dtype=np.float64).reshape(-1, 3), cluster_voxel))
-
-
-def _voxel_grid(xyz: np.ndarray, cluster_voxel: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The cloud ``xyz`` (N, 3) on a grid of ``cluster_voxel`` metres, with its voxels' adjacency."""
     if not cluster_voxel > 0:
         raise ValueError(f"cluster_voxel must be > 0 metres, got {cluster_voxel}")
+    xyz = np.asarray(xyz, dtype=np.float64).reshape(-1, 3)
+    if len(xyz) == 0:
+        empty = np.zeros(0, dtype=np.int64)
+        return ClusterGrid(empty, empty, empty, empty)
     keys = np.floor(xyz / cluster_voxel).astype(np.int64)
     keys -= keys.min(axis=0)
-    dims = keys.max(axis=0) + 3
+    dims = keys.max(axis=0) + 3  # a free border of one voxel: the +-1 offsets of a linear key never wrap
     keys += 1
     linear = (keys[:, 0] * dims[1] + keys[:, 1]) * dims[2] + keys[:, 2]
     voxels, point_voxel = np.unique(linear, return_inverse=True)
-    return voxels, point_voxel.reshape(-1), dims
-
-
-def _components(voxels: np.ndarray, dims: np.ndarray) -> np.ndarray:
-    """Connected component of each voxel (sorted linear keys) under 26-connectivity."""
-    n_vox = len(voxels)
-    rows, cols = [np.arange(n_vox)], [np.arange(n_vox)]
-    # 13 "forward" neighbour offsets cover all 26 neighbours once the graph is treated as undirected.
+    a, b = [], []
+    # 13 "forward" neighbour offsets list every pair of the 26-neighbourhood once.
     for dx in (-1, 0, 1):
         for dy in (-1, 0, 1):
             for dz in (-1, 0, 1):
                 if (dx, dy, dz) <= (0, 0, 0):
                     continue
                 shifted = voxels + (dx * dims[1] + dy) * dims[2] + dz
-                pos = np.minimum(np.searchsorted(voxels, shifted), n_vox - 1)
+                pos = np.minimum(np.searchsorted(voxels, shifted), len(voxels) - 1)
                 hit = voxels[pos] == shifted
-                rows.append(np.nonzero(hit)[0])
-                cols.append(pos[hit])
-    rows, cols = np.concatenate(rows), np.concatenate(cols)
-    graph = coo_matrix((np.ones(len(rows), dtype=np.int8), (rows, cols)), shape=(n_vox, n_vox))
-    return connected_components(graph, directed=False)[1]
+                a.append(np.flatnonzero(hit))
+                b.append(pos[hit])
+    return ClusterGrid(voxels, point_voxel.reshape(-1), np.concatenate(a), np.concatenate(b))
 
 
 def voxel_clusters(xyz: np.ndarray, cluster_voxel: float) -> np.ndarray:
     """Cluster id per point: connected components of occupied voxels under 26-connectivity."""
-    xyz = np.asarray(xyz, dtype=np.float64)
-    if len(xyz) == 0:
-        return np.zeros(0, dtype=np.int64)
-    voxels, point_voxel, dims = _voxel_grid(xyz, cluster_voxel)
-    return _components(voxels, dims)[point_voxel].astype(np.int64)
+    grid = cluster_grid(xyz, cluster_voxel)
+    return grid.components(np.ones(len(grid.voxels), dtype=bool))[grid.point_voxel].astype(np.int64)
 
 
 def summarise_queries(xyz: np.ndarray, label: np.ndarray, queries: list[str], best_scores: np.ndarray,
@@ -90,26 +91,27 @@ def summarise_queries(xyz: np.ndarray, label: np.ndarray, queries: list[str], be
     label = np.asarray(label).reshape(-1)
     if len(label) != len(xyz):
         raise ValueError(f"summarise_queries: {len(label)} labels for {len(xyz)} points")
-    if len(xyz):
-        voxels, point_voxel, dims = (grid.voxels, grid.point_voxel, grid.dims) if grid is not None \
-            else _voxel_grid(xyz, cluster_voxel)
+    if grid is None:
+        grid = cluster_grid(xyz, cluster_voxel)
+    if len(grid.point_voxel) != len(xyz):
+        raise ValueError(f"summarise_queries: a cluster grid of {len(grid.point_voxel)} points for {len(xyz)}")
+    # The points sorted by label (a radix sort on int16), so each query takes the slice of its own points.
+    by_label = np.argsort(np.clip(label, -1, len(queries)).astype(np.int16), kind="stable")
+    bounds = np.searchsorted(label[by_label], np.arange(len(queries) + 1))
     out = []
     for q, query in enumerate(queries):
-        mask = label == q
-        count = int(mask.sum())
+        points = by_label[bounds[q]:bounds[q + 1]]
         centroid = np.full(3, np.nan)
         cluster_count = 0
-        if count:
-            occupancy = np.bincount(point_voxel[mask], minlength=len(voxels))
-            mine = np.flatnonzero(occupancy)  # this query's voxels, in key order
-            component = _components(voxels[mine], dims)
-            largest = int(np.argmax(np.bincount(component, weights=occupancy[mine])))
-            in_largest = np.zeros(len(voxels), dtype=bool)
-            in_largest[mine[component == largest]] = True
-            points = mask & in_largest[point_voxel]
-            cluster_count = int(points.sum())
-            centroid = xyz[points].mean(axis=0)
-        out.append(ObjectSummary(query=query, point_count=count, best_score=float(best_scores[q]),
+        if len(points):
+            voxel = grid.point_voxel[points]
+            occupancy = np.bincount(voxel, minlength=len(grid.voxels))
+            component = grid.components(occupancy > 0)
+            largest = int(np.argmax(np.bincount(component, weights=occupancy)))
+            in_largest = points[component[voxel] == largest]
+            cluster_count = len(in_largest)
+            centroid = xyz[in_largest].mean(axis=0)
+        out.append(ObjectSummary(query=query, point_count=len(points), best_score=float(best_scores[q]),
                                  centroid=centroid, cluster_point_count=cluster_count))
     return out
 
