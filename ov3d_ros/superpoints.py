@@ -14,13 +14,15 @@ The segmentation is Felzenszwalb-Huttenlocher graph segmentation (IJCV 2004) on 
   * edges are merged in increasing weight while ``w <= min(Int(A) + k / |A|, Int(B) + k / |B|)`` (Int: the
     largest weight inside a component), so ``k`` sets the scale: larger k, larger segments;
   * components below ``min_size`` cells are then merged into a neighbour.
-The merge loop is compiled with numba (imported on first use).
+The loops over the graph's edges are compiled with numba (``ov3d_ros.superpoint_kernels``).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import numpy as np
+
+from ov3d_ros.superpoint_kernels import fh_segment, neighbour_sums
 
 # The 13 "forward" offsets of the 26-neighbourhood: each undirected edge between two cells is listed once.
 _FORWARD = np.array([(i, j, k) for i in (-1, 0, 1) for j in (-1, 0, 1) for k in (-1, 0, 1) if (i, j, k) > (0, 0, 0)],
@@ -87,8 +89,7 @@ def _cell_normals(grid: _Grid, xyz: np.ndarray, a: np.ndarray, b: np.ndarray) ->
     pairs = [(0, 0), (0, 1), (0, 2), (1, 1), (1, 2), (2, 2)]
     columns = [np.ones(len(p))] + [p[:, i] for i in range(3)] + [p[:, i] * p[:, j] for i, j in pairs]
     own = np.stack([np.bincount(cell, c, n_cells) for c in columns], axis=1)
-    block = own + np.stack([np.bincount(a, own[b, c], n_cells) + np.bincount(b, own[a, c], n_cells)
-                            for c in range(own.shape[1])], axis=1)
+    block = neighbour_sums(own, a, b)
     n = block[:, 0]
     mean = block[:, 1:4] / n[:, None]
     cov = np.empty((n_cells, 3, 3))
@@ -96,64 +97,6 @@ def _cell_normals(grid: _Grid, xyz: np.ndarray, a: np.ndarray, b: np.ndarray) ->
         cov[:, i, j] = cov[:, j, i] = block[:, 4 + m] / n - mean[:, i] * mean[:, j]
     _, vectors = np.linalg.eigh(cov)
     return vectors[:, :, 0]
-
-
-def _fh_kernel():
-    """The numba-compiled Felzenszwalb-Huttenlocher merge loop (compiled once per process, cached on disk)."""
-    global _FH
-    if _FH is not None:
-        return _FH
-    try:
-        import numba
-    except ImportError as exc:  # pragma: no cover - numba is in requirements/core.txt
-        raise ImportError("superpoints need numba (pip install numba)") from exc
-
-    @numba.njit(cache=True)
-    def find(parent, x):
-        root = x
-        while parent[root] != root:
-            root = parent[root]
-        while parent[x] != root:  # path compression
-            nxt = parent[x]
-            parent[x] = root
-            x = nxt
-        return root
-
-    @numba.njit(cache=True)
-    def segment(n, a, b, w, order, k, min_size):
-        parent = np.arange(n)
-        size = np.ones(n, np.int64)
-        threshold = np.full(n, k)
-        for e in order:
-            ra = find(parent, a[e])
-            rb = find(parent, b[e])
-            if ra == rb:
-                continue
-            if w[e] <= threshold[ra] and w[e] <= threshold[rb]:
-                if size[ra] < size[rb]:
-                    ra, rb = rb, ra
-                parent[rb] = ra
-                size[ra] += size[rb]
-                # edges come in increasing weight, so w[e] is the largest inside the merged component
-                threshold[ra] = w[e] + k / size[ra]
-        for e in order:
-            ra = find(parent, a[e])
-            rb = find(parent, b[e])
-            if ra != rb and (size[ra] < min_size or size[rb] < min_size):
-                if size[ra] < size[rb]:
-                    ra, rb = rb, ra
-                parent[rb] = ra
-                size[ra] += size[rb]
-        out = np.empty(n, np.int64)
-        for i in range(n):
-            out[i] = find(parent, i)
-        return out
-
-    _FH = segment
-    return segment
-
-
-_FH = None
 
 
 def superpoints(xyz, rgb, config: SuperpointConfig | None = None) -> np.ndarray:
@@ -184,7 +127,7 @@ def superpoints(xyz, rgb, config: SuperpointConfig | None = None) -> np.ndarray:
     weight = (1.0 - np.abs((normal[a] * normal[b]).sum(axis=1))
               + config.colour_weight * np.linalg.norm(colour[a] - colour[b], axis=1) / 255.0)
     order = np.argsort(weight, kind="stable")  # FH merges edges in increasing weight; stable = deterministic ties
-    roots = _fh_kernel()(n_cells, a, b, weight, order, float(config.k), int(config.min_size))
+    roots = fh_segment(n_cells, a, b, weight, order, float(config.k), int(config.min_size))
     _, cell_segment = np.unique(roots, return_inverse=True)
     return cell_segment.reshape(-1)[grid.cell_of_point].astype(np.int64)
 

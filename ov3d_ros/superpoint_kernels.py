@@ -1,0 +1,69 @@
+"""The compiled loops of ``ov3d_ros.superpoints``: sums over a cell graph's edges and the Felzenszwalb-Huttenlocher
+merge. Module-level numba functions, so their machine code is cached on disk (``cache=True``) and a new process
+loads it instead of compiling again.
+"""
+from __future__ import annotations
+
+import numba
+import numpy as np
+
+
+@numba.njit(cache=True)
+def neighbour_sums(own, a, b):
+    """``own`` (n, C) plus, for every edge (a[e], b[e]), the other end's row: each cell's values summed over itself
+    and its neighbours. The additions run in the order ``np.bincount`` makes them, so the sums are the same bits."""
+    n, columns = own.shape
+    from_a = np.zeros((n, columns))
+    from_b = np.zeros((n, columns))
+    for e in range(len(a)):
+        i, j = a[e], b[e]
+        for c in range(columns):
+            from_a[i, c] += own[j, c]
+            from_b[j, c] += own[i, c]
+    return own + (from_a + from_b)
+
+
+@numba.njit(cache=True)
+def _find(parent, x):
+    root = x
+    while parent[root] != root:
+        root = parent[root]
+    while parent[x] != root:  # path compression
+        nxt = parent[x]
+        parent[x] = root
+        x = nxt
+    return root
+
+
+@numba.njit(cache=True)
+def fh_segment(n, a, b, w, order, k, min_size):
+    """Root cell of every cell after merging the edges (a, b) of weight ``w`` in ``order`` (increasing weight):
+    two components merge when the edge is no heavier than either one's largest inner weight + k / size; then
+    components under ``min_size`` cells merge into a neighbour."""
+    parent = np.arange(n)
+    size = np.ones(n, np.int64)
+    threshold = np.full(n, k)
+    for e in order:
+        ra = _find(parent, a[e])
+        rb = _find(parent, b[e])
+        if ra == rb:
+            continue
+        if w[e] <= threshold[ra] and w[e] <= threshold[rb]:
+            if size[ra] < size[rb]:
+                ra, rb = rb, ra
+            parent[rb] = ra
+            size[ra] += size[rb]
+            # edges come in increasing weight, so w[e] is the largest inside the merged component
+            threshold[ra] = w[e] + k / size[ra]
+    for e in order:
+        ra = _find(parent, a[e])
+        rb = _find(parent, b[e])
+        if ra != rb and (size[ra] < min_size or size[rb] < min_size):
+            if size[ra] < size[rb]:
+                ra, rb = rb, ra
+            parent[rb] = ra
+            size[ra] += size[rb]
+    out = np.empty(n, np.int64)
+    for i in range(n):
+        out[i] = _find(parent, i)
+    return out
