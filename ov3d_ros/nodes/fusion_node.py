@@ -15,7 +15,6 @@ from pathlib import Path
 import numpy as np
 from geometry_msgs.msg import PoseStamped
 from nav_msgs.msg import Odometry
-from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.node import Node
 from rclpy.qos import QoSProfile, ReliabilityPolicy, HistoryPolicy, DurabilityPolicy, qos_profile_sensor_data
 from sensor_msgs.msg import CameraInfo, Image, PointCloud2
@@ -118,13 +117,14 @@ class FusionNode(Node):
         self.frames_finished = 0  # frames taken off the queue and fully handled (fused, gated or rejected)
         self.last_partial_stamp = None
 
-        # Input callbacks (decode + enqueue) get a group of their own, so a multi-threaded executor keeps taking
-        # messages off DDS while the timer fuses; otherwise the DDS history (qos_depth) overflows, uncounted.
-        inputs = MutuallyExclusiveCallbackGroup()
+        # The callbacks run one at a time (the node's one callback group): inputs decode and enqueue, a timer fuses
+        # what is queued. A fused frame takes milliseconds, and meanwhile DDS holds up to qos_depth messages per
+        # input. A second executor thread would not help: rclpy's multi-threaded executor spins on ready entities
+        # of a busy group and takes the interpreter lock from the work.
         qos = make_qos(p["qos"], p["qos_depth"])
-        self.create_subscription(Image, p["color_topic"], self._on_color, qos, callback_group=inputs)
-        self.create_subscription(Image, p["depth_topic"], self._on_depth, qos, callback_group=inputs)
-        self.create_subscription(CameraInfo, p["camera_info_topic"], self._on_info, qos, callback_group=inputs)
+        self.create_subscription(Image, p["color_topic"], self._on_color, qos)
+        self.create_subscription(Image, p["depth_topic"], self._on_depth, qos)
+        self.create_subscription(CameraInfo, p["camera_info_topic"], self._on_info, qos)
 
         self.poses = PoseTrack(p["pose_topic"], maxlen=400)
         self.tf_buffer = None
@@ -142,9 +142,9 @@ class FusionNode(Node):
             if len(values) != 7:
                 raise ValueError(f"fusion_node: base_to_camera needs 7 numbers x y z qx qy qz qw, got {values}")
             self._T_base_cam = rigid_from_quaternion(values[:3], values[3:])
-            self.create_subscription(Odometry, p["pose_topic"], self._on_odometry, 50, callback_group=inputs)
+            self.create_subscription(Odometry, p["pose_topic"], self._on_odometry, 50)
         else:
-            self.create_subscription(PoseStamped, p["pose_topic"], self._on_pose, 50, callback_group=inputs)
+            self.create_subscription(PoseStamped, p["pose_topic"], self._on_pose, 50)
 
         self.partial_pub = self.create_publisher(PointCloud2, "~/partial_cloud", 5)
         self.global_pub = self.create_publisher(
@@ -152,18 +152,13 @@ class FusionNode(Node):
                                                       reliability=ReliabilityPolicy.RELIABLE,
                                                       durability=DurabilityPolicy.TRANSIENT_LOCAL))
         self._published_version = -1  # the mapper's version last sent on ~/global_cloud
-        # The processing timer is always ready while frames stream in faster than they are fused, and rclpy's
-        # executor serves ready timers first: services and the global publisher get groups of their own (the
-        # mapper's lock serialises what they share).
-        services = MutuallyExclusiveCallbackGroup()
-        self.create_service(SaveMap, "~/save_map", self._on_save_map, callback_group=services)
-        self.create_service(Trigger, "~/reset_map", self._on_reset_map, callback_group=services)
+        self.create_service(SaveMap, "~/save_map", self._on_save_map)
+        self.create_service(Trigger, "~/reset_map", self._on_reset_map)
         self.create_timer(1.0 / p["process_rate"], self._process_frames)
         if p["global_rate"] > 0:
-            self.create_timer(1.0 / p["global_rate"], lambda: self.publish_global(force=False),
-                              callback_group=MutuallyExclusiveCallbackGroup())
+            self.create_timer(1.0 / p["global_rate"], lambda: self.publish_global(force=False))
         if p["stats_period"] > 0:
-            self.create_timer(p["stats_period"], self._log_stats, callback_group=inputs)
+            self.create_timer(p["stats_period"], self._log_stats)
         self._started = time.monotonic()
         self.get_logger().info(
             f"fusing {p['color_topic']} + {p['depth_topic']} + {p['camera_info_topic']} "

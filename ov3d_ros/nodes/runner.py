@@ -10,8 +10,12 @@ import threading
 
 
 class NodeRunner:
-    """rclpy context + nodes + a MultiThreadedExecutor spinning in a background thread; ``close()`` shuts it all
-    down in the order that avoids aborts at interpreter exit (executor, thread, nodes, context)."""
+    """rclpy context + nodes + an executor spinning in a background thread; ``close()`` shuts it all down in the
+    order that avoids aborts at interpreter exit (executor, thread, nodes, context).
+
+    The executor is single-threaded unless ``threads`` > 1: the nodes' callbacks are short (the segmenter's network
+    passes run in its own thread), and rclpy's multi-threaded executor spins, holding the interpreter lock, while a
+    ready callback waits for its busy group -- at 30 Hz that starved the camera and the fusion node of frames."""
 
     def __init__(self, node_factories, *, ros_args: list[str] | None = None, threads: int | None = None,
                  init: bool = True) -> None:
@@ -29,10 +33,8 @@ class NodeRunner:
         except BaseException:
             self.close()
             raise
-        # Several callback groups per node (inputs, processing, services, global passes): enough threads that
-        # inputs keep flowing and services answer during network passes.
-        threads = threads or 3 * len(self.nodes)
-        self.executor = (SingleThreadedExecutor() if threads == 1 else MultiThreadedExecutor(num_threads=threads))
+        self.executor = MultiThreadedExecutor(num_threads=threads) if threads and threads > 1 \
+            else SingleThreadedExecutor()
         for node in self.nodes:
             self.executor.add_node(node)
         self._thread: threading.Thread | None = None

@@ -5,6 +5,7 @@ A thin adapter over the core. The global map's features live in a ``FeatureMap``
 current feature map without waiting for the network, with the stamp of the map it used (``map_stamp``). Partial
 clouds are segmented only for the subscribers of ~/labelled_cloud (at ``partial_rate``) or for a CLOUD_PARTIAL
 query, their per-voxel features kept so a query with new text only embeds the text and takes a matrix product.
+The network passes run in a thread of the node's own; the executor's callbacks only decode, answer and publish.
 """
 from __future__ import annotations
 
@@ -17,7 +18,6 @@ import numpy as np
 import torch
 from geometry_msgs.msg import Point
 from rcl_interfaces.msg import SetParametersResult
-from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.node import Node
 from sensor_msgs.msg import PointCloud2
 from std_msgs.msg import ColorRGBA
@@ -98,7 +98,8 @@ class _Cached:
 
 
 class SegmenterNode(Node):
-    """Constructor in order: parameters, segmenter and feature map, subscriptions, publishers, service, timers."""
+    """Constructor in order: parameters, segmenter and feature map, subscriptions, publishers, service, timers, and
+    the network thread (``_work``), stopped by ``destroy_node``."""
 
     def __init__(self, name: str = "segmenter_node", **kwargs) -> None:
         super().__init__(name, **kwargs)
@@ -127,30 +128,25 @@ class SegmenterNode(Node):
         self.last_partial_latency = float("nan")
 
         self.add_on_set_parameters_callback(self._on_set_parameters)
-        # Decoding callbacks run beside the network passes (own group), so clouds are queued -- and counted when
-        # dropped -- instead of overflowing the DDS history while the network is busy.
-        inputs = MutuallyExclusiveCallbackGroup()
-        self._inputs = inputs
         self._partial_sub = None  # created while partial clouds are wanted (_follow_partial_demand)
         self._partial_asked = -math.inf  # monotonic time of the last CLOUD_PARTIAL query
-        self.create_subscription(PointCloud2, p["global_topic"], self._on_global, 2, callback_group=inputs)
+        self.create_subscription(PointCloud2, p["global_topic"], self._on_global, 2)
         self.labelled_pub = self.create_publisher(PointCloud2, "~/labelled_cloud", 5)
         self.labelled_map_pub = self.create_publisher(PointCloud2, "~/labelled_map", 2)
         self.markers_pub = self.create_publisher(MarkerArray, "~/markers", 2)
-        # The service, the map updates and the partial clouds each get a callback group of their own: a query is
-        # answered from the current feature map while an update runs. The network passes share one lock.
-        self._network_lock = threading.Lock()
-        self.create_service(QueryObjects, p["query_service"], self._on_query,
-                            callback_group=MutuallyExclusiveCallbackGroup())
-        self.create_timer(1.0 / p["global_rate"] if p["global_rate"] > 0 else 0.05, self._update_map,
-                          callback_group=MutuallyExclusiveCallbackGroup())
-        if p["segment_partial"]:
-            self.create_timer(1.0 / p["partial_rate"], self._segment_partial,
-                              callback_group=MutuallyExclusiveCallbackGroup())
-        self.create_timer(1.0, self._follow_partial_demand, callback_group=inputs)
+        self.create_service(QueryObjects, p["query_service"], self._on_query)
+        self.create_timer(1.0, self._follow_partial_demand)
         self._follow_partial_demand()
         if p["stats_period"] > 0:
-            self.create_timer(p["stats_period"], self._log_stats, callback_group=inputs)
+            self.create_timer(p["stats_period"], self._log_stats)
+        # The network passes (feature-map updates, labelled partial clouds) run in a thread of the node's own, so
+        # the executor's callbacks -- decoding clouds, answering queries -- stay short and are never held up by a
+        # pass; the executor needs no second thread. A CLOUD_PARTIAL query shares the lock of the network passes.
+        self._network_lock = threading.Lock()
+        self._wake = threading.Event()
+        self._stopping = threading.Event()
+        self._worker = threading.Thread(target=self._work, name="segmenter-network", daemon=True)
+        self._worker.start()
         self.get_logger().info(f"loaded {checkpoint} on {getattr(self.segmenter, 'device', p['device'])}; "
                                f"serving {p['query_service']}; default queries {list(p['queries'])}")
 
@@ -195,8 +191,7 @@ class SegmenterNode(Node):
         wanted = (self.p["segment_partial"] and self.labelled_pub.get_subscription_count() > 0) \
             or time.monotonic() - self._partial_asked < PARTIAL_DEMAND_S
         if wanted and self._partial_sub is None:
-            self._partial_sub = self.create_subscription(PointCloud2, self.p["partial_topic"], self._on_partial, 5,
-                                                         callback_group=self._inputs)
+            self._partial_sub = self.create_subscription(PointCloud2, self.p["partial_topic"], self._on_partial, 5)
         elif not wanted and self._partial_sub is not None:
             self.destroy_subscription(self._partial_sub)
             self._partial_sub = None
@@ -206,6 +201,7 @@ class SegmenterNode(Node):
         if cloud is not None:
             self.partial_queue.push(_Cached(cloud=cloud, stamp=stamp_seconds(msg.header.stamp),
                                             superpoints=self.p["superpoints_partial"]))
+            self._wake.set()
 
     def _on_global(self, msg: PointCloud2) -> None:
         cloud = self._decode(msg, "global")
@@ -214,16 +210,47 @@ class SegmenterNode(Node):
                 if self._pending_map is not None:
                     self.counters["maps_superseded"] += 1  # only the newest map is brought in
                 self._pending_map = (cloud, stamp_seconds(msg.header.stamp))
+            self._wake.set()
 
-    # ------------------------------------------------------------------ network passes
-    def _update_map(self) -> None:
-        """Bring the newest global cloud into the feature map (re-running only what changed), then publish the
-        labelled map and markers to whoever subscribes."""
-        with self._lock:
-            pending, self._pending_map = self._pending_map, None
-        if pending is None:
-            return
-        cloud, stamp = pending
+    # ------------------------------------------------------------------ network passes (the worker thread)
+    def _work(self) -> None:
+        """Feature-map updates at most ``global_rate`` a second and labelled partial clouds at most
+        ``partial_rate`` a second, each as soon as its input is there and its time has come."""
+        map_due = partial_due = 0.0
+        while not self._stopping.is_set():
+            self._wake.clear()
+            busy, waits = False, [1.0]
+            with self._lock:
+                pending, now = self._pending_map, time.monotonic()
+                if pending is not None and now >= map_due:
+                    self._pending_map = None
+            if pending is not None and now >= map_due:
+                self._update_map(*pending)
+                map_due = now + 1.0 / self.p["global_rate"] if self.p["global_rate"] > 0 else 0.0
+                busy = True
+            elif pending is not None:
+                waits.append(map_due - now)
+            if self.p["segment_partial"] and len(self.partial_queue) and \
+                    self.labelled_pub.get_subscription_count() > 0:
+                now = time.monotonic()
+                if now >= partial_due:
+                    self._segment_partial()
+                    partial_due = now + 1.0 / self.p["partial_rate"]
+                    busy = True
+                else:
+                    waits.append(partial_due - now)
+            if not busy:
+                self._wake.wait(min(waits))
+
+    def destroy_node(self) -> None:
+        self._stopping.set()
+        self._wake.set()
+        self._worker.join(timeout=30.0)
+        super().destroy_node()
+
+    def _update_map(self, cloud: PointCloud, stamp: float) -> None:
+        """Bring a global cloud into the feature map (re-running only what changed), then publish the labelled map
+        and markers to whoever subscribes."""
         try:
             with self._network_lock:
                 snapshot = self.feature_map.update(cloud.xyz, cloud.rgb, stamp)
@@ -232,7 +259,7 @@ class SegmenterNode(Node):
             self.get_logger().error(f"updating the feature map failed: {exc}", throttle_duration_sec=5.0)
             return
         self.map_frame = cloud.frame_id
-        self._map_grid(snapshot)  # here, not in the first query on this map
+        grid = self._map_grid(snapshot)  # here, not in the first query on this map
         self.counters["map_updates"] += 1
         if self.feature_map.last_update.get("tiles_run"):
             self.counters["feature_passes"] += 1
@@ -251,7 +278,8 @@ class SegmenterNode(Node):
             labelled = PointCloud(xyz=snapshot.xyz, rgb=snapshot.rgb, frame_id=self.map_frame).with_labels(
                 labels.label.astype(np.int32), labels.score)
             self.labelled_map_pub.publish(cloud_to_pointcloud2(labelled, header, with_labels=True))
-        summaries = summarise_queries(snapshot.xyz, labels.label, queries, labels.best, self.p["cluster_voxel"])
+        summaries = summarise_queries(snapshot.xyz, labels.label, queries, labels.best, self.p["cluster_voxel"],
+                                      grid=grid)
         self.markers_pub.publish(self.make_markers(summaries, header))
 
     def _map_grid(self, snapshot):
@@ -273,9 +301,7 @@ class SegmenterNode(Node):
             return entry.features
 
     def _segment_partial(self) -> None:
-        """The newest partial cloud, labelled, for the subscribers of ~/labelled_cloud (none: no work)."""
-        if self.labelled_pub.get_subscription_count() == 0:
-            return
+        """The newest partial cloud, labelled, for the subscribers of ~/labelled_cloud."""
         entry = self.partial_queue.pop_latest()
         if entry is None or len(entry.cloud) == 0:
             return
