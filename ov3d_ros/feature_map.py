@@ -117,9 +117,10 @@ class _Tile:
 class FeatureSnapshot:
     """One map version with features for every point: ``xyz`` (N, 3) float32, ``rgb`` (N, 3) uint8 and ``keys``
     (N,) in the order the map came in, the tiles' features, ``stamp`` (seconds) and ``version`` (updates so far).
-    ``order`` sorts the keys (``sorted_keys``), for look-ups by key; ``points`` holds each tile's point positions,
-    found once when the snapshot is made so a query only classifies. ``tile_of``, ``ref_xyz`` and ``ref_rgb`` give
-    each point its tile and the position and colour its features were computed on (the next update's reference)."""
+    ``order`` sorts the keys (``sorted_keys``), for look-ups by key. ``unit_of_point`` (N,) numbers every point's
+    unit across the tiles (tile by tile, in ``tiles`` order: the rows of ``label_units``). ``tile_of``, ``ref_xyz``
+    and ``ref_rgb`` give each point its tile and the position and colour its features were computed on (the next
+    update's reference)."""
 
     xyz: np.ndarray
     rgb: np.ndarray
@@ -127,7 +128,7 @@ class FeatureSnapshot:
     order: np.ndarray
     sorted_keys: np.ndarray
     tiles: dict
-    points: dict
+    unit_of_point: np.ndarray
     tile_of: np.ndarray
     ref_xyz: np.ndarray
     ref_rgb: np.ndarray
@@ -137,13 +138,17 @@ class FeatureSnapshot:
     @classmethod
     def build(cls, xyz, rgb, keys, order, tile_of, tiles: dict, stamp: float, version: int) -> "FeatureSnapshot":
         sorted_keys = keys[order]
-        points = {t: torch.from_numpy(order[np.searchsorted(sorted_keys, tile.keys)]) for t, tile in tiles.items()}
         ref_xyz, ref_rgb = np.empty_like(xyz), np.empty_like(rgb)
+        unit_of_point = np.empty(len(keys), dtype=np.int64)
+        offset = 0
         for t, tile in tiles.items():
-            ref_xyz[points[t].numpy()] = tile.ref_xyz
-            ref_rgb[points[t].numpy()] = tile.ref_rgb
-        return cls(xyz, rgb, keys, order, sorted_keys, tiles, points, tile_of, ref_xyz, ref_rgb, float(stamp),
-                   version)
+            mine = order[np.searchsorted(sorted_keys, tile.keys)]
+            ref_xyz[mine] = tile.ref_xyz
+            ref_rgb[mine] = tile.ref_rgb
+            unit_of_point[mine] = tile.unit.numpy() + offset
+            offset += len(tile.features)
+        return cls(xyz, rgb, keys, order, sorted_keys, tiles, unit_of_point, tile_of, ref_xyz, ref_rgb,
+                   float(stamp), version)
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -152,26 +157,27 @@ class FeatureSnapshot:
         """Positions of ``keys`` (all present) in the snapshot's point arrays."""
         return self.order[np.searchsorted(self.sorted_keys, keys)]
 
-    def chunks(self):
-        """(point indices, unit features, unit row of each point) per tile: ``Segmenter.label_chunks``' input."""
-        for t, tile in self.tiles.items():
-            yield self.points[t], tile.features, tile.unit
+    def label_units(self, segmenter: Segmenter, queries, min_score: float = 0.0, *, score: str = "cosine"
+                    ) -> PointLabels:
+        """Labels of the units (``unit_of_point`` rows) for ``queries``: no network pass."""
+        return segmenter.label_units((tile.features for tile in self.tiles.values()), queries, min_score,
+                                     score=score)
 
     def label(self, segmenter: Segmenter, queries, min_score: float = 0.0, *, score: str = "cosine"
               ) -> PointLabels:
-        """Labels of every point for ``queries``: a classification of the units, no network pass."""
-        return segmenter.label_chunks(self.chunks(), len(self), queries, min_score, score=score)
+        """Labels of every point for ``queries``: its unit's."""
+        units = self.label_units(segmenter, queries, min_score, score=score)
+        return PointLabels(units.label[self.unit_of_point], units.score[self.unit_of_point], units.best)
 
     def feature_rows(self) -> int:
         return sum(len(t.features) for t in self.tiles.values())
 
     def memory_bytes(self) -> int:
         """Bytes of the kept features, unit rows and point arrays."""
-        total = sum(a.nbytes for a in (self.xyz, self.rgb, self.keys, self.order, self.sorted_keys, self.tile_of,
-                                        self.ref_xyz, self.ref_rgb))
-        for name, t in self.tiles.items():
-            total += t.keys.nbytes + t.features.numel() * t.features.element_size()
-            total += (t.unit.numel() + self.points[name].numel()) * 8
+        total = sum(a.nbytes for a in (self.xyz, self.rgb, self.keys, self.order, self.sorted_keys,
+                                        self.unit_of_point, self.tile_of, self.ref_xyz, self.ref_rgb))
+        for t in self.tiles.values():
+            total += t.keys.nbytes + t.features.numel() * t.features.element_size() + t.unit.numel() * 8
         return total
 
 

@@ -411,6 +411,26 @@ class Segmenter:
         best[~np.isfinite(best)] = np.nan
         return PointLabels(label, point_score, best)
 
+    def label_units(self, blocks, queries, min_score: float = 0.0, *, score: str = "cosine") -> PointLabels:
+        """Labels of the feature rows themselves (units: voxels or superpoints), over the rows of ``blocks`` (an
+        iterable of (U_i, D) feature blocks) in order: for callers that keep each point's unit and classify the
+        few units instead of the many points."""
+        self._check_score_args(min_score, score)
+        queries = self.check_queries(queries)
+        text = self.embed(queries)
+        labels, scores = [np.zeros(0, dtype=np.int64)], [np.zeros(0, dtype=np.float32)]
+        with torch.inference_mode():
+            best = torch.full((len(queries),), -torch.inf, dtype=torch.float32)
+            for feats in blocks:
+                if len(feats):
+                    unit_label, unit_score = self._scores(feats, text.to(feats.device), float(min_score), score,
+                                                          best)
+                    labels.append(unit_label.cpu().numpy())
+                    scores.append(unit_score.cpu().numpy())
+        best = best.numpy()
+        best[~np.isfinite(best)] = np.nan
+        return PointLabels(np.concatenate(labels), np.concatenate(scores), best)
+
     def label_features(self, features: CloudFeatures, queries, min_score: float = 0.0, *,
                        score: str = "cosine") -> PointLabels:
         """Labels of a cloud from its kept features: no network pass."""

@@ -14,7 +14,7 @@ The segmentation is Felzenszwalb-Huttenlocher graph segmentation (IJCV 2004) on 
   * edges are merged in increasing weight while ``w <= min(Int(A) + k / |A|, Int(B) + k / |B|)`` (Int: the
     largest weight inside a component), so ``k`` sets the scale: larger k, larger segments;
   * components below ``min_size`` cells are then merged into a neighbour.
-The loops over the graph's edges are compiled with numba (``ov3d_ros.superpoint_kernels``).
+The loops over the graph's edges are compiled with numba (``ov3d_ros.graph_kernels``).
 """
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ov3d_ros.superpoint_kernels import fh_segment, neighbour_sums
+from ov3d_ros.graph_kernels import fh_segment, neighbour_sums
 
 # The 13 "forward" offsets of the 26-neighbourhood: each undirected edge between two cells is listed once.
 _FORWARD = np.array([(i, j, k) for i in (-1, 0, 1) for j in (-1, 0, 1) for k in (-1, 0, 1) if (i, j, k) > (0, 0, 0)],

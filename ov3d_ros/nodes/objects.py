@@ -13,6 +13,8 @@ import numpy as np
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
+from ov3d_ros.graph_kernels import label_components
+
 
 @dataclass
 class ObjectSummary:
@@ -25,15 +27,19 @@ class ObjectSummary:
 
 @dataclass(frozen=True)
 class ClusterGrid:
-    """A cloud on the cluster grid: sorted linear keys of the occupied voxels, the voxel of each point, and the
-    pairs of 26-adjacent occupied voxels (``a`` < ``b`` as rows of ``voxels``, each pair once). Computed once per
-    cloud, it serves any number of queries (``summarise_queries(..., grid=)``): a query only keeps the pairs whose
-    two voxels hold its points."""
+    """A cloud on the cluster grid, for summaries of labelled units: the sorted linear keys of the occupied voxels,
+    the pairs of 26-adjacent occupied voxels (``a`` < ``b`` as rows of ``voxels``, each pair once), and the cloud's
+    points grouped by (voxel, unit): each group's voxel, unit, point count and coordinate sum. A unit is what
+    carries one label (a point, a network voxel, a superpoint), so a query classifies the units and sums the
+    groups, never touching the points. Computed once per cloud, it serves any number of queries."""
 
     voxels: np.ndarray
-    point_voxel: np.ndarray
     a: np.ndarray
     b: np.ndarray
+    group_voxel: np.ndarray
+    group_unit: np.ndarray
+    group_count: np.ndarray
+    group_sum: np.ndarray
 
     def components(self, occupied: np.ndarray) -> np.ndarray:
         """Connected component of every voxel among the ``occupied`` ones (bool per voxel), 26-connected; voxels
@@ -45,20 +51,28 @@ class ClusterGrid:
         return connected_components(graph, directed=False)[1]
 
 
-def cluster_grid(xyz: np.ndarray, cluster_voxel: float) -> ClusterGrid:
-    """The cloud ``xyz`` (N, 3) on a grid of ``cluster_voxel`` metres, with its voxels' adjacency."""
+def cluster_grid(xyz: np.ndarray, cluster_voxel: float, unit: np.ndarray | None = None) -> ClusterGrid:
+    """The cloud ``xyz`` (N, 3) on a grid of ``cluster_voxel`` metres; ``unit`` (N,) int64 gives each point the
+    row of its label (None: every point is a unit of its own)."""
     if not cluster_voxel > 0:
         raise ValueError(f"cluster_voxel must be > 0 metres, got {cluster_voxel}")
     xyz = np.asarray(xyz, dtype=np.float64).reshape(-1, 3)
+    unit = np.arange(len(xyz), dtype=np.int64) if unit is None else np.asarray(unit, dtype=np.int64).reshape(-1)
+    if len(unit) != len(xyz):
+        raise ValueError(f"cluster_grid: {len(unit)} units for {len(xyz)} points")
     if len(xyz) == 0:
         empty = np.zeros(0, dtype=np.int64)
-        return ClusterGrid(empty, empty, empty, empty)
+        return ClusterGrid(empty, empty, empty, empty, empty, empty, np.zeros((0, 3)))
     keys = np.floor(xyz / cluster_voxel).astype(np.int64)
     keys -= keys.min(axis=0)
     dims = keys.max(axis=0) + 3  # a free border of one voxel: the +-1 offsets of a linear key never wrap
     keys += 1
     linear = (keys[:, 0] * dims[1] + keys[:, 1]) * dims[2] + keys[:, 2]
     voxels, point_voxel = np.unique(linear, return_inverse=True)
+    n_units = int(unit.max()) + 1
+    group, point_group = np.unique(point_voxel.reshape(-1) * n_units + unit, return_inverse=True)
+    count = np.bincount(point_group, minlength=len(group))
+    total = np.stack([np.bincount(point_group, xyz[:, i], len(group)) for i in range(3)], axis=1)
     a, b = [], []
     # 13 "forward" neighbour offsets list every pair of the 26-neighbourhood once.
     for dx in (-1, 0, 1):
@@ -71,49 +85,59 @@ def cluster_grid(xyz: np.ndarray, cluster_voxel: float) -> ClusterGrid:
                 hit = voxels[pos] == shifted
                 a.append(np.flatnonzero(hit))
                 b.append(pos[hit])
-    return ClusterGrid(voxels, point_voxel.reshape(-1), np.concatenate(a), np.concatenate(b))
+    return ClusterGrid(voxels, np.concatenate(a), np.concatenate(b), group // n_units, group % n_units, count,
+                       total)
 
 
 def voxel_clusters(xyz: np.ndarray, cluster_voxel: float) -> np.ndarray:
     """Cluster id per point: connected components of occupied voxels under 26-connectivity."""
     grid = cluster_grid(xyz, cluster_voxel)
-    return grid.components(np.ones(len(grid.voxels), dtype=bool))[grid.point_voxel].astype(np.int64)
+    component = grid.components(np.ones(len(grid.voxels), dtype=bool))
+    out = np.empty(len(grid.group_unit), dtype=np.int64)
+    out[grid.group_unit] = component[grid.group_voxel]  # one group per point here
+    return out
+
+
+def summarise_units(grid: ClusterGrid, unit_label: np.ndarray, queries: list[str], best_scores: np.ndarray
+                    ) -> list[ObjectSummary]:
+    """One ObjectSummary per query, from the label of every unit of ``grid`` (``unit_label`` indexes ``queries``,
+    -1 = unlabelled) and the best score of each query (Q,). The clusters of all queries come from one pass over the
+    voxel adjacency (``label_components``) on (voxel, label) nodes: a voxel holding points of two queries is in a
+    cluster of each."""
+    label = np.asarray(unit_label).reshape(-1)[grid.group_unit]
+    labelled = label >= 0
+    node_key, node_of_group = np.unique(grid.group_voxel[labelled] * len(queries) + label[labelled],
+                                        return_inverse=True)
+    node_voxel, node_label = node_key // max(1, len(queries)), node_key % max(1, len(queries))
+    node_count = np.bincount(node_of_group, grid.group_count[labelled], len(node_key))
+    node_sum = np.stack([np.bincount(node_of_group, grid.group_sum[labelled, i], len(node_key)) for i in range(3)],
+                        axis=1)
+    node_ptr = np.searchsorted(node_voxel, np.arange(len(grid.voxels) + 1))
+    root = label_components(node_ptr, node_label, grid.a, grid.b)
+    cluster_count = np.bincount(root, node_count, len(node_key))  # points per cluster, at its root node
+    out = []
+    for q, query in enumerate(queries):
+        mine = np.flatnonzero(node_label == q)
+        centroid, in_largest = np.full(3, np.nan), 0
+        if len(mine):
+            largest = root[mine][np.argmax(cluster_count[root[mine]])]
+            members = mine[root[mine] == largest]
+            in_largest = int(node_count[members].sum())
+            centroid = node_sum[members].sum(axis=0) / in_largest
+        out.append(ObjectSummary(query=query, point_count=int(node_count[mine].sum()),
+                                 best_score=float(best_scores[q]), centroid=centroid, cluster_point_count=in_largest))
+    return out
 
 
 def summarise_queries(xyz: np.ndarray, label: np.ndarray, queries: list[str], best_scores: np.ndarray,
-                      cluster_voxel: float = 0.05, *, grid: ClusterGrid | None = None) -> list[ObjectSummary]:
-    """One ObjectSummary per query. ``label`` indexes ``queries`` (-1 = unlabelled); ``best_scores`` is (Q,).
-
-    The cloud is put on the cluster grid once (or ``grid``, the cloud's ``cluster_grid`` at ``cluster_voxel``, is
-    reused); each query then clusters only the voxels its points occupy.
-    """
+                      cluster_voxel: float = 0.05) -> list[ObjectSummary]:
+    """One ObjectSummary per query of a cloud labelled point by point (``label`` (N,) indexes ``queries``, -1 =
+    unlabelled; ``best_scores`` (Q,))."""
     xyz = np.asarray(xyz, dtype=np.float64).reshape(-1, 3)
     label = np.asarray(label).reshape(-1)
     if len(label) != len(xyz):
         raise ValueError(f"summarise_queries: {len(label)} labels for {len(xyz)} points")
-    if grid is None:
-        grid = cluster_grid(xyz, cluster_voxel)
-    if len(grid.point_voxel) != len(xyz):
-        raise ValueError(f"summarise_queries: a cluster grid of {len(grid.point_voxel)} points for {len(xyz)}")
-    # The points sorted by label (a radix sort on int16), so each query takes the slice of its own points.
-    by_label = np.argsort(np.clip(label, -1, len(queries)).astype(np.int16), kind="stable")
-    bounds = np.searchsorted(label[by_label], np.arange(len(queries) + 1))
-    out = []
-    for q, query in enumerate(queries):
-        points = by_label[bounds[q]:bounds[q + 1]]
-        centroid = np.full(3, np.nan)
-        cluster_count = 0
-        if len(points):
-            voxel = grid.point_voxel[points]
-            occupancy = np.bincount(voxel, minlength=len(grid.voxels))
-            component = grid.components(occupancy > 0)
-            largest = int(np.argmax(np.bincount(component, weights=occupancy)))
-            in_largest = points[component[voxel] == largest]
-            cluster_count = len(in_largest)
-            centroid = xyz[in_largest].mean(axis=0)
-        out.append(ObjectSummary(query=query, point_count=len(points), best_score=float(best_scores[q]),
-                                 centroid=centroid, cluster_point_count=cluster_count))
-    return out
+    return summarise_units(cluster_grid(xyz, cluster_voxel), label, queries, best_scores)
 
 
 def format_table(summaries: list[ObjectSummary]) -> str:

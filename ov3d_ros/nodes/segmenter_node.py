@@ -28,7 +28,7 @@ from ov3d_ros.cloud import PointCloud
 from ov3d_ros.feature_map import FeatureMap, FeatureMapConfig
 from ov3d_ros.messages import stamp_seconds
 from ov3d_ros.nodes.conversions import cloud_to_pointcloud2, make_header, pointcloud2_to_cloud, sec_to_stamp
-from ov3d_ros.nodes.objects import ObjectSummary, cluster_grid, summarise_queries
+from ov3d_ros.nodes.objects import ObjectSummary, cluster_grid, summarise_queries, summarise_units
 from ov3d_ros.nodes.params import Param, declare_all
 from ov3d_ros.nodes.runner import spin_nodes
 from ov3d_ros.nodes.sync import BoundedQueue
@@ -269,25 +269,25 @@ class SegmenterNode(Node):
             return
         try:
             queries = self.queries
-            labels = snapshot.label(self.segmenter, queries, self.p["min_score"])
+            units = snapshot.label_units(self.segmenter, queries, self.p["min_score"])
         except (ValueError, TypeError, RuntimeError) as exc:
             self.get_logger().error(f"labelling the map failed: {exc}", throttle_duration_sec=5.0)
             return
         header = make_header(self.map_frame, stamp)
         if wants_map:
+            unit = snapshot.unit_of_point
             labelled = PointCloud(xyz=snapshot.xyz, rgb=snapshot.rgb, frame_id=self.map_frame).with_labels(
-                labels.label.astype(np.int32), labels.score)
+                units.label[unit].astype(np.int32), units.score[unit])
             self.labelled_map_pub.publish(cloud_to_pointcloud2(labelled, header, with_labels=True))
-        summaries = summarise_queries(snapshot.xyz, labels.label, queries, labels.best, self.p["cluster_voxel"],
-                                      grid=grid)
+        summaries = summarise_units(grid, units.label, queries, units.best)
         self.markers_pub.publish(self.make_markers(summaries, header))
 
     def _map_grid(self, snapshot):
-        """The cluster grid of a feature-map snapshot, computed once per snapshot and cluster voxel."""
+        """The cluster grid of a feature-map snapshot's units, computed once per snapshot and cluster voxel."""
         key = (snapshot.version, self.p["cluster_voxel"])
         cached_key, grid = self._grid
         if cached_key != key:
-            grid = cluster_grid(snapshot.xyz, self.p["cluster_voxel"])
+            grid = cluster_grid(snapshot.xyz, self.p["cluster_voxel"], snapshot.unit_of_point)
             self._grid = (key, grid)
         return grid
 
@@ -346,8 +346,12 @@ class SegmenterNode(Node):
                     return fail(f"no map yet: no global map from {self.p['global_topic']} has features")
                 cloud = PointCloud(xyz=snapshot.xyz, rgb=snapshot.rgb, frame_id=self.map_frame)
                 stamp, which = snapshot.stamp, "global map"
-                labels = snapshot.label(self.segmenter, queries, min_score)
-                grid = self._map_grid(snapshot)
+                # The units are classified and the summaries sum (voxel, unit) groups; points only for the cloud.
+                units = snapshot.label_units(self.segmenter, queries, min_score)
+                summaries = summarise_units(self._map_grid(snapshot), units.label, queries, units.best)
+
+                def point_labels(units=units, unit=snapshot.unit_of_point):
+                    return units.label[unit], units.score[unit]
             elif request.cloud == QueryObjects.Request.CLOUD_PARTIAL:
                 self._partial_asked = time.monotonic()  # the demand timer subscribes within a second
                 with self._lock:
@@ -361,13 +365,15 @@ class SegmenterNode(Node):
                     self.latest_partial = entry
                 cloud, stamp, which = entry.cloud, entry.stamp, "partial cloud"
                 labels = self.segmenter.label_features(self._features(entry), queries, min_score)
-                grid = None
+                summaries = summarise_queries(cloud.xyz, labels.label, queries, labels.best,
+                                              self.p["cluster_voxel"])
+
+                def point_labels(labels=labels):
+                    return labels.label, labels.score
             else:
                 return fail(f"cloud must be CLOUD_GLOBAL (0) or CLOUD_PARTIAL (1), got {request.cloud}")
         except (ValueError, TypeError, RuntimeError) as exc:
             return fail(f"segmentation failed: {exc}")
-        summaries = summarise_queries(cloud.xyz, labels.label, queries, labels.best, self.p["cluster_voxel"],
-                                      grid=grid)
         response.success = True
         response.queries = queries
         response.map_stamp = sec_to_stamp(stamp)
@@ -378,13 +384,14 @@ class SegmenterNode(Node):
         response.cluster_point_counts = [s.cluster_point_count for s in summaries]
         header = make_header(cloud.frame_id, stamp)
         if request.return_cloud:
-            response.labelled_cloud = cloud_to_pointcloud2(
-                cloud.with_labels(labels.label.astype(np.int32), labels.score), header, with_labels=True)
+            label, score = point_labels()
+            response.labelled_cloud = cloud_to_pointcloud2(cloud.with_labels(label.astype(np.int32), score), header,
+                                                           with_labels=True)
         self.markers_pub.publish(self.make_markers(summaries, header))
-        labelled = int((labels.label >= 0).sum())
+        labelled = sum(s.point_count for s in summaries)
         age = self.get_clock().now().nanoseconds * 1e-9 - stamp
         response.message = (f"{len(queries)} queries on the {which} of t={stamp:.2f} s ({age:.1f} s old): "
-                            f"{labelled}/{len(labels.label)} points labelled in "
+                            f"{labelled}/{len(cloud)} points labelled in "
                             f"{1e3 * (time.perf_counter() - started):.1f} ms")
         self.get_logger().info(f"query_objects {queries}: {response.message}")
         return response

@@ -40,3 +40,23 @@ def test_summary_reports_the_largest_cluster_of_each_query():
     assert "chair" in table and expected in table and "lamp" in table
     with pytest.raises(ValueError, match="3 labels for 2 points"):
         summarise_queries(np.zeros((2, 3)), np.zeros(3), ["a"], np.zeros(1))
+
+
+def test_summaries_of_units_equal_those_of_their_points():
+    """The map's summaries classify units (voxels, superpoints) and sum (cluster voxel, unit) groups: the same
+    counts and centroids as labelling every point with its unit's label."""
+    from ov3d_ros.nodes.objects import cluster_grid, summarise_units
+
+    rng = np.random.default_rng(2)
+    xyz = rng.uniform(0.0, 1.5, (3000, 3))
+    unit = np.floor(xyz[:, 0] / 0.11).astype(np.int64) * 20 + np.floor(xyz[:, 1] / 0.13).astype(np.int64)
+    unit = np.unique(unit, return_inverse=True)[1].reshape(-1)
+    unit_label = rng.integers(-1, 3, unit.max() + 1)
+    best = np.array([0.5, 0.4, 0.3])
+    queries = ["a", "b", "c"]
+    by_unit = summarise_units(cluster_grid(xyz, 0.1, unit), unit_label, queries, best)
+    by_point = summarise_queries(xyz, unit_label[unit], queries, best, cluster_voxel=0.1)
+    for u, p in zip(by_unit, by_point):
+        assert (u.point_count, u.cluster_point_count) == (p.point_count, p.cluster_point_count)
+        np.testing.assert_allclose(u.centroid, p.centroid)
+        assert u.point_count == int((unit_label[unit] == queries.index(u.query)).sum())

@@ -1,6 +1,7 @@
-"""The compiled loops of ``ov3d_ros.superpoints``: sums over a cell graph's edges and the Felzenszwalb-Huttenlocher
-merge. Module-level numba functions, so their machine code is cached on disk (``cache=True``) and a new process
-loads it instead of compiling again.
+"""Compiled loops over graphs of grid cells: sums over a cell graph's edges and the Felzenszwalb-Huttenlocher merge
+(``ov3d_ros.superpoints``), and connected components within one label (``ov3d_ros.nodes.objects``).
+Module-level numba functions, so their machine code is cached on disk (``cache=True``) and a new process loads it
+instead of compiling again.
 """
 from __future__ import annotations
 
@@ -67,3 +68,21 @@ def fh_segment(n, a, b, w, order, k, min_size):
     for i in range(n):
         out[i] = _find(parent, i)
     return out
+
+
+@numba.njit(cache=True)
+def label_components(node_ptr, node_label, a, b):
+    """Connected components of (cell, label) nodes: node ``n`` of cell ``c`` is one of
+    ``node_ptr[c]:node_ptr[c + 1]``, with label ``node_label[n]``; for every pair of adjacent cells (a[e], b[e]) the
+    nodes of one label are joined. Returns each node's root node (equal roots: one component)."""
+    parent = np.arange(len(node_label))
+    for e in range(len(a)):
+        for i in range(node_ptr[a[e]], node_ptr[a[e] + 1]):
+            for j in range(node_ptr[b[e]], node_ptr[b[e] + 1]):
+                if node_label[i] == node_label[j]:
+                    ri, rj = _find(parent, i), _find(parent, j)
+                    if ri != rj:
+                        parent[max(ri, rj)] = min(ri, rj)
+    for n in range(len(parent)):
+        parent[n] = _find(parent, n)
+    return parent
