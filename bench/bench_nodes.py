@@ -153,7 +153,7 @@ def main() -> int:
         wait_for(lambda: pub.get_subscription_count() > 0, 20, "segmenter subscription")
         pub.publish(cloud_to_pointcloud2(big, make_header("map", 1e6)))
         t = time.perf_counter()
-        wait_for(lambda: len(segmenter.feature_map.snapshot) == len(big), 600, "the feature map of the big map")
+        wait_for(lambda: len(segmenter.map_snapshot) == len(big), 600, "the feature map of the big map")
         print(f"feature map of the {len(big)}-point map: {time.perf_counter() - t:.1f} s "
               f"({segmenter.feature_map.last_update})")
         client = Node("bench_client")

@@ -27,12 +27,13 @@ class ObjectSummary:
 
 @dataclass(frozen=True)
 class ClusterGrid:
-    """A cloud on the cluster grid, for summaries of labelled units: the sorted linear keys of the occupied voxels,
-    the pairs of 26-adjacent occupied voxels (``a`` < ``b`` as rows of ``voxels``, each pair once), and the cloud's
-    points grouped by (voxel, unit): each group's voxel, unit, point count and coordinate sum. A unit is what
-    carries one label (a point, a network voxel, a superpoint), so a query classifies the units and sums the
-    groups, never touching the points. Computed once per cloud, it serves any number of queries."""
+    """A cloud on a grid of ``cluster_voxel`` metres, for summaries of labelled units: the sorted linear keys of the
+    occupied voxels, the pairs of 26-adjacent occupied voxels (``a`` < ``b`` as rows of ``voxels``, each pair once),
+    and the cloud's points grouped by (voxel, unit): each group's voxel, unit, point count and coordinate sum. A
+    unit is what carries one label (a point, a network voxel, a superpoint), so a query classifies the units and
+    sums the groups, never touching the points. Computed once per cloud, it serves any number of queries."""
 
+    cluster_voxel: float
     voxels: np.ndarray
     a: np.ndarray
     b: np.ndarray
@@ -62,15 +63,17 @@ def cluster_grid(xyz: np.ndarray, cluster_voxel: float, unit: np.ndarray | None 
         raise ValueError(f"cluster_grid: {len(unit)} units for {len(xyz)} points")
     if len(xyz) == 0:
         empty = np.zeros(0, dtype=np.int64)
-        return ClusterGrid(empty, empty, empty, empty, empty, empty, np.zeros((0, 3)))
+        return ClusterGrid(cluster_voxel, empty, empty, empty, empty, empty, empty, np.zeros((0, 3)))
     keys = np.floor(xyz / cluster_voxel).astype(np.int64)
     keys -= keys.min(axis=0)
     dims = keys.max(axis=0) + 3  # a free border of one voxel: the +-1 offsets of a linear key never wrap
     keys += 1
     linear = (keys[:, 0] * dims[1] + keys[:, 1]) * dims[2] + keys[:, 2]
-    voxels, point_voxel = np.unique(linear, return_inverse=True)
     n_units = int(unit.max()) + 1
-    group, point_group = np.unique(point_voxel.reshape(-1) * n_units + unit, return_inverse=True)
+    group, point_group = np.unique(linear * n_units + unit, return_inverse=True)
+    group_linear = group // n_units  # sorted: the groups' voxels, each voxel's groups together
+    first = np.concatenate([[True], group_linear[1:] != group_linear[:-1]])
+    voxels, group_voxel = group_linear[first], np.cumsum(first) - 1
     count = np.bincount(point_group, minlength=len(group))
     total = np.stack([np.bincount(point_group, xyz[:, i], len(group)) for i in range(3)], axis=1)
     a, b = [], []
@@ -85,8 +88,8 @@ def cluster_grid(xyz: np.ndarray, cluster_voxel: float, unit: np.ndarray | None 
                 hit = voxels[pos] == shifted
                 a.append(np.flatnonzero(hit))
                 b.append(pos[hit])
-    return ClusterGrid(voxels, np.concatenate(a), np.concatenate(b), group // n_units, group % n_units, count,
-                       total)
+    return ClusterGrid(float(cluster_voxel), voxels, np.concatenate(a), np.concatenate(b), group_voxel,
+                       group % n_units, count, total)
 
 
 def voxel_clusters(xyz: np.ndarray, cluster_voxel: float) -> np.ndarray:

@@ -118,7 +118,9 @@ class SegmenterNode(Node):
                                              rerun_fraction=p["feature_rerun_fraction"]),
             superpoints=bool(p["superpoints"]))
         self.map_frame = "map"
-        self._grid = (None, None)  # (feature-map version, its cluster grid): shared by the queries on one map
+        # What queries answer from: a feature-map snapshot with its cluster grid, swapped in together by the network
+        # thread once the grid is made, so a query never builds one (None until the first map has features).
+        self._served: tuple | None = None
         self._lock = threading.Lock()  # guards the pending map and the latest partial cloud
         self._pending_map: tuple[PointCloud, float] | None = None  # newest global cloud not yet in the feature map
         self.partial_queue = BoundedQueue(p["partial_queue_size"], name="partial")
@@ -164,6 +166,12 @@ class SegmenterNode(Node):
             if param.name in self.p:
                 self.p[param.name] = param.value
         return SetParametersResult(successful=True)
+
+    @property
+    def map_snapshot(self):
+        """The feature-map snapshot that queries answer from (``FeatureMap``'s empty one before the first map)."""
+        served = self._served
+        return served[0] if served is not None else self.feature_map.snapshot
 
     @property
     def queries(self) -> list[str]:
@@ -216,6 +224,7 @@ class SegmenterNode(Node):
     def _work(self) -> None:
         """Feature-map updates at most ``global_rate`` a second and labelled partial clouds at most
         ``partial_rate`` a second, each as soon as its input is there and its time has come."""
+        self._warm_up()
         map_due = partial_due = 0.0
         while not self._stopping.is_set():
             self._wake.clear()
@@ -242,6 +251,17 @@ class SegmenterNode(Node):
             if not busy:
                 self._wake.wait(min(waits))
 
+    def _warm_up(self) -> None:
+        """One small pass (with superpoints when the map has them) before the first map, so the first update does
+        not also pay for loading the compiled kernels and the network's first-call setup (~0.5 s on a CPU)."""
+        xyz = np.random.default_rng(0).uniform(0.0, 1.0, (2000, 3)).astype(np.float32)
+        try:
+            with self._network_lock:
+                self.segmenter.cloud_features(xyz, np.full(xyz.shape, 128, np.uint8),
+                                              superpoints=bool(self.p["superpoints"]))
+        except (ValueError, TypeError, RuntimeError) as exc:
+            self.get_logger().warning(f"warm-up pass failed: {exc}")
+
     def destroy_node(self) -> None:
         self._stopping.set()
         self._wake.set()
@@ -259,7 +279,8 @@ class SegmenterNode(Node):
             self.get_logger().error(f"updating the feature map failed: {exc}", throttle_duration_sec=5.0)
             return
         self.map_frame = cloud.frame_id
-        grid = self._map_grid(snapshot)  # here, not in the first query on this map
+        grid = self._map_grid(snapshot)
+        self._served = (snapshot, grid)
         self.counters["map_updates"] += 1
         if self.feature_map.last_update.get("tiles_run"):
             self.counters["feature_passes"] += 1
@@ -282,13 +303,11 @@ class SegmenterNode(Node):
         summaries = summarise_units(grid, units.label, queries, units.best)
         self.markers_pub.publish(self.make_markers(summaries, header))
 
-    def _map_grid(self, snapshot):
-        """The cluster grid of a feature-map snapshot's units, computed once per snapshot and cluster voxel."""
-        key = (snapshot.version, self.p["cluster_voxel"])
-        cached_key, grid = self._grid
-        if cached_key != key:
+    def _map_grid(self, snapshot, grid=None):
+        """The cluster grid of a feature-map snapshot's units at the current ``cluster_voxel`` (``grid`` when it
+        is that)."""
+        if grid is None or grid.cluster_voxel != self.p["cluster_voxel"]:
             grid = cluster_grid(snapshot.xyz, self.p["cluster_voxel"], snapshot.unit_of_point)
-            self._grid = (key, grid)
         return grid
 
     def _features(self, entry: _Cached) -> CloudFeatures:
@@ -341,14 +360,14 @@ class SegmenterNode(Node):
         try:
             if request.cloud == QueryObjects.Request.CLOUD_GLOBAL:
                 # The current feature map: no network pass, whatever update is running.
-                snapshot = self.feature_map.snapshot
-                if len(snapshot) == 0:
+                if self._served is None or len(self._served[0]) == 0:
                     return fail(f"no map yet: no global map from {self.p['global_topic']} has features")
+                snapshot, grid = self._served
                 cloud = PointCloud(xyz=snapshot.xyz, rgb=snapshot.rgb, frame_id=self.map_frame)
                 stamp, which = snapshot.stamp, "global map"
                 # The units are classified and the summaries sum (voxel, unit) groups; points only for the cloud.
                 units = snapshot.label_units(self.segmenter, queries, min_score)
-                summaries = summarise_units(self._map_grid(snapshot), units.label, queries, units.best)
+                summaries = summarise_units(self._map_grid(snapshot, grid), units.label, queries, units.best)
 
                 def point_labels(units=units, unit=snapshot.unit_of_point):
                     return units.label[unit], units.score[unit]
@@ -425,7 +444,7 @@ class SegmenterNode(Node):
     def stats(self) -> dict:
         out = dict(self.counters)
         out.update({f"partial_{k}": v for k, v in self.partial_queue.counters().items()})
-        snapshot = self.feature_map.snapshot
+        snapshot = self.map_snapshot
         out.update(map_points=len(snapshot), feature_rows=snapshot.feature_rows(),
                    feature_mb=round(snapshot.memory_bytes() / 2 ** 20, 1))
         return out

@@ -58,14 +58,14 @@ def test_query_objects_labels_match_ground_truth(run_nodes, wait_until, tmp_path
     client = Node("e2e_client")  # a separate rclpy node with its own executor, as an external caller
     try:
         # While the camera maps, every answer says which map it came from, and that stamp moves forward.
-        wait_until(lambda: len(segmenter.feature_map.snapshot) > 0, timeout=120, what="a first feature map")
+        wait_until(lambda: len(segmenter.map_snapshot) > 0, timeout=120, what="a first feature map")
         stamps = []
         while not camera.finished.is_set() and len(stamps) < 3:
             answer = call_service(client, QueryObjects, "/query_objects", make_request(["chair"]), timeout=60.0)
             assert answer.success, answer.message
             stamps.append(stamp_seconds(answer.map_stamp))
-            version = segmenter.feature_map.snapshot.version
-            wait_until(lambda: segmenter.feature_map.snapshot.version > version or camera.finished.is_set(),
+            version = segmenter.map_snapshot.version
+            wait_until(lambda: segmenter.map_snapshot.version > version or camera.finished.is_set(),
                        timeout=120, what="the next feature map")
 
         wait_until(camera.finished.is_set, timeout=120, what="the synthetic camera's loop")
@@ -75,7 +75,7 @@ def test_query_objects_labels_match_ground_truth(run_nodes, wait_until, tmp_path
         fusion.publish_global()
         n_voxels = len(fusion.map)
         last_stamp = fusion.mapper.last_keyframe_stamp
-        wait_until(lambda: len(segmenter.feature_map.snapshot) == n_voxels, timeout=120,
+        wait_until(lambda: len(segmenter.map_snapshot) == n_voxels, timeout=120,
                    what="the feature map of the final global map")
         request = make_request(list(CLASS_NAMES), min_score=0.0, cloud="global", return_cloud=True)
         response = call_service(client, QueryObjects, "/query_objects", request, timeout=120.0)

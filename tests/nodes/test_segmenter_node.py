@@ -74,7 +74,7 @@ def test_query_service_matches_the_core_segmenter_and_caches_features(checkpoint
         scene = _scene()
         wait_until(lambda: global_pub.get_subscription_count() > 0, what="segmenter subscription")
         global_pub.publish(cloud_to_pointcloud2(scene, make_header("map", 5.0)))
-        wait_until(lambda: len(segmenter.feature_map.snapshot) == len(scene), what="the feature map of the cloud")
+        wait_until(lambda: len(segmenter.map_snapshot) == len(scene), what="the feature map of the cloud")
 
         bad_requests = {
             "no queries given": ([], {}),
