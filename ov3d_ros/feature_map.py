@@ -12,9 +12,11 @@ All the tiles of an update run in one network pass over them and their context. 
 whose changes since it last ran stay under that fraction of its points is patched instead: its new points take the
 unit of their nearest point in the tile, its removed points go, and its changes add up until it runs.
 
-Features are kept per network unit (a model voxel, or a superpoint when the Segmenter averages over superpoints,
-then computed over the run tiles' own points), not per map point, and each point keeps the row of its unit; a query
-classifies the units and gives every point its unit's label (``Segmenter.label_chunks``).
+Features are kept per unit (a network voxel, or a superpoint), not per map point, and each point keeps the row of
+its unit; a query classifies the units and gives every point its unit's label. With superpoints, a tile that runs
+first gets network-voxel units; its superpoints (over the tile's own points) and their mean features come after,
+in the same update while ``refine_points`` allows, else in a later one or a ``refine`` call when there is time. So
+a room that comes in at once gets features after one network pass, and its superpoints follow tile by tile.
 
 Each update builds a new ``FeatureSnapshot`` and swaps it in at the end: a query reads the current snapshot and
 never waits for the network. ``snapshot.stamp`` is the stamp of the map version the features were computed on (the
@@ -22,8 +24,8 @@ newest frame whose voxels have features), so an answer says how fresh it is.
 
 Differences from a full pass of the Segmenter on the same map come from three places, bounded by the tests: a
 tile's context is cut at ``margin`` (as the Segmenter's chunks are), a tile left alone keeps the features it got
-when its neighbourhood was what it was then (a change next to a tile, outside it, does not re-run it), and patched
-points borrow a neighbour's features.
+when its neighbourhood was what it was then (a change next to a tile, outside it, does not re-run it), patched
+points borrow a neighbour's features, and superpoints end at tile borders.
 """
 from __future__ import annotations
 
@@ -35,7 +37,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .segmenter import PointLabels, Segmenter
+from .segmenter import PointLabels, Segmenter, superpoint_average
+from .superpoints import superpoints
 
 __all__ = ["FeatureMapConfig", "FeatureSnapshot", "FeatureMap", "voxel_keys"]
 
@@ -80,7 +83,9 @@ class FeatureMapConfig:
     its mean moved more than ``position_tolerance`` x map_voxel or a colour channel more than ``color_tolerance``
     since the tile's features were computed. A tile runs again when its changes (changed, new and removed points
     since then) exceed ``rerun_points`` and ``rerun_fraction`` of its points; below that its new points take the
-    unit of their nearest point of the tile, and its removed points go (0 and 0: every change runs the tile)."""
+    unit of their nearest point of the tile, and its removed points go (0 and 0: every change runs the tile).
+    With superpoints, an update refines tiles of up to ``refine_points`` points (at least one tile; 0 = every tile
+    that needs it) from network voxels to superpoints; ``FeatureMap.refine`` does the rest when there is time."""
 
     map_voxel: float = 0.02
     tile: float = 2.0
@@ -89,6 +94,7 @@ class FeatureMapConfig:
     color_tolerance: float = 8.0
     rerun_fraction: float = 0.0
     rerun_points: int = 0
+    refine_points: int = 0
 
     def __post_init__(self) -> None:
         for name in ("map_voxel", "tile"):
@@ -101,6 +107,8 @@ class FeatureMapConfig:
             raise ValueError("FeatureMap: tolerances must be >= 0")
         if not 0 <= self.rerun_fraction <= 1 or self.rerun_points < 0:
             raise ValueError("FeatureMap: rerun_fraction must be in [0, 1] and rerun_points >= 0")
+        if self.refine_points < 0:
+            raise ValueError("FeatureMap: refine_points must be >= 0")
 
 
 @dataclass
@@ -111,6 +119,7 @@ class _Tile:
     ref_xyz: np.ndarray  # (n, 3) each point's position when its unit was given (changes are measured from it)
     ref_rgb: np.ndarray  # (n, 3) and its colour
     patched: int = 0  # points added to or removed from the tile since its features were computed
+    refined: bool = True  # False: its units are network voxels still waiting for their superpoints
 
 
 @dataclass(frozen=True)
@@ -195,7 +204,7 @@ class FeatureMap:
         self.segmenter = segmenter
         self.config = config or FeatureMapConfig()
         self.margin = self.config.margin if self.config.margin is not None else segmenter.chunk_margin
-        self.superpoints = superpoints
+        self.superpoint_config = segmenter.superpoint_config(superpoints)
         self.snapshot: FeatureSnapshot = EMPTY
         self._update_lock = threading.Lock()
         self.last_update: dict = {}
@@ -250,13 +259,56 @@ class FeatureMap:
                 else:
                     tiles[t] = tile
             tiles.update(self._run_tiles(xyz, rgb, keys, tile_of, sorted(run)))
+            refined = self._refine(tiles, self.config.refine_points)
             snapshot = FeatureSnapshot.build(xyz, rgb, keys, order, tile_of, tiles, stamp, old.version + 1)
             self.snapshot = snapshot
             self.last_update = {"points": len(keys), "changed": int(changed.sum()),
                                 "removed": int((~present).sum()), "tiles_run": len(run),
-                                "tiles_patched": len(set(patch) - set(run)), "tiles": len(tiles),
-                                "seconds": time.perf_counter() - started}
+                                "tiles_patched": len(set(patch) - set(run)), "tiles_refined": refined,
+                                "tiles": len(tiles), "seconds": time.perf_counter() - started}
             return snapshot
+
+    def unrefined_points(self) -> int:
+        """Points of the current snapshot whose tiles still wait for their superpoints."""
+        return sum(len(t.keys) for t in self.snapshot.tiles.values() if not t.refined)
+
+    def refine(self, max_points: int = 0) -> int:
+        """Refine tiles of up to ``max_points`` points (at least one; 0 = all) that still wait for their
+        superpoints, and swap in the snapshot with them (same map, same stamp); returns the tiles refined."""
+        with self._update_lock:
+            old = self.snapshot
+            tiles = dict(old.tiles)
+            refined = self._refine(tiles, max_points)
+            if refined:
+                self.snapshot = FeatureSnapshot.build(old.xyz, old.rgb, old.keys, old.order, old.tile_of, tiles,
+                                                      old.stamp, old.version + 1)
+            return refined
+
+    def _refine(self, tiles: dict, max_points: int) -> int:
+        """Give superpoints to the tiles still on network-voxel units, in tile order, up to ``max_points`` points
+        (at least one tile; 0 = all); returns how many tiles. The superpoints are computed over the points of these
+        tiles together, each one's feature the mean of its points' voxel features (as ``iter_voxel_features``
+        averages them), and each tile keeps the superpoints its points use."""
+        batch, points = [], 0
+        for t in sorted(t for t, tile in tiles.items() if not tile.refined):
+            if batch and max_points and points + len(tiles[t].keys) > max_points:
+                break
+            batch.append(t)
+            points += len(tiles[t].keys)
+        if not batch:
+            return 0
+        members = [tiles[t] for t in batch]
+        segment = torch.from_numpy(superpoints(np.concatenate([m.ref_xyz for m in members]),
+                                               np.concatenate([m.ref_rgb for m in members]), self.superpoint_config))
+        starts = np.cumsum([0] + [len(m.keys) for m in members])
+        features = superpoint_average(segment, int(segment.max()) + 1,
+                                      [(torch.arange(starts[i], starts[i + 1]), m.features, m.unit)
+                                       for i, m in enumerate(members)])
+        for i, (t, m) in enumerate(zip(batch, members)):
+            used, unit = torch.unique(segment[starts[i]:starts[i + 1]], return_inverse=True)
+            tiles[t] = _Tile(keys=m.keys, features=features.index_select(0, used.to(features.device)),
+                             unit=unit.to(features.device), ref_xyz=m.ref_xyz, ref_rgb=m.ref_rgb, patched=m.patched)
+        return len(batch)
 
     def _changes(self, old: FeatureSnapshot, keys, xyz, rgb, tile_of):
         """(changed: points new to their tile or moved / recoloured beyond the tolerances since their tile's
@@ -295,7 +347,7 @@ class FeatureMap:
         return _Tile(keys=np.concatenate([kept_keys, keys[new]]), features=tile.features, unit=torch.cat(units),
                      ref_xyz=np.concatenate([tile.ref_xyz[keep], xyz[new]]),
                      ref_rgb=np.concatenate([tile.ref_rgb[keep], rgb[new]]),
-                     patched=tile.patched + changes)
+                     patched=tile.patched + changes, refined=tile.refined)
 
     def _run_tiles(self, xyz, rgb, keys, tile_of, run: list[int]) -> dict[int, _Tile]:
         """One network pass over the tiles to run and every point within ``margin`` of them; the features of the
@@ -311,19 +363,19 @@ class FeatureMap:
         wanted = np.isin(tile_of_context, np.asarray(run, dtype=np.int64))
         parts: dict[int, list] = {t: [] for t in run}
         with torch.inference_mode():
-            # One item for the context unless it exceeds the Segmenter's chunk_points (then its own chunks).
-            # With superpoints, those of the run tiles' own points alone: the context only feeds the network.
-            for core, feats, rows in self.segmenter.iter_voxel_features(xyz[context], rgb[context],
-                                                                         superpoints=self.superpoints, keep=wanted):
+            # One item for the context unless it exceeds the Segmenter's chunk_points (then its own chunks); units
+            # are network voxels (superpoints come after, tile by tile: _refine).
+            for core, feats, rows in self.segmenter.iter_voxel_features(xyz[context], rgb[context], superpoints=False):
                 core = core.cpu().numpy()
                 mine = wanted[core]
                 for tile in np.unique(tile_of_context[core[mine]]).tolist():
                     sel = np.flatnonzero(mine & (tile_of_context[core] == tile))
                     parts[tile].append((core[sel], feats, rows[torch.from_numpy(sel).to(rows.device)]))
-        return {tile: self._tile(xyz, rgb, keys, context, pieces) for tile, pieces in parts.items() if pieces}
+        return {tile: self._tile(xyz, rgb, keys, context, pieces, refined=self.superpoint_config is None)
+                for tile, pieces in parts.items() if pieces}
 
     @staticmethod
-    def _tile(xyz, rgb, keys, context, pieces) -> _Tile:
+    def _tile(xyz, rgb, keys, context, pieces, refined: bool) -> _Tile:
         """A tile from its points' (context positions, chunk features, unit rows) pieces: only the units its points
         use are kept."""
         positions, features, units, offset = [], [], [], 0
@@ -335,4 +387,4 @@ class FeatureMap:
             offset += len(used)
         points = context[np.concatenate(positions)]
         return _Tile(keys=keys[points], features=torch.cat(features).contiguous(), unit=torch.cat(units),
-                     ref_xyz=xyz[points], ref_rgb=rgb[points])
+                     ref_xyz=xyz[points], ref_rgb=rgb[points], refined=refined)

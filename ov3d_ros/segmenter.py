@@ -106,6 +106,22 @@ class PointLabels:
     best: np.ndarray
 
 
+def superpoint_average(segment: torch.Tensor, n_segments: int, chunks) -> torch.Tensor:
+    """(n_segments, D) normalised: each superpoint's feature, the mean over its points of their units' features.
+    ``segment`` (N,) int64: the superpoint of every point the chunks index (-1 = none); ``chunks``: (core indices,
+    unit features, unit row of each core point) as ``iter_voxel_features`` yields them. One row per distinct
+    (unit, superpoint) pair, weighted by its point count: no (N, D) array."""
+    sums = None
+    for core, feats, rows in chunks:
+        mine = segment[core] >= 0
+        key = rows[mine.to(rows.device)] * n_segments + segment[core[mine]].to(rows.device)
+        pair, count = torch.unique(key, return_counts=True)
+        if sums is None:
+            sums = torch.zeros(n_segments, feats.shape[1], dtype=torch.float32, device=feats.device)
+        sums.index_add_(0, pair % n_segments, feats.index_select(0, pair // n_segments) * count.unsqueeze(1).float())
+    return F.normalize(sums, dim=1)
+
+
 class Segmenter:
     """Open-vocabulary segmentation of point clouds with a trained SpUNet and its text encoder.
 
@@ -243,10 +259,7 @@ class Segmenter:
         changed tiles with their surroundings this way). Without superpoints it is ignored: the caller picks.
         """
         xyz_t, rgb_t = as_points(xyz, rgb)
-        if superpoints is None:
-            config = self.superpoints
-        else:
-            config = (self.superpoints or SuperpointConfig()) if superpoints else None
+        config = self.superpoint_config(superpoints)
         chunks = self._voxel_features(xyz_t, rgb_t, progress)
         if config is None:
             yield from chunks
@@ -255,17 +268,15 @@ class Segmenter:
         kept_segment = torch.from_numpy(compute_superpoints(xyz_t[kept].numpy(), rgb_t[kept].numpy(), config))
         segment = torch.full((len(xyz_t),), -1, dtype=torch.int64)
         segment[kept] = kept_segment
-        n_seg = int(kept_segment.max()) + 1
-        sums = None
-        for core, feats, rows in chunks:
-            # One row per distinct (voxel, superpoint) pair, weighted by its point count: no (N, D) array.
-            mine = segment[core] >= 0
-            key = rows[mine.to(rows.device)] * n_seg + segment[core[mine]].to(rows.device)
-            pair, count = torch.unique(key, return_counts=True)
-            if sums is None:
-                sums = torch.zeros(n_seg, feats.shape[1], dtype=torch.float32, device=feats.device)
-            sums.index_add_(0, pair % n_seg, feats.index_select(0, pair // n_seg) * count.unsqueeze(1).float())
-        yield kept, F.normalize(sums, dim=1), kept_segment.to(sums.device)
+        features = superpoint_average(segment, int(kept_segment.max()) + 1, chunks)
+        yield kept, features, kept_segment.to(features.device)
+
+    def superpoint_config(self, superpoints: bool | None = None) -> SuperpointConfig | None:
+        """The superpoints a call uses: None = the Segmenter's setting, True = on (its config, else the defaults),
+        False = off (None)."""
+        if superpoints is None:
+            return self.superpoints
+        return (self.superpoints or SuperpointConfig()) if superpoints else None
 
     def _voxel_features(self, xyz_t: torch.Tensor, rgb_t: torch.Tensor, progress: bool):
         chunks = self._chunks(xyz_t)

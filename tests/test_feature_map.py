@@ -181,3 +181,30 @@ def test_superpoint_features_follow_the_map_too(map_versions):
     assert (a.label == b.label).mean() >= 0.97
     label, _ = seg.label_points(final.xyz, final.rgb, WORDS, min_score=-1.0)  # whole-map superpoints
     assert (b.label == label).mean() >= 0.97
+
+
+def test_superpoints_can_come_after_the_features(map_versions):
+    """With refine_points a tile first answers on its network voxels; refine() brings in the superpoints tile by
+    tile without touching the map's stamp. Superpoints made tile by tile end at the tiles' borders: measured, 98.5%
+    of the labels agree with those of superpoints made over all the tiles at once."""
+    from ov3d_ros.superpoints import SuperpointConfig
+
+    seg = Segmenter(busy_model(), BasisEncoder(WORDS), chunk_margin=0.6,
+                    superpoints=SuperpointConfig(voxel_size=MAP_VOXEL, min_size=5))
+    final, stamp = map_versions[-1]
+    at_once = FeatureMap(seg, FeatureMapConfig(map_voxel=MAP_VOXEL, tile=1.0), superpoints=True).update(
+        final.xyz, final.rgb, stamp)
+    later = FeatureMap(seg, FeatureMapConfig(map_voxel=MAP_VOXEL, tile=1.0, refine_points=1), superpoints=True)
+    first = later.update(final.xyz, final.rgb, stamp)
+    assert later.last_update["tiles_refined"] == 1 < len(first.tiles)
+    assert later.unrefined_points() > 0 and first.feature_rows() > at_once.feature_rows()
+    assert len(first.label(seg, WORDS, -1.0).label) == len(final)  # every point answers already
+    steps = 0
+    while later.unrefined_points():
+        assert later.refine(1) == 1
+        steps += 1
+    assert steps == len(first.tiles) - 1 and later.refine() == 0
+    snap = later.snapshot
+    assert snap.stamp == stamp and snap.version == first.version + steps
+    agree = (snap.label(seg, WORDS, -1.0).label == at_once.label(seg, WORDS, -1.0).label).mean()
+    assert agree >= 0.97, agree

@@ -74,6 +74,10 @@ SEGMENTER_PARAMS = [
           "which voxels are the same from one map to the next.", minimum=1e-3, maximum=1.0),
     Param("feature_tile", 2.0, "Tile edge [m] of the feature map: an update re-runs the tiles that hold a changed "
           "voxel, with the model's context around them.", minimum=0.1, maximum=100.0),
+    Param("superpoint_refine_points", 100_000, "With superpoints, a feature-map update gives superpoints to at most "
+          "this many points of the tiles it ran (at least one tile); the rest get them while the network thread is "
+          "idle, and answer on network voxels until then (0 = all in the update: a room that comes in at once then "
+          "waits for all its superpoints).", minimum=0),
     Param("feature_rerun_fraction", 0.1, "A tile of the feature map runs again once this fraction of its points "
           "changed (new, gone, moved or recoloured) since it last ran; below it, new points take their nearest "
           "point's features (0 = every change runs the tile).", minimum=0.0, maximum=1.0),
@@ -115,12 +119,14 @@ class SegmenterNode(Node):
         self.segmenter.check_queries(list(p["queries"]))
         self.feature_map = FeatureMap(
             self.segmenter, FeatureMapConfig(map_voxel=p["map_voxel"], tile=p["feature_tile"],
-                                             rerun_fraction=p["feature_rerun_fraction"]),
+                                             rerun_fraction=p["feature_rerun_fraction"],
+                                             refine_points=p["superpoint_refine_points"]),
             superpoints=bool(p["superpoints"]))
         self.map_frame = "map"
         # What queries answer from: a feature-map snapshot with its cluster grid, swapped in together by the network
         # thread once the grid is made, so a query never builds one (None until the first map has features).
         self._served: tuple | None = None
+        self._refine_failed = -1  # the feature-map version whose refinement failed (not tried again)
         self._lock = threading.Lock()  # guards the pending map and the latest partial cloud
         self._pending_map: tuple[PointCloud, float] | None = None  # newest global cloud not yet in the feature map
         self.partial_queue = BoundedQueue(p["partial_queue_size"], name="partial")
@@ -248,8 +254,24 @@ class SegmenterNode(Node):
                     busy = True
                 else:
                     waits.append(partial_due - now)
+            if not busy and self.feature_map.unrefined_points() and \
+                    self.feature_map.snapshot.version != self._refine_failed:
+                self._refine_map()
+                busy = True
             if not busy:
                 self._wake.wait(min(waits))
+
+    def _refine_map(self) -> None:
+        """Superpoints for some more of the map's tiles (idle time of the network thread)."""
+        try:
+            with self._network_lock:
+                self.feature_map.refine(self.p["superpoint_refine_points"])
+        except (ValueError, TypeError, RuntimeError) as exc:
+            self._refine_failed = self.feature_map.snapshot.version  # not again on this map version
+            self.get_logger().error(f"refining the feature map failed: {exc}", throttle_duration_sec=5.0)
+            return
+        snapshot = self.feature_map.snapshot
+        self._served = (snapshot, self._map_grid(snapshot))
 
     def _warm_up(self) -> None:
         """One small pass (with superpoints when the map has them) before the first map, so the first update does
