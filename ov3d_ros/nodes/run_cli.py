@@ -127,7 +127,9 @@ def run_demo(args) -> int:
     log.info("parameters from %s", ", ".join(map(str, files)))
     started = time.perf_counter()
     ros_args = params_file_args(files) + args.ros_args
-    segmenter = start_segmenter(ros_args, checkpoint=str(checkpoint), device=args.device, num_threads=args.threads)
+    # The demo's one answer should carry every superpoint: each map update refines all of its tiles.
+    segmenter = start_segmenter(ros_args + ["-p", "segmenter_node:superpoint_refine_points:=0"],
+                                checkpoint=str(checkpoint), device=args.device, num_threads=args.threads)
     try:
         runner = NodeRunner(make_factories(sim_camera=True, demo_frames=args.frames, camera_rate=args.rate),
                             ros_args=ros_args)
