@@ -13,7 +13,7 @@ names every second and prints:
 
     .venv/bin/python bench/bench_live.py                          # 320x240 and 640x480, 180 s each at 30 Hz
     .venv/bin/python bench/bench_live.py --size 320x240 --duration 60
-    .venv/bin/python bench/bench_live.py --device cuda --preset-full   # on a GPU machine
+    .venv/bin/python bench/bench_live.py --device cuda --checkpoint FULL.pt   # a full-preset checkpoint on a GPU
 
 Goals (2-core CPU, small preset): answer p95 <= 250 ms on a >= 500k-voxel map while mapping, freshness p95 <= 3 s,
 >= 99% of the frames fused.
