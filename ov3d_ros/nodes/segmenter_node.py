@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import threading
 import time
+import traceback
 from dataclasses import dataclass
 
 import numpy as np
@@ -231,35 +232,45 @@ class SegmenterNode(Node):
         """Feature-map updates at most ``global_rate`` a second and labelled partial clouds at most
         ``partial_rate`` a second, each as soon as its input is there and its time has come."""
         self._warm_up()
-        map_due = partial_due = 0.0
+        due = {"map": 0.0, "partial": 0.0}  # monotonic times before which no map update / partial cloud starts
         while not self._stopping.is_set():
             self._wake.clear()
-            busy, waits = False, [1.0]
-            with self._lock:
-                pending, now = self._pending_map, time.monotonic()
-                if pending is not None and now >= map_due:
-                    self._pending_map = None
-            if pending is not None and now >= map_due:
-                self._update_map(*pending)
-                map_due = now + 1.0 / self.p["global_rate"] if self.p["global_rate"] > 0 else 0.0
+            try:
+                wait = self._step(due)
+            except Exception:  # noqa: BLE001 - a bug in one pass must not end the node's network thread
+                self.get_logger().error(f"network thread: {traceback.format_exc()}", throttle_duration_sec=5.0)
+                wait = 1.0
+            if wait:
+                self._wake.wait(wait)
+
+    def _step(self, due: dict) -> float:
+        """One piece of work, if any is due; returns how long to wait for the next (0: look again at once)."""
+        waits = [1.0]
+        with self._lock:
+            pending, now = self._pending_map, time.monotonic()
+            if pending is not None and now >= due["map"]:
+                self._pending_map = None
+        busy = False
+        if pending is not None and now >= due["map"]:
+            self._update_map(*pending)
+            due["map"] = now + 1.0 / self.p["global_rate"] if self.p["global_rate"] > 0 else 0.0
+            busy = True
+        elif pending is not None:
+            waits.append(due["map"] - now)
+        if self.p["segment_partial"] and len(self.partial_queue) and \
+                self.labelled_pub.get_subscription_count() > 0:
+            now = time.monotonic()
+            if now >= due["partial"]:
+                self._segment_partial()
+                due["partial"] = now + 1.0 / self.p["partial_rate"]
                 busy = True
-            elif pending is not None:
-                waits.append(map_due - now)
-            if self.p["segment_partial"] and len(self.partial_queue) and \
-                    self.labelled_pub.get_subscription_count() > 0:
-                now = time.monotonic()
-                if now >= partial_due:
-                    self._segment_partial()
-                    partial_due = now + 1.0 / self.p["partial_rate"]
-                    busy = True
-                else:
-                    waits.append(partial_due - now)
-            if not busy and self.feature_map.unrefined_points() and \
-                    self.feature_map.snapshot.version != self._refine_failed:
-                self._refine_map()
-                busy = True
-            if not busy:
-                self._wake.wait(min(waits))
+            else:
+                waits.append(due["partial"] - now)
+        if not busy and self.feature_map.unrefined_points() and \
+                self.feature_map.snapshot.version != self._refine_failed:
+            self._refine_map()
+            busy = True
+        return 0.0 if busy else min(waits)
 
     def _refine_map(self) -> None:
         """Superpoints for some more of the map's tiles (idle time of the network thread)."""

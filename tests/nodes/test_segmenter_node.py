@@ -169,3 +169,32 @@ def test_missing_checkpoint_fails_with_its_path(ros_context, tmp_path):
     missing = tmp_path / "nope.pt"
     with pytest.raises((FileNotFoundError, ValueError), match="nope.pt"):
         SegmenterNode(parameter_overrides=[Parameter("checkpoint", value=str(missing))])
+
+
+def test_a_failing_pass_does_not_end_the_network_thread(checkpoint, run_nodes, wait_until, log_catcher):
+    """An unexpected error in one feature-map update is logged with its traceback; the next map is brought in."""
+    params = [Parameter("checkpoint", value=str(checkpoint)), Parameter("device", value="cpu"),
+              Parameter("num_threads", value=1), Parameter("stats_period", value=0.0),
+              Parameter("queries", value=QUERIES)]
+    io = Node("segmenter_failure_io")
+    logs = log_catcher(io)
+    global_pub = io.create_publisher(PointCloud2, "/fusion_node/global_cloud",
+                                     QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE))
+    segmenter = run_nodes(lambda: SegmenterNode(parameter_overrides=params), lambda: io).nodes[0]
+    update, calls = segmenter.feature_map.update, []
+
+    def fails_once(*args, **kwargs):
+        calls.append(args[2])
+        if len(calls) == 1:
+            raise IndexError("a bug in one pass")
+        return update(*args, **kwargs)
+
+    segmenter.feature_map.update = fails_once
+    scene = _scene()
+    wait_until(lambda: global_pub.get_subscription_count() > 0, what="segmenter subscription")
+    global_pub.publish(cloud_to_pointcloud2(scene, make_header("map", 1.0)))
+    wait_until(lambda: logs.find("segmenter_node", "IndexError: a bug in one pass"), what="the logged traceback")
+    assert len(segmenter.map_snapshot) == 0
+    global_pub.publish(cloud_to_pointcloud2(scene, make_header("map", 2.0)))
+    wait_until(lambda: len(segmenter.map_snapshot) == len(scene), what="the next map's features")
+    assert segmenter.map_snapshot.stamp == 2.0 and calls == [1.0, 2.0]
