@@ -14,9 +14,10 @@ unit of their nearest point in the tile, its removed points go, and its changes 
 
 Features are kept per unit (a network voxel, or a superpoint), not per map point, and each point keeps the row of
 its unit; a query classifies the units and gives every point its unit's label. With superpoints, a tile that runs
-first gets network-voxel units; its superpoints (over the tile's own points) and their mean features come after,
-in the same update while ``refine_points`` allows, else in a later one or a ``refine`` call when there is time. So
-a room that comes in at once gets features after one network pass, and its superpoints follow tile by tile.
+first gets network-voxel units; its superpoints (over the points of the tiles refined with it) and their mean
+features come after, in the same update while ``refine_points`` allows, else in a later one or a ``refine`` call
+when there is time. So a room that comes in at once gets features after one network pass, and its superpoints
+follow a batch of tiles at a time.
 
 Each update builds a new ``FeatureSnapshot`` and swaps it in at the end: a query reads the current snapshot and
 never waits for the network. ``snapshot.stamp`` is the stamp of the map version the features were computed on (the
@@ -154,7 +155,7 @@ class FeatureSnapshot:
             mine = order[np.searchsorted(sorted_keys, tile.keys)]
             ref_xyz[mine] = tile.ref_xyz
             ref_rgb[mine] = tile.ref_rgb
-            unit_of_point[mine] = tile.unit.numpy() + offset
+            unit_of_point[mine] = tile.unit.cpu().numpy() + offset
             offset += len(tile.features)
         return cls(xyz, rgb, keys, order, sorted_keys, tiles, unit_of_point, tile_of, ref_xyz, ref_rgb,
                    float(stamp), version)
