@@ -109,9 +109,9 @@ def summarise_units(grid: ClusterGrid, unit_label: np.ndarray, queries: list[str
     cluster of each."""
     label = np.asarray(unit_label).reshape(-1)[grid.group_unit]
     labelled = label >= 0
-    node_key, node_of_group = np.unique(grid.group_voxel[labelled] * len(queries) + label[labelled],
-                                        return_inverse=True)
-    node_voxel, node_label = node_key // max(1, len(queries)), node_key % max(1, len(queries))
+    n_labels = max(1, len(queries))
+    node_key, node_of_group = np.unique(grid.group_voxel[labelled] * n_labels + label[labelled], return_inverse=True)
+    node_voxel, node_label = node_key // n_labels, node_key % n_labels
     node_count = np.bincount(node_of_group, grid.group_count[labelled], len(node_key))
     node_sum = np.stack([np.bincount(node_of_group, grid.group_sum[labelled, i], len(node_key)) for i in range(3)],
                         axis=1)
