@@ -32,7 +32,7 @@ from ov3d_ros.nodes.conversions import pointcloud2_to_cloud
 from ov3d_ros.nodes.fusion_node import FusionNode
 from ov3d_ros.nodes.objects import format_table
 from ov3d_ros.nodes.query_client import ServiceCaller, make_request, summaries_from_response
-from ov3d_ros.nodes.runner import NodeRunner
+from ov3d_ros.nodes.runner import NodeRunner, spin_until_stopped, stop_on_signals
 from ov3d_ros.nodes.segmenter_node import SEGMENTER_PARAMS
 from ov3d_ros.nodes.synthetic_camera_node import SyntheticCameraNode
 from ov3d_ros.resources import default_checkpoint, default_config_files
@@ -203,6 +203,7 @@ def run_demo(args) -> int:
 
 
 def run_nodes(args) -> int:
+    stop = stop_on_signals()
     files = args.config or default_config_files(sim_camera=args.sim_camera)
     log.info("parameters from %s; Ctrl-C to stop", ", ".join(map(str, files)))
     ros_args = params_file_args(files) + args.ros_args
@@ -210,8 +211,7 @@ def run_nodes(args) -> int:
     runner = None
     try:
         runner = NodeRunner(make_factories(sim_camera=args.sim_camera, camera_rate=args.rate), ros_args=ros_args)
-        runner.executor.spin()
-    except KeyboardInterrupt:
+        spin_until_stopped(runner.executor, stop)
         log.info("stopping")
     finally:
         if runner is not None:

@@ -5,6 +5,7 @@ each node's console script (``ros2 run ov3d_ros fusion_node``).
 """
 from __future__ import annotations
 
+import signal
 import sys
 import threading
 
@@ -25,7 +26,7 @@ class NodeRunner:
         self.rclpy = rclpy
         self._owns_context = init and not rclpy.ok()
         if self._owns_context:
-            rclpy.init(args=["ov3d-run", *(ros_args or [])])
+            init_without_signal_handlers(["ov3d-run", *(ros_args or [])])
         self.nodes = []
         try:
             for factory in node_factories:
@@ -74,19 +75,47 @@ class NodeRunner:
         self.close()
 
 
+def init_without_signal_handlers(args) -> None:
+    """rclpy.init without rclpy's SIGINT/SIGTERM handlers. Those shut the context down at once, while callbacks and
+    the segmenter's network thread still publish ("publisher's context is invalid"); the callers stop on a signal
+    (``stop_on_signals``, or KeyboardInterrupt) and close executor, nodes and context in that order."""
+    import rclpy
+    from rclpy.signals import SignalHandlerOptions
+
+    rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
+
+
+def stop_on_signals() -> threading.Event:
+    """SIGINT and SIGTERM (what Ctrl-C and ``ros2 launch`` send) set the returned event instead of raising, so a
+    signal that comes while the nodes are being built does not leave them half made; ``spin_until_stopped`` ends on
+    it. Main thread only."""
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda signum, frame: stop.set())
+    return stop
+
+
+def spin_until_stopped(executor, stop: threading.Event) -> None:
+    """Spin ``executor`` until ``stop`` is set (or rclpy shuts down). The wait wakes twice a second, so a stop is
+    seen even when no callback is due."""
+    import rclpy
+
+    while rclpy.ok() and not stop.is_set():
+        executor.spin_once(timeout_sec=0.5)
+
+
 def spin_nodes(node_classes, args=None) -> None:
     """Entry point of the single-node console scripts: rclpy.init with the command line's --ros-args, spin until
-    Ctrl-C."""
+    Ctrl-C or SIGTERM, then shut down in order."""
     import rclpy
 
     argv = sys.argv if args is None else args
-    rclpy.init(args=argv)
+    stop = stop_on_signals()
+    init_without_signal_handlers(argv)
     runner = None
     try:
         runner = NodeRunner(node_classes, init=False)
-        runner.executor.spin()
-    except KeyboardInterrupt:
-        pass
+        spin_until_stopped(runner.executor, stop)
     except (FileNotFoundError, ValueError, RuntimeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)

@@ -238,6 +238,8 @@ class SegmenterNode(Node):
             try:
                 wait = self._step(due)
             except Exception:  # noqa: BLE001 - a bug in one pass must not end the node's network thread
+                if not self.context.ok():
+                    return  # rclpy was shut down under the thread: nothing left to publish to
                 self.get_logger().error(f"network thread: {traceback.format_exc()}", throttle_duration_sec=5.0)
                 wait = 1.0
             if wait:
