@@ -125,8 +125,8 @@ class SegmenterNode(Node):
             superpoints=bool(p["superpoints"]))
         self.map_frame = "map"
         # What queries answer from: a feature-map snapshot with its cluster grid, swapped in together by the network
-        # thread once the grid is made, so a query never builds one (None until the first map has features).
-        self._served: tuple | None = None
+        # thread once the grid is made, so a query never builds one (the empty snapshot until the first map).
+        self._served: tuple = (self.feature_map.snapshot, None)
         self._refine_failed = -1  # the feature-map version whose refinement failed (not tried again)
         self._lock = threading.Lock()  # guards the pending map and the latest partial cloud
         self._pending_map: tuple[PointCloud, float] | None = None  # newest global cloud not yet in the feature map
@@ -176,9 +176,8 @@ class SegmenterNode(Node):
 
     @property
     def map_snapshot(self):
-        """The feature-map snapshot that queries answer from (``FeatureMap``'s empty one before the first map)."""
-        served = self._served
-        return served[0] if served is not None else self.feature_map.snapshot
+        """The feature-map snapshot that queries answer from (an empty one before the first map)."""
+        return self._served[0]
 
     @property
     def queries(self) -> list[str]:
@@ -395,9 +394,9 @@ class SegmenterNode(Node):
         try:
             if request.cloud == QueryObjects.Request.CLOUD_GLOBAL:
                 # The current feature map: no network pass, whatever update is running.
-                if self._served is None or len(self._served[0]) == 0:
-                    return fail(f"no map yet: no global map from {self.p['global_topic']} has features")
                 snapshot, grid = self._served
+                if len(snapshot) == 0:
+                    return fail(f"no map yet: no global map from {self.p['global_topic']} has features")
                 cloud = PointCloud(xyz=snapshot.xyz, rgb=snapshot.rgb, frame_id=self.map_frame)
                 stamp, which = snapshot.stamp, "global map"
                 # The units are classified and the summaries sum (voxel, unit) groups; points only for the cloud.
