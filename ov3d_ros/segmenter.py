@@ -242,8 +242,7 @@ class Segmenter:
                      len(chunks), self.chunk_points, self.chunk_margin)
         return chunks
 
-    def iter_voxel_features(self, xyz, rgb, progress: bool = False, *, superpoints: bool | None = None,
-                            keep: np.ndarray | None = None):
+    def iter_voxel_features(self, xyz, rgb, progress: bool = False, *, superpoints: bool | None = None):
         """Yield (core indices, unit features (M, D) normalised, unit row of each core point) per chunk.
 
         A unit is a model voxel, or, with superpoints, a superpoint: then there is one item for the whole cloud
@@ -253,10 +252,6 @@ class Segmenter:
 
         Callers that keep these features (the segmenter node caches them so a new query needs no network pass)
         use this instead of `features`, which expands them to every point.
-
-        ``keep`` (a boolean mask of the points): with superpoints, the superpoints are computed over these points
-        alone and only they are yielded; the others still serve as the network's context (the feature map runs the
-        changed tiles with their surroundings this way). Without superpoints it is ignored: the caller picks.
         """
         xyz_t, rgb_t = as_points(xyz, rgb)
         config = self.superpoint_config(superpoints)
@@ -264,12 +259,9 @@ class Segmenter:
         if config is None:
             yield from chunks
             return
-        kept = torch.arange(len(xyz_t)) if keep is None else torch.from_numpy(np.flatnonzero(keep))
-        kept_segment = torch.from_numpy(compute_superpoints(xyz_t[kept].numpy(), rgb_t[kept].numpy(), config))
-        segment = torch.full((len(xyz_t),), -1, dtype=torch.int64)
-        segment[kept] = kept_segment
-        features = superpoint_average(segment, int(kept_segment.max()) + 1, chunks)
-        yield kept, features, kept_segment.to(features.device)
+        segment = torch.from_numpy(compute_superpoints(xyz_t.numpy(), rgb_t.numpy(), config))
+        features = superpoint_average(segment, int(segment.max()) + 1, chunks)
+        yield torch.arange(len(segment)), features, segment.to(features.device)
 
     def superpoint_config(self, superpoints: bool | None = None) -> SuperpointConfig | None:
         """The superpoints a call uses: None = the Segmenter's setting, True = on (its config, else the defaults),
@@ -406,20 +398,17 @@ class Segmenter:
         ``label_points``, the segmenter node's cached features and evaluation. ``chunks`` may be a generator."""
         self._check_score_args(min_score, score)
         queries = self.check_queries(queries)
-        text = self.embed(queries)
         label = np.full(n_points, -1, dtype=np.int64)
         point_score = np.zeros(n_points, dtype=np.float32)
-        with torch.inference_mode():
-            best = torch.full((len(queries),), -torch.inf, dtype=torch.float32)
-            for core, feats, rows in chunks:
-                if not len(feats):
-                    continue
-                unit_label, unit_score = self._scores(feats, text.to(feats.device), float(min_score), score, best)
-                core_np = core.cpu().numpy()
-                label[core_np] = unit_label.index_select(0, rows).cpu().numpy()
-                point_score[core_np] = unit_score.index_select(0, rows).cpu().numpy()
-        best = best.numpy()
-        best[~np.isfinite(best)] = np.nan
+        best = np.full(len(queries), np.nan, dtype=np.float32)
+        for core, feats, rows in chunks:
+            if not len(feats):
+                continue
+            units = self.label_units([feats], queries, min_score, score=score)
+            core_np, rows_np = core.cpu().numpy(), rows.cpu().numpy()
+            label[core_np] = units.label[rows_np]
+            point_score[core_np] = units.score[rows_np]
+            best = np.fmax(best, units.best)
         return PointLabels(label, point_score, best)
 
     def label_units(self, blocks, queries, min_score: float = 0.0, *, score: str = "cosine") -> PointLabels:

@@ -10,8 +10,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.sparse import coo_matrix
-from scipy.sparse.csgraph import connected_components
 
 from ov3d_ros.graph_kernels import label_components
 
@@ -41,15 +39,6 @@ class ClusterGrid:
     group_unit: np.ndarray
     group_count: np.ndarray
     group_sum: np.ndarray
-
-    def components(self, occupied: np.ndarray) -> np.ndarray:
-        """Connected component of every voxel among the ``occupied`` ones (bool per voxel), 26-connected; voxels
-        not occupied are components of their own."""
-        keep = occupied[self.a]
-        keep &= occupied[self.b]
-        n = len(self.voxels)
-        graph = coo_matrix((np.ones(int(keep.sum()), dtype=np.int8), (self.a[keep], self.b[keep])), shape=(n, n))
-        return connected_components(graph, directed=False)[1]
 
 
 def cluster_grid(xyz: np.ndarray, cluster_voxel: float, unit: np.ndarray | None = None) -> ClusterGrid:
@@ -95,7 +84,8 @@ def cluster_grid(xyz: np.ndarray, cluster_voxel: float, unit: np.ndarray | None 
 def voxel_clusters(xyz: np.ndarray, cluster_voxel: float) -> np.ndarray:
     """Cluster id per point: connected components of occupied voxels under 26-connectivity."""
     grid = cluster_grid(xyz, cluster_voxel)
-    component = grid.components(np.ones(len(grid.voxels), dtype=bool))
+    n = len(grid.voxels)  # one node per voxel, all of one label
+    component = label_components(np.arange(n + 1), np.zeros(n, dtype=np.int64), grid.a, grid.b)
     out = np.empty(len(grid.group_unit), dtype=np.int64)
     out[grid.group_unit] = component[grid.group_voxel]  # one group per point here
     return out
