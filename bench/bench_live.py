@@ -79,7 +79,7 @@ def run_size(width: int, height: int, args) -> dict:
     from ov3d_ros.messages import stamp_seconds
     from ov3d_ros.nodes.query_client import ServiceCaller, ServiceTimeout, make_request
 
-    cmd = [sys.executable, "-m", "ov3d_ros.nodes.run_cli", "--sim-camera", "--rate", str(args.rate)]
+    cmd = [sys.executable, "-m", "ov3d_ros.nodes.run_cli", "--sim-camera", "--camera-rate", str(args.rate)]
     if args.checkpoint:
         cmd += ["--checkpoint", args.checkpoint]
     if args.device:

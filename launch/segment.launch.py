@@ -37,11 +37,11 @@ def generate_launch_description():
         DeclareLaunchArgument("checkpoint", default_value="",
                               description="model checkpoint; empty = the demo checkpoint shipped with ov3d_ros"),
         DeclareLaunchArgument("device", default_value="auto", description="torch device: auto, cpu, cuda"),
-        DeclareLaunchArgument("color_topic", default_value="/camera/color/image_raw", description="colour images"),
-        DeclareLaunchArgument("depth_topic", default_value="/camera/aligned_depth_to_color/image_raw",
-                              description="depth images registered to colour (use /camera/depth/image_raw with "
-                                          "use_sim_camera:=true)"),
-        DeclareLaunchArgument("camera_info_topic", default_value="/camera/color/camera_info",
+        DeclareLaunchArgument("color_topic", default_value="/camera/camera/color/image_raw",
+                              description="colour images (realsense2_camera 4.x name)"),
+        DeclareLaunchArgument("depth_topic", default_value="/camera/camera/aligned_depth_to_color/image_raw",
+                              description="depth images registered to colour"),
+        DeclareLaunchArgument("camera_info_topic", default_value="/camera/camera/color/camera_info",
                               description="CameraInfo of the colour images"),
         Node(
             package="ov3d_ros",

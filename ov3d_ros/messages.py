@@ -10,6 +10,7 @@ imports ROS.
   compressed_depth_image_transport CompressedImage (png or rvl) -> (H, W) uint16 or float32.
 - ``camera_from_info(msg)``: sensor_msgs/CameraInfo -> CameraModel (K; rectified images assumed).
 - ``stamp_seconds``, ``pose_matrix`` (geometry_msgs/Pose), ``transform_matrix`` (geometry_msgs/Transform).
+- ``CAMERA_TOPICS``: the camera topics every node, reader and recipe uses by default.
 
 Every decoder raises ValueError naming the problem, so a node can log and drop one bad message and a reader can
 skip one bad frame.
@@ -22,9 +23,17 @@ import numpy as np
 
 from ov3d_ros.geometry import CameraModel, rigid_from_quaternion
 
-__all__ = ["IMAGE_ENCODINGS", "COLOR_ENCODINGS", "DEPTH_ENCODINGS", "UnsupportedEncodingError", "stamp_seconds",
+__all__ = ["CAMERA_TOPICS", "IMAGE_ENCODINGS", "COLOR_ENCODINGS", "DEPTH_ENCODINGS", "UnsupportedEncodingError", "stamp_seconds",
            "image_array", "decode_color", "decode_depth", "decode_rvl", "camera_from_info", "pose_matrix",
            "transform_matrix", "is_compressed"]
+
+#: Default camera topics: realsense2_camera 4.x with its default namespace and name ("camera"/"camera") and
+#: ``align_depth.enable`` (depth registered to the colour image, so the colour camera's info serves both).
+CAMERA_TOPICS = {
+    "color": "/camera/camera/color/image_raw",
+    "depth": "/camera/camera/aligned_depth_to_color/image_raw",
+    "info": "/camera/camera/color/camera_info",
+}
 
 #: encoding -> (numpy dtype, channels). Multi-byte types honour ``is_bigendian``.
 IMAGE_ENCODINGS = {

@@ -75,7 +75,7 @@ LABEL_DEFAULTS: dict[str, Any] = {
 }
 # Keys whose value may be either of two kinds.
 _FLEXIBLE = {"vocabulary.fixed.names": (str, list), "sam.checkpoint": (str,), "naming.pretrained": (str,),
-             "vocabulary.mllm.model": (str,), "rosbag.pose_topic": (str,)}
+             "vocabulary.mllm.model": (str,)}
 
 
 def _resolve_paths(recipe: dict, folder: Path) -> None:
@@ -109,6 +109,6 @@ def load_label_config(path: str | os.PathLike | None = None, overrides: list[str
         _resolve_paths(recipe, path.resolve().parent)
         config = deep_merge(config, recipe)
     config = apply_overrides(config, overrides)
-    check_types(config, LABEL_DEFAULTS, kinds=_FLEXIBLE, allow_empty=False)
+    check_types(config, LABEL_DEFAULTS, kinds=_FLEXIBLE, allow_empty=False, free_form=("rosbag",))
     return config
 

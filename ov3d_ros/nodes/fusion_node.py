@@ -24,7 +24,7 @@ from ov3d_interfaces.srv import SaveMap
 from ov3d_ros.fusion import RGBDFrame
 from ov3d_ros.geometry import rigid_from_quaternion
 from ov3d_ros.mapping import Mapper, MapperConfig
-from ov3d_ros.messages import camera_from_info, decode_color, decode_depth, pose_matrix, stamp_seconds, \
+from ov3d_ros.messages import CAMERA_TOPICS, camera_from_info, decode_color, decode_depth, pose_matrix, stamp_seconds, \
     transform_matrix
 from ov3d_ros.nodes.conversions import cloud_to_pointcloud2, make_header
 from ov3d_ros.nodes.params import Param, declare_all
@@ -36,9 +36,9 @@ POSE_SOURCES = ("tf", "odometry", "pose")
 QOS_CHOICES = ("sensor_data", "reliable")
 
 FUSION_PARAMS = [
-    Param("color_topic", "/camera/color/image_raw", "Colour image topic (rgb8, bgr8, rgba8, bgra8, mono8)."),
-    Param("depth_topic", "/camera/depth/image_raw", "Depth image topic registered to colour (16UC1 or 32FC1)."),
-    Param("camera_info_topic", "/camera/color/camera_info", "CameraInfo of the colour image (K is used)."),
+    Param("color_topic", CAMERA_TOPICS["color"], "Colour image topic (rgb8, bgr8, rgba8, bgra8, mono8)."),
+    Param("depth_topic", CAMERA_TOPICS["depth"], "Depth image topic registered to colour (16UC1 or 32FC1)."),
+    Param("camera_info_topic", CAMERA_TOPICS["info"], "CameraInfo of the colour image (K is used)."),
     Param("qos", "sensor_data", "QoS of the camera subscriptions: sensor_data (best effort) or reliable.",
           choices=QOS_CHOICES),
     Param("qos_depth", 5, "History depth of the camera subscriptions.", minimum=1, maximum=1000),

@@ -6,12 +6,14 @@ its network passes then never take the fusion node's frames, which must keep up 
 fusion node share this process.
 
     ov3d-run --demo                 # synthetic camera -> fusion -> segmenter, one query, PLY + PNG, exit
+    ov3d-run --bag RECORDING        # a rosbag2 recording replayed through the same nodes, then the same outputs
     ov3d-run --sim-camera           # the same pipeline, running until Ctrl-C
     ov3d-run                        # fusion + segmenter on a real camera's topics (config/ov3d.yaml)
 """
 from __future__ import annotations
 
 import argparse
+import itertools
 import logging
 import os
 import signal
@@ -26,10 +28,13 @@ from rclpy.parameter import Parameter
 from tqdm import tqdm
 
 from ov3d_interfaces.srv import QueryObjects
+from ov3d_ros.data.errors import SceneError
 from ov3d_ros.data.ply import write_ply
+from ov3d_ros.data.rosbag import CameraStream
 from ov3d_ros.messages import stamp_seconds
 from ov3d_ros.nodes.conversions import pointcloud2_to_cloud
-from ov3d_ros.nodes.fusion_node import FusionNode
+from ov3d_ros.nodes.bag_player import POSE_TOPIC, BagPlayer
+from ov3d_ros.nodes.fusion_node import FUSION_PARAMS, FusionNode
 from ov3d_ros.nodes.objects import format_table
 from ov3d_ros.nodes.query_client import ServiceCaller, make_request, summaries_from_response
 from ov3d_ros.nodes.runner import NodeRunner, spin_until_stopped, stop_on_signals
@@ -116,20 +121,86 @@ def wait_for(predicate, timeout: float, what: str, poll: float = 0.05) -> None:
         time.sleep(poll)
 
 
-def run_demo(args) -> int:
+def demo_checkpoint(args) -> Path:
     checkpoint = Path(args.checkpoint) if args.checkpoint else default_checkpoint()
     if not checkpoint.is_file():
-        log.error("checkpoint not found: %s (train one with `ov3d-train`, or pass --checkpoint)", checkpoint)
-        return 2
+        raise FileNotFoundError(f"checkpoint not found: {checkpoint} (train one with `ov3d-train`, or pass "
+                                "--checkpoint)")
+    return checkpoint
+
+
+def frames_received(fusion: FusionNode) -> int:
+    """Colour frames the fusion node has taken in: synchronised, or counted as unmatched, dropped or bad."""
+    c = fusion.sync.counters()
+    return c["matched"] + c["unmatched"] + c["dropped_color"] + fusion.counters["bad_color"]
+
+
+def settle_fusion(fusion: FusionNode, sent: int, timeout: float) -> None:
+    """Wait until the fusion node took every frame sent and fused what it queued."""
+    try:
+        wait_for(lambda: frames_received(fusion) >= sent, 10.0, "the last frames to reach the fusion node")
+    except TimeoutError as exc:
+        log.warning("%s; continuing with the frames received", exc)
+    wait_for(fusion.idle, timeout, "the fusion node to fuse its queued frames")
+
+
+def query_and_write(args, files: list[Path], segmenter: subprocess.Popen, fusion: FusionNode, title: str,
+                    recorded: bool = False) -> int:
+    """Wait until the segmenter's feature map covers the fusion node's final map, query it, print the table and
+    write labelled_map.ply and labelled_map.png to ``args.output``."""
     output = Path(args.output).resolve()
     output.mkdir(parents=True, exist_ok=True)
+    final_stamp = fusion.mapper.last_keyframe_stamp
+    # The segmenter may start after a short replay has ended: send the final map once it listens.
+    wait_for(lambda: fusion.global_pub.get_subscription_count() > 0, args.timeout, "the segmenter to subscribe")
+    fusion.publish_global()
+    client = Node("ov3d_run_client")
+    try:
+        defaults = {p.name: p.default for p in SEGMENTER_PARAMS}
+        service = yaml_parameter(files, "segmenter_node", "query_service", defaults["query_service"])
+        with ServiceCaller(client, QueryObjects, service) as caller:
+            # Queries answer from the segmenter's feature map: let it catch up with the final map first.
+            def caught_up() -> bool:
+                if segmenter.poll() is not None:
+                    raise RuntimeError(f"segmenter_node exited with code {segmenter.returncode}")
+                answer = caller.call(make_request(["wall"]), args.timeout)
+                return answer.success and abs(stamp_seconds(answer.map_stamp) - final_stamp) < 1e-6
+            wait_for(caught_up, args.timeout, "the segmenter's feature map to cover the final map", poll=0.5)
+            queries = args.queries or list(yaml_parameter(files, "segmenter_node", "queries", defaults["queries"]))
+            request = make_request(queries, min_score=args.min_score, cloud="global", return_cloud=True)
+            response = caller.call(request, args.timeout)
+        age = client.get_clock().now().nanoseconds * 1e-9 - stamp_seconds(response.map_stamp)
+    finally:
+        client.destroy_node()
+    if not response.success:
+        log.error("query failed: %s", response.message)
+        return 1
+    print(f"\n/query_objects {queries}: {response.message}")
+    # A replayed recording keeps its recorded stamps: its map's age on this clock says nothing.
+    freshness = f"t={final_stamp:.3f} s, recorded" if recorded else f"{age:.1f} s old"
+    print(f"answered in {1e3 * caller.last_latency:.0f} ms from the map of the newest fused frame ({freshness})")
+    print(format_table(summaries_from_response(response)))
+    cloud = pointcloud2_to_cloud(response.labelled_cloud)
+    ply = write_ply(output / "labelled_map.ply", cloud)
+    png = render_labelled_cloud(cloud, list(response.queries), output / "labelled_map.png",
+                                title=f"{title}: {len(cloud)} voxels")
+    print(f"\nlabelled cloud: {ply}\nrendering:      {png}")
+    return 0
+
+
+def start_demo_segmenter(args, ros_args: list[str], checkpoint: Path) -> subprocess.Popen:
+    # The one answer should carry every superpoint: each map update refines all of its tiles.
+    return start_segmenter(ros_args + ["-p", "segmenter_node:superpoint_refine_points:=0"],
+                           checkpoint=str(checkpoint), device=args.device, num_threads=args.threads)
+
+
+def run_demo(args) -> int:
+    checkpoint = demo_checkpoint(args)
     files = args.config or default_config_files(sim_camera=True)
     log.info("parameters from %s", ", ".join(map(str, files)))
     started = time.perf_counter()
     ros_args = params_file_args(files) + args.ros_args
-    # The demo's one answer should carry every superpoint: each map update refines all of its tiles.
-    segmenter = start_segmenter(ros_args + ["-p", "segmenter_node:superpoint_refine_points:=0"],
-                                checkpoint=str(checkpoint), device=args.device, num_threads=args.threads)
+    segmenter = start_demo_segmenter(args, ros_args, checkpoint)
     try:
         runner = NodeRunner(make_factories(sim_camera=True, demo_frames=args.frames, camera_rate=args.rate),
                             ros_args=ros_args)
@@ -147,59 +218,79 @@ def run_demo(args) -> int:
                     bar.update(new_frames)
                 return camera.finished.is_set()
             wait_for(progress, args.timeout, "the synthetic camera to publish its frames")
-        # The last frames may still be in flight: wait until every published frame was matched or counted as
-        # dropped, then until the fusion queue is drained, then publish the final map.
-        def all_frames_accounted() -> bool:
-            c = fusion.sync.counters()
-            return c["matched"] + c["unmatched"] + c["dropped_color"] + fusion.counters["bad_color"] \
-                >= camera.frames_published
-        try:
-            wait_for(all_frames_accounted, 10.0, "the last frames to reach the fusion node")
-        except TimeoutError as exc:
-            log.warning("%s; continuing with the frames received", exc)
-        wait_for(fusion.idle, args.timeout, "the fusion node to fuse its queued frames")
-        fusion.publish_global()
-        n_voxels = len(fusion.map)
+        settle_fusion(fusion, camera.frames_published, args.timeout)
         stats = fusion.stats()
         log.info("fused %d of %d frames (%d not keyframes, %d dropped without pose) into %d voxels",
-                 stats["integrated"], camera.frames_published, stats["not_keyframe"], stats["no_pose"], n_voxels)
-        final_stamp = fusion.mapper.last_keyframe_stamp
-        client = Node("ov3d_demo_client")
-        try:
-            defaults = {p.name: p.default for p in SEGMENTER_PARAMS}
-            service = yaml_parameter(files, "segmenter_node", "query_service", defaults["query_service"])
-            with ServiceCaller(client, QueryObjects, service) as caller:
-                # Queries answer from the segmenter's feature map: let it catch up with the final map first.
-                def caught_up() -> bool:
-                    if segmenter.poll() is not None:
-                        raise RuntimeError(f"segmenter_node exited with code {segmenter.returncode}")
-                    answer = caller.call(make_request(["wall"]), args.timeout)
-                    return answer.success and abs(stamp_seconds(answer.map_stamp) - final_stamp) < 1e-6
-                wait_for(caught_up, args.timeout, "the segmenter's feature map to cover the final map", poll=0.5)
-                queries = args.queries or list(yaml_parameter(files, "segmenter_node", "queries",
-                                                              defaults["queries"]))
-                request = make_request(queries, min_score=args.min_score, cloud="global", return_cloud=True)
-                response = caller.call(request, args.timeout)
-            age = client.get_clock().now().nanoseconds * 1e-9 - stamp_seconds(response.map_stamp)
-        finally:
-            client.destroy_node()
+                 stats["integrated"], camera.frames_published, stats["not_keyframe"], stats["no_pose"],
+                 len(fusion.map))
+        code = query_and_write(args, files, segmenter, fusion, f"ov3d_ros demo, {checkpoint.name}")
     finally:
         runner.close()
         stop_segmenter(segmenter)
-    if not response.success:
-        log.error("query failed: %s", response.message)
-        return 1
-    print(f"\n/query_objects {queries}: {response.message}")
-    print(f"answered in {1e3 * caller.last_latency:.0f} ms from the map of the newest fused frame "
-          f"({age:.1f} s old)")
-    print(format_table(summaries_from_response(response)))
-    cloud = pointcloud2_to_cloud(response.labelled_cloud)
-    ply = write_ply(output / "labelled_map.ply", cloud)
-    png = render_labelled_cloud(cloud, list(response.queries), output / "labelled_map.png",
-                                title=f"ov3d_ros demo: {len(cloud)} voxels, {Path(checkpoint).name}")
-    print(f"\nlabelled cloud: {ply}\nrendering:      {png}")
     log.info("demo finished in %.1f s", time.perf_counter() - started)
-    return 0
+    return code
+
+
+def run_bag(args) -> int:
+    checkpoint = demo_checkpoint(args)
+    files = args.config or default_config_files(sim_camera=False)
+    log.info("parameters from %s", ", ".join(map(str, files)))
+    fusion_default = {p.name: p.default for p in FUSION_PARAMS}
+
+    def fusion_param(name):
+        return yaml_parameter(files, "fusion_node", name, fusion_default[name])
+
+    stream = CameraStream(args.bag, color_topic=args.color_topic, depth_topic=args.depth_topic,
+                          info_topic=args.info_topic, pose_topic=args.pose_topic, fixed_frame=args.fixed_frame,
+                          camera_frame=args.camera_frame, slop=fusion_param("sync_slop"), strict=args.strict)
+    started = time.perf_counter()
+    with stream:
+        log.info("replaying %s at %s", stream, "full speed" if args.bag_rate == 0 else f"{args.bag_rate:g}x real time")
+        frames = stream.frames()
+        first = next(frames, None)  # the first frame settles the fixed frame, which the fusion node needs
+        if first is None:
+            raise SceneError(f"{stream.path}: no colour image has a depth image and a pose ({stream.skipped})")
+        ros_args = params_file_args(files) + args.ros_args
+        # Every replayed frame is fused (no keyframe gate), lossless in-process, posed by the player.
+        fusion_overrides = [Parameter("pose_source", value="pose"), Parameter("pose_topic", value=POSE_TOPIC),
+                            Parameter("world_frame", value=stream.fixed_frame), Parameter("qos", value="reliable"),
+                            Parameter("keyframe_min_translation", value=0.0),
+                            Parameter("keyframe_min_rotation_deg", value=0.0)]
+        topics = {key: fusion_param(key) for key in ("color_topic", "depth_topic", "camera_info_topic")}
+        segmenter = start_demo_segmenter(args, ros_args, checkpoint)
+        try:
+            runner = NodeRunner([lambda: FusionNode(parameter_overrides=fusion_overrides),
+                                 lambda: BagPlayer(color_topic=topics["color_topic"],
+                                                   depth_topic=topics["depth_topic"],
+                                                   info_topic=topics["camera_info_topic"])], ros_args=ros_args)
+        except BaseException:
+            stop_segmenter(segmenter)
+            raise
+        fusion, player = runner.nodes
+        try:
+            runner.start()
+            wait_for(player.subscribed, args.timeout, "the fusion node to subscribe to the player")
+            with tqdm(total=stream.color_messages, desc="bag", unit="frame", disable=args.quiet) as bar:
+                def ready() -> bool:  # the fusion node took the last frame and has at most one queued
+                    return frames_received(fusion) >= player.published and \
+                        fusion.frames.pushed - fusion.frames_finished - fusion.frames.dropped <= 1
+                player.play(itertools.chain([first], frames), lambda: stream.fixed_frame, rate=args.bag_rate,
+                            ready=ready, on_frame=lambda _: bar.update(1), timeout=args.timeout)
+            settle_fusion(fusion, player.published, args.timeout)
+            stats = fusion.stats()
+            skipped = ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in stream.skipped.items() if v) or "none"
+            log.info("%d colour images in the bag%s; %d frames replayed (skipped: %s, %d undecodable); the fusion "
+                     "node fused %d (%d without pose, %d dropped) into %d voxels in '%s'", stream.color_messages,
+                     " (damaged: read up to the damage)" if stream.truncated else "", player.published, skipped,
+                     player.bad_frames, stats["integrated"], stats["no_pose"], stats["frames_dropped"],
+                     len(fusion.map), stream.fixed_frame)
+            code = query_and_write(args, files, segmenter, fusion, f"{stream.path.name}, {checkpoint.name}",
+                                   recorded=True)
+        finally:
+            runner.close()
+            stop_segmenter(segmenter)
+    log.info("replay finished in %.1f s", time.perf_counter() - started)
+    return code
 
 
 def run_nodes(args) -> int:
@@ -229,6 +320,9 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Anything after --ros-args is passed to ROS (e.g. -p fusion_node:stride:=1 or remappings).")
     parser.add_argument("--demo", action="store_true",
                         help="synthetic camera, one loop of frames, one query, write PLY + PNG, then exit")
+    parser.add_argument("--bag", type=Path, metavar="RECORDING",
+                        help="replay a rosbag2 recording (folder, .mcap or .db3) through the nodes, then query it "
+                             "and write PLY + PNG like --demo")
     parser.add_argument("--sim-camera", action="store_true", help="also run the synthetic camera node")
     parser.add_argument("--config", type=Path, action="append",
                         help="ROS parameter YAML (repeatable; default config/ov3d.yaml, plus config/sim_camera.yaml "
@@ -237,8 +331,21 @@ def build_parser() -> argparse.ArgumentParser:
                                              f"{default_checkpoint()})")
     parser.add_argument("--device", help="torch device: auto, cpu, cuda (default from the YAML: auto)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads of the segmenter")
-    parser.add_argument("--rate", type=float, default=None, help="synthetic camera rate in Hz (default from YAML)")
-    demo = parser.add_argument_group("demo")
+    parser.add_argument("--camera-rate", dest="rate", type=float, default=None,
+                        help="synthetic camera rate in Hz (default from YAML)")
+    bag = parser.add_argument_group("bag replay (--bag)")
+    bag.add_argument("--rate", dest="bag_rate", type=float, default=1.0,
+                     help="replay speed: 1.0 = the recorded rate, 2.0 = twice as fast, 0 = as fast as the fusion node "
+                          "takes the frames (nothing dropped) (default 1.0)")
+    bag.add_argument("--color-topic", help="colour image topic (default: found in the bag)")
+    bag.add_argument("--depth-topic", help="depth image topic (default: found in the bag)")
+    bag.add_argument("--info-topic", help="camera info topic (default: the one beside the depth topic)")
+    bag.add_argument("--pose-topic", help="Odometry/PoseStamped topic (default: /tf + /tf_static)")
+    bag.add_argument("--fixed-frame", help="map frame of the tf tree (default: map if present, else the root)")
+    bag.add_argument("--camera-frame", help="camera optical frame (default: the depth images' frame_id)")
+    bag.add_argument("--strict", action="store_true", help="stop at the first unreadable message instead of "
+                                                            "skipping it")
+    demo = parser.add_argument_group("demo and bag replay")
     demo.add_argument("--frames", type=int, default=60, help="frames in the synthetic loop (default 60)")
     demo.add_argument("--queries", nargs="+", help="queries to run (default: the segmenter's `queries` parameter)")
     demo.add_argument("--min-score", type=float, default=0.0, help="minimum score of a labelled point")
@@ -259,6 +366,8 @@ def main(argv: list[str] | None = None) -> int:
     args.ros_args = ros_args
     logging.basicConfig(level=logging.INFO, format="[%(name)s] %(message)s")
     try:
+        if args.bag is not None:
+            return run_bag(args)
         return run_demo(args) if args.demo else run_nodes(args)
     except (FileNotFoundError, TimeoutError, ValueError, RuntimeError) as exc:
         log.error("%s", exc)

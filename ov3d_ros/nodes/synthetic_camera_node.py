@@ -15,6 +15,7 @@ from rclpy.node import Node
 from sensor_msgs.msg import CameraInfo, Image
 
 from ov3d_ros.data.synthetic.cache import load_or_render
+from ov3d_ros.messages import CAMERA_TOPICS
 from ov3d_ros.nodes.conversions import info_from_camera, make_header, matrix_to_pose, matrix_to_transform, \
     numpy_to_image
 from ov3d_ros.nodes.params import Param, declare_all
@@ -33,9 +34,9 @@ CAMERA_PARAMS = [
     Param("depth_encoding", "16UC1", "Depth encoding: 16UC1 (millimetres) or 32FC1 (metres).",
           choices=DEPTH_ENCODINGS),
     Param("max_loops", 0, "Stop after this many loops of the trajectory (0 = loop forever).", minimum=0),
-    Param("color_topic", "/camera/color/image_raw", "Colour image topic."),
-    Param("depth_topic", "/camera/depth/image_raw", "Depth image topic."),
-    Param("camera_info_topic", "/camera/color/camera_info", "CameraInfo topic."),
+    Param("color_topic", CAMERA_TOPICS["color"], "Colour image topic."),
+    Param("depth_topic", CAMERA_TOPICS["depth"], "Depth image topic (registered to colour)."),
+    Param("camera_info_topic", CAMERA_TOPICS["info"], "CameraInfo topic."),
     Param("pose_topic", "/camera/pose", "PoseStamped of the camera optical frame in world_frame."),
     Param("frame_id", "camera_color_optical_frame", "Optical frame of the images (REP 103)."),
     Param("world_frame", "map", "Fixed frame of the poses (REP 105)."),

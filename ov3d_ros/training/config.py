@@ -47,10 +47,11 @@ DEFAULTS: dict[str, Any] = {
         "max_depth": 10.0,
         "max_frames_per_scene": 0,  # 0 = all
         "rosbag": {  # keyword arguments of data.rosbag.RosbagScene (topics, fixed_frame, camera_frame, ...)
-            "color_topic": "/camera/color/image_raw",
-            "depth_topic": "/camera/depth/image_raw",
-            "info_topic": "/camera/depth/camera_info",
-            "pose_topic": None,  # None: poses from /tf
+            "color_topic": None,  # None: found in the bag (realsense2_camera names first)
+            "depth_topic": None,
+            "info_topic": None,
+            "pose_topic": None,  # None: poses from /tf (or the bag's one Odometry/PoseStamped topic)
+            "fixed_frame": None,  # None: map when the tf tree has it, else its root
         },
         "synthetic": {
             "train_seeds": [0, 1, 2, 3, 4, 5],
@@ -183,8 +184,9 @@ DEFAULTS: dict[str, Any] = {
 }
 
 
-# Sections whose keys are passed through to another API (so any key is allowed there).
-FREE_FORM = ("model.overrides", "data.synthetic.label_noise", "stage2.global_ply", "data.rosbag")
+# Sections whose keys are passed through to another API (so any key is allowed there). "rosbag" is the label
+# recipe's copy of data.rosbag: labelling and training read a bag with the same keys.
+FREE_FORM = ("model.overrides", "data.synthetic.label_noise", "stage2.global_ply", "data.rosbag", "rosbag")
 
 
 class ConfigError(ValueError):

@@ -12,6 +12,7 @@ from PIL import Image
 from rosbags.rosbag2 import StoragePlugin, Writer  # noqa: E402
 from rosbags.typesys import Stores, get_typestore  # noqa: E402
 
+from ov3d_ros.data.errors import SceneError  # noqa: E402
 from ov3d_ros.data.rosbag import RosbagScene  # noqa: E402
 from ov3d_ros.messages import decode_rvl  # noqa: E402
 from ov3d_ros.geometry import invert_rigid, matrix_to_quaternion  # noqa: E402
@@ -220,7 +221,7 @@ def test_tf_chain_bag_round_trip(tf_bag, frames, caplog):
     with caplog.at_level(logging.WARNING, logger="ov3d_ros.data.rosbag"):
         scene = RosbagScene(tf_bag, fixed_frame="map")
     assert "skipped 1 without depth" in caplog.text
-    assert scene.skipped == {"no_depth": 1, "no_pose": 1}
+    assert scene.skipped == {"no_depth": 1, "no_pose": 1, "no_info": 0, "bad_message": 0}
     kept = [0, 1, 2, 4, 5]
     assert len(scene) == len(kept) and scene.frame_ids == [str(i) for i in range(len(kept))]
     assert scene.camera_frame == CAMERA_FRAME
@@ -238,7 +239,7 @@ def test_tf_chain_bag_round_trip(tf_bag, frames, caplog):
 
 def test_pose_stamped_topic(tf_bag, frames):
     with RosbagScene(tf_bag, pose_topic="/camera_pose") as scene:
-        assert len(scene) == 5 and scene.skipped == {"no_depth": 1, "no_pose": 1}
+        assert len(scene) == 5 and scene.skipped == {"no_depth": 1, "no_pose": 1, "no_info": 0, "bad_message": 0}
         for i, k in enumerate([0, 1, 2, 4, 5]):
             np.testing.assert_allclose(scene.pose(i), frames[k].T_world_cam, atol=1e-9)
 
@@ -246,7 +247,7 @@ def test_pose_stamped_topic(tf_bag, frames):
 def test_odometry_bag_round_trip(odom_bag, frames):
     scene = RosbagScene(odom_bag, color_topic="/cam/rgb/compressed", depth_topic="/cam/depth",
                         info_topic="/cam/info", pose_topic="/odom")
-    assert len(scene) == len(frames) and scene.skipped == {"no_depth": 0, "no_pose": 0}
+    assert len(scene) == len(frames) and not any(scene.skipped.values())
     for i, f in enumerate(scene):
         np.testing.assert_allclose(f.T_world_cam, frames[i].T_world_cam, atol=1e-9)
         assert f.depth.dtype == np.uint16 and f.depth_scale == 1000.0
@@ -301,7 +302,7 @@ def test_explicit_body_to_camera_transform(odom_bag, frames):
 
 
 def test_bad_configuration_raises(tf_bag, tmp_path):
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(SceneError, match="no such bag"):
         RosbagScene(tmp_path / "nothing")
     with pytest.raises(ValueError, match="colour topic '/nope' is not in"):
         RosbagScene(tf_bag, color_topic="/nope")

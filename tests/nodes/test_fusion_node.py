@@ -12,6 +12,7 @@ from std_srvs.srv import Trigger
 from ov3d_interfaces.srv import SaveMap
 from ov3d_ros.fusion import RGBDFrame, VoxelMap, make_partial_cloud
 from ov3d_ros.geometry import CameraModel
+from ov3d_ros.messages import CAMERA_TOPICS
 from ov3d_ros.nodes.conversions import (info_from_camera, make_header, matrix_to_pose, numpy_to_image,
                                         pointcloud2_to_cloud)
 from ov3d_ros.nodes.fusion_node import FusionNode
@@ -76,9 +77,9 @@ class _Camera:
 
     def __init__(self, node):
         qos = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
-        self.color = node.create_publisher(Image, "/camera/color/image_raw", qos)
-        self.depth = node.create_publisher(Image, "/camera/depth/image_raw", qos)
-        self.info = node.create_publisher(CameraInfo, "/camera/color/camera_info", qos)
+        self.color = node.create_publisher(Image, CAMERA_TOPICS["color"], qos)
+        self.depth = node.create_publisher(Image, CAMERA_TOPICS["depth"], qos)
+        self.info = node.create_publisher(CameraInfo, CAMERA_TOPICS["info"], qos)
         self.pose = node.create_publisher(PoseStamped, "/camera/pose", qos)
         self.camera = CameraModel(width=64, height=48, fx=50.0, fy=50.0, cx=32.0, cy=24.0)
 
@@ -125,7 +126,7 @@ def test_bad_inputs_are_logged_counted_and_survived(run_nodes, wait_until, log_c
 
     for i in range(5):
         camera.send(4.0 + 0.1 * i, info=False)
-    wait_until(lambda: logs.find("fusion_node", "no messages on /camera/color/camera_info"),
+    wait_until(lambda: logs.find("fusion_node", "no messages on " + CAMERA_TOPICS["info"]),
                what="missing camera_info log")
     assert fusion.sync.counters()["matched"] == 2  # frames 2 and 3 (frame 1 had no valid colour); none since
 
