@@ -8,6 +8,7 @@ SCENE_DIR is a scene in ScanNet's exported-frames layout (color/ depth/ pose/ in
 from __future__ import annotations
 
 import argparse
+import itertools
 import logging
 import sys
 import time
@@ -16,7 +17,8 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from ov3d_ros.data.scenes import open_scene
+from ov3d_ros.data.rosbag import CameraStream
+from ov3d_ros.data.scenes import is_rosbag, open_scene, read_frames
 from ov3d_ros.mapping import Mapper, MapperConfig
 
 _log = logging.getLogger("ov3d-fuse")
@@ -48,30 +50,69 @@ def build_parser() -> argparse.ArgumentParser:
     bag.add_argument("--pose-topic", help="Odometry/PoseStamped topic (default: /tf + /tf_static)")
     bag.add_argument("--fixed-frame", help="map frame of the tf tree (default: map if present, else the root)")
     bag.add_argument("--camera-frame", help="camera optical frame (default: the depth header's)")
+    p.add_argument("--strict", action="store_true",
+                   help="stop at the first unreadable frame or message instead of skipping it")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar, warnings only")
     p.add_argument("--verbose", "-v", action="store_true", help="debug logging")
     return p
 
 
-def fuse_scene(scene, voxel_size: float = 0.02, *, stride: int = 1, max_frames: int | None = None,
-               pixel_stride: int = 1, min_depth: float = 0.1, max_depth: float = 6.0, capacity: int = 2_000_000,
-               progress: bool = True):
-    """Integrate the scene's frames with a Mapper (every frame a keyframe); returns (map, frames used, seconds)."""
+def _check_strides(stride: int, pixel_stride: int, max_frames: int | None) -> None:
     if stride < 1 or pixel_stride < 1:
         raise ValueError(f"fuse: --stride and --pixel-stride must be >= 1, got {stride}, {pixel_stride}")
     if max_frames is not None and max_frames < 1:
         raise ValueError(f"fuse: --max-frames must be >= 1, got {max_frames}")
-    indices = list(range(0, len(scene), stride))
-    if max_frames is not None:
-        indices = indices[:max_frames]
-    if not indices:
-        raise ValueError(f"fuse: {scene} has no frames to fuse")
+
+
+def fuse_frames(frames, voxel_size: float = 0.02, *, pixel_stride: int = 1, min_depth: float = 0.1,
+                max_depth: float = 6.0, capacity: int = 2_000_000, progress: bool = True, total: int | None = None):
+    """Integrate RGBDFrames with a Mapper (every frame a keyframe); returns (map, frames fused, seconds)."""
     mapper = Mapper(MapperConfig(voxel_size=voxel_size, capacity=capacity, min_depth=min_depth,
                                  max_depth=max_depth, stride=pixel_stride))
     start = time.perf_counter()
-    for i in tqdm(indices, desc="fusing", unit="frame", disable=not progress):
-        mapper.add_frame(scene.frame(i))
-    return mapper.map, len(indices), time.perf_counter() - start
+    n = 0
+    for frame in tqdm(frames, total=total, desc="fusing", unit="frame", disable=not progress):
+        mapper.add_frame(frame)
+        n += 1
+    return mapper.map, n, time.perf_counter() - start
+
+
+def fuse_scene(scene, voxel_size: float = 0.02, *, stride: int = 1, max_frames: int | None = None,
+               pixel_stride: int = 1, min_depth: float = 0.1, max_depth: float = 6.0, capacity: int = 2_000_000,
+               progress: bool = True, strict: bool = False):
+    """fuse_frames over a scene with ``len`` and ``frame(i)`` (ScanNet layout, RosbagScene). Unreadable frames are
+    skipped with a warning (``strict``: FrameError instead)."""
+    _check_strides(stride, pixel_stride, max_frames)
+    indices = list(range(0, len(scene), stride))[:max_frames]
+    if not indices:
+        raise ValueError(f"fuse: {scene} has no frames to fuse")
+    skipped: list[int] = []
+    frames = (frame for _, frame in read_frames(scene, indices, strict=strict, skipped=skipped))
+    result = fuse_frames(frames, voxel_size, pixel_stride=pixel_stride, min_depth=min_depth, max_depth=max_depth,
+                         capacity=capacity, progress=progress, total=len(indices))
+    if skipped:
+        _log.warning("%d of %d frames could not be read and were skipped", len(skipped), len(indices))
+    if result[1] == 0:
+        raise ValueError(f"fuse: none of the {len(indices)} frames of {scene} could be read")
+    return result
+
+
+def fuse_bag(path, voxel_size: float = 0.02, *, stride: int = 1, max_frames: int | None = None,
+             pixel_stride: int = 1, min_depth: float = 0.1, max_depth: float = 6.0, capacity: int = 2_000_000,
+             progress: bool = True, **options):
+    """fuse_frames over a rosbag2 recording in one streamed pass (``CameraStream`` with ``options``): the frames
+    ov3d-run --bag replays, fused the same way, and a bag whose end is damaged is fused up to the damage."""
+    _check_strides(stride, pixel_stride, max_frames)
+    with CameraStream(path, **options) as stream:
+        frames = itertools.islice(stream.rgbd_frames(), 0, None, stride)
+        total = -(-stream.color_messages // stride)
+        if max_frames is not None:
+            frames, total = itertools.islice(frames, max_frames), min(total, max_frames)
+        result = fuse_frames(frames, voxel_size, pixel_stride=pixel_stride, min_depth=min_depth,
+                             max_depth=max_depth, capacity=capacity, progress=progress, total=total)
+    if result[1] == 0:
+        raise ValueError(f"fuse: no frame of {stream.path} could be fused (skipped: {stream.skipped})")
+    return result
 
 
 def main(argv=None) -> int:
@@ -85,14 +126,19 @@ def main(argv=None) -> int:
         _log.error("--voxel-size must be > 0, got %s", args.voxel_size)
         return 2
     try:
-        scene = open_scene(args.scene_dir, rosbag=dict(
-            color_topic=args.color_topic, depth_topic=args.depth_topic, info_topic=args.info_topic,
-            pose_topic=args.pose_topic, fixed_frame=args.fixed_frame, camera_frame=args.camera_frame)).scene
-        _log.info("%s: %d frames", scene, len(scene))
-        vmap, n, seconds = fuse_scene(scene, args.voxel_size, stride=args.stride, max_frames=args.max_frames,
-                                      pixel_stride=args.pixel_stride, min_depth=args.min_depth,
-                                      max_depth=args.max_depth, capacity=args.capacity, progress=not args.quiet)
-    except (ValueError, FileNotFoundError, TypeError) as exc:
+        common = dict(stride=args.stride, max_frames=args.max_frames, pixel_stride=args.pixel_stride,
+                      min_depth=args.min_depth, max_depth=args.max_depth, capacity=args.capacity,
+                      progress=not args.quiet)
+        if is_rosbag(args.scene_dir):
+            vmap, n, seconds = fuse_bag(
+                args.scene_dir, args.voxel_size, color_topic=args.color_topic, depth_topic=args.depth_topic,
+                info_topic=args.info_topic, pose_topic=args.pose_topic, fixed_frame=args.fixed_frame,
+                camera_frame=args.camera_frame, strict=args.strict, **common)
+        else:
+            scene = open_scene(args.scene_dir).scene
+            _log.info("%s: %d frames", scene, len(scene))
+            vmap, n, seconds = fuse_scene(scene, args.voxel_size, strict=args.strict, **common)
+    except (ValueError, OSError, TypeError, ImportError) as exc:
         _log.error("%s", exc)
         return 1
     vmap.write_ply(args.out)

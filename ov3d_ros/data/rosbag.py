@@ -162,10 +162,13 @@ class CameraStream:
         if not (self.slop >= 0 and self.max_pose_gap >= 0):
             raise ValueError("CameraStream: slop and max_pose_gap must be >= 0")
         self._reader = AnyReader([self.path], default_typestore=self._typestore)
+        self._scan = None
+        self.recovered = False  # read record by record: the file's end (its index) is missing
         try:
             self._reader.open()
         except Exception as exc:  # rosbags raises its own error types for every kind of damage
-            raise SceneError(f"cannot read the bag {self.path}: {exc}") from None
+            self._reader = None
+            self._scan = self._recover(exc)
         try:
             self._settle(color_topic, depth_topic, info_topic, pose_topic, fixed_frame, camera_frame, pose_frame,
                          T_body_cam, tf_topic, tf_static_topic)
@@ -175,10 +178,27 @@ class CameraStream:
         self.skipped = {"no_depth": 0, "no_pose": 0, "no_info": 0, "bad_message": 0}
         self.truncated = False
 
+    def _recover(self, exc: Exception):
+        """A McapScan of the bag's one .mcap file when rosbags cannot open it; SceneError otherwise."""
+        from ov3d_ros.data.mcap_scan import McapScan
+
+        files = sorted(self.path.glob("*.mcap"))
+        reason = (f"cannot read the bag {self.path}, it is damaged or not a rosbag2 recording: "
+                  f"{' '.join(str(exc).split())}")  # one line
+        if len(files) != 1 or self.strict:
+            raise SceneError(reason)
+        try:
+            scan = McapScan(files[0])
+        except (OSError, ValueError) as scan_exc:
+            raise SceneError(f"{reason} ({scan_exc})") from None
+        _log.warning("%s; reading %s record by record, up to where it ends", reason, files[0].name)
+        self.recovered = True
+        return scan
+
     def _settle(self, color_topic, depth_topic, info_topic, pose_topic, fixed_frame, camera_frame, pose_frame,
                 T_body_cam, tf_topic, tf_static_topic) -> None:
         by_topic: dict[str, list] = {}
-        for c in self._reader.connections:
+        for c in (self._reader.connections if self._reader is not None else self._scan.channels.values()):
             by_topic.setdefault(c.topic, []).append(c)
         types = {t: sorted({c.msgtype for c in conns})[0] for t, conns in by_topic.items()}
         listing = f"(topics: {sorted(by_topic)})"
@@ -238,6 +258,12 @@ class CameraStream:
     def _messages(self):
         """(topic, msgtype, raw, bag_time) in recording order; a damaged container ends the pass with a warning."""
         try:
+            if self._scan is not None:
+                for channel, bag_time, raw in self._scan.messages({c.topic for c in self._connections}):
+                    yield channel.topic, channel.msgtype, raw, bag_time
+                if self._scan.damage:
+                    raise ValueError(self._scan.damage)
+                return
             for conn, bag_time, raw in self._reader.messages(connections=self._connections):
                 yield conn.topic, conn.msgtype, raw, bag_time
         except Exception as exc:  # rosbags' errors for damaged chunks, truncated files, bad sqlite pages
@@ -312,6 +338,21 @@ class CameraStream:
                          self.skipped["no_depth"], self.slop, self.skipped["no_pose"], self.skipped["no_info"],
                          self.skipped["bad_message"])
 
+    def rgbd_frames(self, depth_scale: float = 1000.0):
+        """The frames of ``frames()`` decoded into RGBDFrame; one that does not decode is skipped with a warning
+        and counted in ``skipped["bad_frame"]`` (``strict``: FrameError)."""
+        self.skipped.setdefault("bad_frame", 0)
+        for i, frame in enumerate(self.frames()):
+            try:
+                camera = camera_from_info(frame.info.msg)
+                yield decode_frame(frame.color.msg, frame.depth.msg, camera, frame.T_world_cam, frame.stamp, i,
+                                   depth_scale, where=f"{self.path.name} at {frame.stamp:.3f} s")
+            except (FrameError, ValueError) as exc:
+                if self.strict:
+                    raise FrameError(str(exc)) from None
+                self.skipped["bad_frame"] += 1
+                _log.warning("skipping an unreadable frame: %s", exc)
+
     def _settled(self, stamp: float, depths: list[BagMessage], clock: float) -> bool:
         """True when no later message can change the colour image's depth partner or pose."""
         depth_done = (depths and depths[-1].stamp >= stamp + self.slop) or clock > stamp + self.slop
@@ -378,8 +419,37 @@ class CameraStream:
                          f"from it to the camera frame '{self.camera_frame}'; pass T_body_cam")
 
 
+def decode_frame(color_msg, depth_msg, camera: CameraModel, T_world_cam: np.ndarray, stamp: float, index: int,
+                 depth_scale: float, *, where: str) -> RGBDFrame:
+    """An RGBDFrame from a colour and a depth message (Image or CompressedImage) and the camera of the depth image.
+    Colour of another size is resized to the depth size (with a warning once). FrameError, prefixed with ``where``,
+    when an image does not decode or the depth size is not the camera's."""
+    try:
+        depth = decode_depth(depth_msg)
+        color = decode_color(color_msg)
+    except ValueError as exc:
+        raise FrameError(f"{where}: {exc}") from None
+    if depth.shape != (camera.height, camera.width):
+        raise FrameError(f"{where}: depth image is {depth.shape[1]}x{depth.shape[0]} but camera info says "
+                         f"{camera.width}x{camera.height}")
+    if color.shape[:2] != depth.shape:
+        from PIL import Image
+
+        global _warned_resize
+        if not _warned_resize:
+            _log.warning("colour %dx%d resized to the depth size %dx%d (register depth to colour for exact "
+                         "alignment)", color.shape[1], color.shape[0], camera.width, camera.height)
+            _warned_resize = True
+        color = np.asarray(Image.fromarray(color).resize((camera.width, camera.height), Image.BILINEAR))
+    return RGBDFrame(color=color, depth=depth, camera=camera, T_world_cam=T_world_cam, index=index, stamp=stamp,
+                     depth_scale=depth_scale)
+
+
+_warned_resize = False
+
+
 # ----------------------------------------------------------------------------------------------------------------------
-# Random access (training, ov3d-fuse)
+# Random access (training, labelling)
 # ----------------------------------------------------------------------------------------------------------------------
 @dataclass
 class _Pairing:
@@ -403,6 +473,10 @@ class RosbagScene:
         if not self.depth_scale > 0:
             raise ValueError("RosbagScene: depth_scale must be > 0")
         with CameraStream(path, **options) as stream:
+            if stream.recovered:
+                raise SceneError(f"{stream.path} is damaged (the end of its .mcap file is missing), so its frames "
+                                 "cannot be read in any order: ov3d-fuse and ov3d-run --bag read it up to the "
+                                 "damage, or repair it with `mcap recover`")
             self._pairs = [_Pairing(f.color.bag_time, f.depth.bag_time, f.stamp, f.T_world_cam)
                            for f in stream.frames()]
             first_info = stream._info
@@ -415,7 +489,6 @@ class RosbagScene:
         self.camera_model = self._camera_from_info(first_info.msg)
         self._AnyReader, self._typestore = _import_rosbags()
         self._reader = None
-        self._warned_resize = False
         self.frame_ids = [str(i) for i in range(len(self._pairs))]
 
     @staticmethod
@@ -478,24 +551,12 @@ class RosbagScene:
             raise IndexError(f"RosbagScene.frame: index {i} out of range for {len(self)} frames")
         i = int(i) % len(self)
         pair = self._pairs[i]
-        cam = self.camera_model
         try:
-            depth = decode_depth(self._read_at(self.depth_topic, pair.depth_time))
-            color = decode_color(self._read_at(self.color_topic, pair.color_time))
+            color = self._read_at(self.color_topic, pair.color_time)
+            depth = self._read_at(self.depth_topic, pair.depth_time)
         except FrameError:
             raise
         except Exception as exc:
             raise FrameError(f"{self.path}: frame {i} at {pair.stamp:.3f} s: {exc}") from None
-        if depth.shape != (cam.height, cam.width):
-            raise FrameError(f"{self.path}: frame {i} at {pair.stamp:.3f} s: depth image is "
-                             f"{depth.shape[1]}x{depth.shape[0]} but camera info says {cam.width}x{cam.height}")
-        if color.shape[:2] != depth.shape:
-            from PIL import Image
-
-            if not self._warned_resize:
-                _log.warning("RosbagScene: colour %dx%d resized to the depth size %dx%d (register depth to colour "
-                             "for exact alignment)", color.shape[1], color.shape[0], cam.width, cam.height)
-                self._warned_resize = True
-            color = np.asarray(Image.fromarray(color).resize((cam.width, cam.height), Image.BILINEAR))
-        return RGBDFrame(color=color, depth=depth, camera=cam, T_world_cam=pair.T_world_cam.copy(), index=i,
-                         stamp=pair.stamp, depth_scale=self.depth_scale)
+        return decode_frame(color, depth, self.camera_model, pair.T_world_cam.copy(), pair.stamp, i,
+                            self.depth_scale, where=f"{self.path}: frame {i} at {pair.stamp:.3f} s")

@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from ov3d_ros.cloud import PointCloud
+from ov3d_ros.data.errors import FrameError
 from ov3d_ros.fusion import RGBDFrame
 from ov3d_ros.geometry import CameraModel, check_rigid, depth_to_metres
 
@@ -65,6 +66,17 @@ def _read_matrix(path: Path, name: str) -> np.ndarray:
     return m
 
 
+def _read_image(path: Path, mode: str | None = None):
+    """The decoded image at ``path`` (converted to ``mode``); FrameError naming the file when it is truncated,
+    empty or not an image."""
+    try:
+        with _load_image(path) as img:
+            img.load()
+            return img.convert(mode) if mode else img.copy()
+    except (OSError, ValueError, SyntaxError) as exc:  # PIL's errors for truncated, empty and unknown files
+        raise FrameError(f"{path}: {exc}") from None
+
+
 def _load_image(path: Path):
     try:
         from PIL import Image
@@ -78,7 +90,9 @@ class ScanNetScene:
 
     ``len(scene)``, ``scene.frame_ids`` (str), ``scene.frame(i)`` (i = position, 0..len-1) -> RGBDFrame with uint16
     depth and ``depth_scale``; iterating yields the frames in order. Frames whose pose holds inf/NaN (lost tracking
-    in ScanNet) or is not rigid are skipped; their count is logged and kept in ``skipped_frame_ids``.
+    in ScanNet) or is not rigid are skipped; their count is logged and kept in ``skipped_frame_ids``. The depth
+    image size is that of most depth images (sampled), so one damaged or odd file cannot set it. ``frame(i)``
+    raises FrameError naming the file when an image is truncated, empty, not an image or of another size.
     """
 
     def __init__(self, path, *, depth_scale: float = 1000.0):
@@ -110,14 +124,21 @@ class ScanNetScene:
         self._poses: dict[str, np.ndarray] = {}
         self.skipped_frame_ids: list[str] = []
         for stem in sorted(common, key=_numeric_key):
-            T = _read_matrix(self.path / "pose" / f"{stem}.txt", "pose")
+            try:
+                T = _read_matrix(self.path / "pose" / f"{stem}.txt", "pose")
+            except ValueError as exc:  # a damaged file: named, then skipped like a lost pose
+                _log.warning("%s", exc)
+                self.skipped_frame_ids.append(stem)
+                continue
             try:
                 self._poses[stem] = check_rigid(T, f"pose {stem}")
-            except ValueError:
+            except ValueError:  # ScanNet's -inf for lost tracking, or not a rigid transform
                 self.skipped_frame_ids.append(stem)
         if self.skipped_frame_ids:
-            _log.warning("ScanNetScene %s: skipped %d of %d frames with invalid (inf/NaN or non-rigid) poses",
-                         self.path.name, len(self.skipped_frame_ids), len(common))
+            _log.warning("ScanNetScene %s: skipped %d of %d frames with unreadable or invalid (inf/NaN, non-rigid) "
+                         "poses", self.path.name, len(self.skipped_frame_ids), len(common))
+        if common and not self._poses:
+            raise ValueError(f"ScanNetScene {self.path}: none of the {len(common)} poses is readable and rigid")
         self.frame_ids: list[str] = list(self._poses)
         self._camera: CameraModel | None = None
         self._warned_resize = False
@@ -142,13 +163,25 @@ class ScanNetScene:
     def pose(self, i: int) -> np.ndarray:
         return self._poses[self.frame_ids[i]].copy()
 
+    SIZE_SAMPLES = 15
+
     def camera(self) -> CameraModel:
-        """The depth camera (the geometry of every RGBDFrame of this scene)."""
+        """The depth camera (the geometry of every RGBDFrame of this scene): K from intrinsic_depth.txt, the size
+        most of up to SIZE_SAMPLES depth images spread over the scene have."""
         if self._camera is None:
             if not self.frame_ids:
                 raise ValueError(f"ScanNetScene {self.path}: no valid frames")
-            with _load_image(self.path / "depth" / f"{self.frame_ids[0]}.png") as img:
-                width, height = img.size
+            step = max(1, len(self.frame_ids) // self.SIZE_SAMPLES)
+            sizes: dict[tuple[int, int], int] = {}
+            for stem in self.frame_ids[::step][:self.SIZE_SAMPLES]:
+                try:
+                    with _load_image(self.path / "depth" / f"{stem}.png") as img:
+                        sizes[img.size] = sizes.get(img.size, 0) + 1
+                except (OSError, ValueError):  # unreadable: frame() names it when it is read
+                    continue
+            if not sizes:
+                raise ValueError(f"ScanNetScene {self.path}: none of the sampled depth images can be read")
+            width, height = max(sizes, key=sizes.get)
             self._camera = CameraModel.from_K(self._K_depth, width, height)
         return self._camera
 
@@ -163,17 +196,17 @@ class ScanNetScene:
         """The i-th valid frame: colour (H, W, 3) uint8 RGB at the depth size, depth (H, W) uint16."""
         stem = self._check_index(i)
         camera = self.camera()
-        with _load_image(self.path / "depth" / f"{stem}.png") as img:
-            depth = np.asarray(img)
+        depth_path, color_path = self.path / "depth" / f"{stem}.png", self.path / "color" / f"{stem}.jpg"
+        depth = np.asarray(_read_image(depth_path))
+        color_image = _read_image(color_path, "RGB")
         if depth.dtype != np.uint16:
             if depth.dtype.kind in "iu" and depth.size and (depth.min() < 0 or depth.max() > 65535):
-                raise ValueError(f"ScanNetScene: depth/{stem}.png values do not fit uint16 millimetres")
+                raise FrameError(f"{depth_path}: values do not fit uint16 millimetres")
             depth = depth.astype(np.uint16)
         if depth.shape != (camera.height, camera.width):
-            raise ValueError(f"ScanNetScene: depth/{stem}.png is {depth.shape[1]}x{depth.shape[0]}, the scene's "
-                             f"depth images are {camera.width}x{camera.height}")
-        with _load_image(self.path / "color" / f"{stem}.jpg") as img:
-            color = self._color_at_depth_size(img.convert("RGB"), camera)
+            raise FrameError(f"{depth_path}: {depth.shape[1]}x{depth.shape[0]}, but the scene's depth images are "
+                             f"{camera.width}x{camera.height}")
+        color = self._color_at_depth_size(color_image, camera)
         frame = RGBDFrame(color=color, depth=depth, camera=camera, T_world_cam=self._poses[stem].copy(),
                           index=int(stem) if stem.isdigit() else i, stamp=0.0, depth_scale=self.depth_scale)
         return frame

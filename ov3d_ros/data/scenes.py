@@ -8,14 +8,19 @@ same way and its pseudo labels are written where training reads them:
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
+
+from .errors import FrameError
 from .rosbag import RosbagScene
 from .scannet import ScanNetScene
 
 BAG_SUFFIXES = (".mcap", ".db3")
 
-__all__ = ["OpenScene", "open_scene", "find_scenes", "is_scannet_scene", "is_rosbag", "BAG_SUFFIXES"]
+__all__ = ["OpenScene", "open_scene", "find_scenes", "is_scannet_scene", "is_rosbag", "BAG_SUFFIXES", "read_frames"]
+
+_log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -85,3 +90,22 @@ def open_scene(path: str | Path, *, rosbag: dict | None = None) -> OpenScene:
 
     scene = ScanNetScene(path)
     return OpenScene(scene, [str(f) for f in scene.frame_ids], path)
+
+
+def read_frames(scene, positions, *, strict: bool = False, skipped: list | None = None):
+    """Yield (position, frame) for the frames of ``scene`` at ``positions`` that can be read.
+
+    An unreadable frame (FrameError: its message names the file or the message time) is logged, appended to
+    ``skipped`` and passed over, so a long run keeps the work of every good frame; ``strict`` raises it instead.
+    """
+    for position in positions:
+        try:
+            frame = scene.frame(position)
+        except FrameError as exc:
+            if strict:
+                raise
+            _log.warning("skipping an unreadable frame: %s", exc)
+            if skipped is not None:
+                skipped.append(position)
+            continue
+        yield position, frame

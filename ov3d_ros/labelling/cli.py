@@ -53,6 +53,8 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-frames", type=int, metavar="N", help="at most N frames per scene (frames.max_frames)")
     parser.add_argument("--batch-size", type=int, metavar="N", help="frames per batch (frames.batch_size)")
     parser.add_argument("--overwrite", action="store_true", help="relabel frames that already have labels")
+    parser.add_argument("--strict", action="store_true",
+                        help="stop at the first unreadable frame instead of skipping it (frames.strict)")
     parser.add_argument("--allow-random-weights", action="store_true",
                         help="run without checkpoints (random SAM/CLIP): for timing and plumbing checks only")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar (e.g. in logs)")
@@ -85,7 +87,8 @@ def config_from_args(args: argparse.Namespace) -> dict:
     flags = {"sam.checkpoint": args.sam_checkpoint, "sam.model_type": args.sam_model_type,
              "naming.model": args.clip_model, "naming.pretrained": args.clip_pretrained,
              "vocabulary.source": args.vocabulary, "device": args.device, "frames.every": args.every,
-             "frames.max_frames": args.max_frames, "frames.batch_size": args.batch_size}
+             "frames.max_frames": args.max_frames, "frames.batch_size": args.batch_size,
+             "frames.strict": True if args.strict else None}
     config = load_label_config(args.config, overrides)
     for dotted, value in flags.items():
         if value is not None:
@@ -130,7 +133,8 @@ def _run(args: argparse.Namespace) -> int:
     for scene_dir in scenes:
         summary = label_scene(scene_dir, labeller, every=frames_cfg["every"], max_frames=frames_cfg["max_frames"],
                               batch_size=frames_cfg["batch_size"], overwrite=args.overwrite,
-                              progress=not args.no_progress, rosbag_topics=config["rosbag"], config=config)
+                              progress=not args.no_progress, rosbag_topics=config["rosbag"], config=config,
+                              strict=frames_cfg["strict"])
         t = summary["totals"]
         frames += t["frames"]
         log.info("%s: %d frames, %.1f masks/frame, %.1f named/frame, %.1f%% pixels labelled, vocabulary %d",

@@ -27,6 +27,7 @@ LABEL_DEFAULTS: dict[str, Any] = {
         "every": 1,  # label every n-th frame of a scene (ScanNet streams are highly redundant; 10-20 is common)
         "max_frames": 0,  # per scene, 0 = all
         "batch_size": 4,  # frames whose masks go through CLIP together (and are written together)
+        "strict": False,  # stop at an unreadable frame instead of skipping it (skipped frames are listed)
     },
     # Topics of rosbag2 recordings given as scenes: the trainer's (data.rosbag), so labels and training agree.
     "rosbag": copy.deepcopy(TRAINING_DEFAULTS["data"]["rosbag"]),

@@ -20,7 +20,7 @@ import numpy as np
 
 from ..data.pseudo_labels import PSEUDO_LABEL_DIR, read_scene_vocabulary, write_frame_labels
 from ..data.pseudo_labels import labelled_frame_ids as listed_frame_ids
-from ..data.scenes import open_scene
+from ..data.scenes import open_scene, read_frames
 from .masks import MaskSet, build_mask_generator, check_rgb_image, clean_masks
 from .naming import MaskNames, build_namer, check_clip_source
 from .vocabulary import VocabularySource, build_vocabulary_source
@@ -180,7 +180,7 @@ def _batches(items: list, size: int) -> Iterable[list]:
 
 def label_scene(scene_path: str | Path, labeller: PseudoLabeller, *, every: int = 1, max_frames: int = 0,
                 batch_size: int = 4, overwrite: bool = False, progress: bool = True,
-                rosbag_topics: dict | None = None, config: dict | None = None) -> dict:
+                rosbag_topics: dict | None = None, config: dict | None = None, strict: bool = False) -> dict:
     """Label a scene's frames (every ``every``-th, at most ``max_frames``; 0 = all) and return its summary.
 
     ``scene_path``: a ScanNet-layout folder or a rosbag2 recording (read with ``rosbag_topics``, see
@@ -189,6 +189,8 @@ def label_scene(scene_path: str | Path, labeller: PseudoLabeller, *, every: int 
 
     Frames already labelled are skipped unless ``overwrite``. Labels, the scene vocabulary and ``summary.json``
     are written after every batch of ``batch_size`` frames, so an interrupted run resumes where it stopped.
+    An unreadable frame is skipped with a warning that names it and listed in the summary's ``unreadable``
+    (``strict``: the FrameError stops the run instead).
     """
     from tqdm import tqdm
 
@@ -197,7 +199,7 @@ def label_scene(scene_path: str | Path, labeller: PseudoLabeller, *, every: int 
         raise ValueError(f"every and batch_size must be >= 1 and max_frames >= 0, got {every}, {batch_size}, "
                          f"{max_frames}")
     scene_path = Path(scene_path)
-    opened = open_scene(scene_path, rosbag=rosbag_topics)
+    opened = open_scene(scene_path, rosbag={**(rosbag_topics or {}), "strict": strict})
     scene, frame_ids, scene_dir = opened.scene, opened.frame_ids, opened.label_root
     positions = list(range(0, len(frame_ids), every))
     if max_frames:
@@ -221,8 +223,11 @@ def label_scene(scene_path: str | Path, labeller: PseudoLabeller, *, every: int 
     bar = tqdm(total=len(todo), desc=f"label {scene_path.name}", unit="frame", disable=not progress)
     try:
         for batch in _batches(todo, batch_size):
-            images = [scene.frame(p).color for p in batch]
-            for position, labels in zip(batch, labeller.label_images(images)):
+            skipped: list[int] = []
+            readable = list(read_frames(scene, batch, strict=strict, skipped=skipped))
+            if skipped:
+                summary["unreadable"] = sorted(set(summary.get("unreadable", [])) | {frame_ids[p] for p in skipped})
+            for (position, _), labels in zip(readable, labeller.label_images([f.color for _, f in readable])):
                 write_frame_labels(str(scene_dir), frame_ids[position], labels.label_image, labels.entities)
                 summary["frames"][frame_ids[position]] = labels.summary()
             # write_frame_labels keeps vocabulary.txt (merged, sorted) up to date

@@ -38,6 +38,8 @@ def _add_common(p: argparse.ArgumentParser) -> None:
                    help="override recipe keys, dotted, values parsed as YAML: --set stage1.steps=500 "
                         "stage1.consistency_weight=0 'eval.classes=[chair, table]'")
     p.add_argument("--no-progress", action="store_true", help="no progress bars (for logs)")
+    p.add_argument("--strict", action="store_true",
+                   help="stop at the first unreadable frame instead of skipping it (data.strict=true)")
 
 
 def _add_train(p: argparse.ArgumentParser) -> None:
@@ -92,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
     try:
-        cfg = load_config(args.config, args.overrides)
+        cfg = load_config(args.config, args.overrides + (["data.strict=true"] if args.strict else []))
     except (ConfigError, FileNotFoundError) as exc:
         parser.error(str(exc))
     progress = not args.no_progress

@@ -46,6 +46,7 @@ DEFAULTS: dict[str, Any] = {
         "min_depth": 0.1,
         "max_depth": 10.0,
         "max_frames_per_scene": 0,  # 0 = all
+        "strict": False,  # stop at an unreadable frame (or bag message) instead of skipping it with a warning
         "rosbag": {  # keyword arguments of data.rosbag.RosbagScene (topics, fixed_frame, camera_frame, ...)
             "color_topic": None,  # None: found in the bag (realsense2_camera names first)
             "depth_topic": None,

@@ -21,7 +21,7 @@ import numpy as np
 from ..data.ply import read_ply
 from ..data.pseudo_labels import read_frame_labels
 from ..data.scannet import ScanNetScene
-from ..data.scenes import open_scene
+from ..data.scenes import open_scene, read_frames
 from ..fusion import make_partial_cloud, match_points
 from ..mapping import Mapper, MapperConfig
 
@@ -99,7 +99,8 @@ def find_pairs(frames: list[FrameData], *, max_gap: int, min_matches: int, voxel
 def load_scene_frames(path: str | Path, data_cfg: dict) -> tuple[list[tuple[str, object]], Path]:
     """Read a scene's frames as (frame_id, PartialCloud) with the configured strides, and its label root."""
 
-    opened = open_scene(path, rosbag=data_cfg["rosbag"])
+    strict = bool(data_cfg.get("strict", False))
+    opened = open_scene(path, rosbag={**data_cfg["rosbag"], "strict": strict})
     scene, ids, label_root = opened.scene, opened.frame_ids, opened.label_root
     stride = int(data_cfg["frame_stride"])
     if stride < 1:
@@ -110,8 +111,7 @@ def load_scene_frames(path: str | Path, data_cfg: dict) -> tuple[list[tuple[str,
         positions = positions[:limit]
     out = []
     with opened:
-        for pos in positions:
-            frame = scene.frame(pos)
+        for pos, frame in read_frames(scene, positions, strict=strict):
             partial = make_partial_cloud(frame, min_depth=data_cfg["min_depth"], max_depth=data_cfg["max_depth"],
                                          stride=int(data_cfg["pixel_stride"]))
             out.append((ids[pos], partial))

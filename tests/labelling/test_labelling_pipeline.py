@@ -144,6 +144,25 @@ def test_labels_read_back_by_the_curriculum_reader(tmp_path):
     assert checked > 100  # the scene really had labelled points
 
 
+def test_an_unreadable_frame_is_skipped_and_listed(tmp_path):
+    from ov3d_ros.data.errors import FrameError
+
+    scene_dir = make_scene(tmp_path / "scene0000_00")
+    ids = ScanNetScene(scene_dir).frame_ids
+    _, labeller = oracle_labeller(scene_dir)  # reads the intact frames
+    jpeg = scene_dir / "color" / f"{ids[1]}.jpg"
+    jpeg.write_bytes(jpeg.read_bytes()[:200])  # truncated
+    with pytest.raises(FrameError, match=str(jpeg)):
+        label_scene(scene_dir, labeller, progress=False, strict=True)
+    summary = label_scene(scene_dir, labeller, batch_size=2, progress=False)
+    assert summary["unreadable"] == [ids[1]]
+    assert sorted(summary["frames"]) == sorted(i for i in ids if i != ids[1])
+    for position in (0, 2):
+        label, entities = read_frame_labels(str(scene_dir), ids[position])
+        got = np.array([None] + entities, dtype=object)[label.astype(np.int64)]
+        assert (got == expected_labels(scene_dir, position)).all()
+
+
 def test_resumes_where_it_stopped_and_overwrites_on_request(tmp_path):
     scene_dir = make_scene(tmp_path / "scene", n_frames=4)
     oracle, labeller = oracle_labeller(scene_dir)
