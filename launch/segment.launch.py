@@ -1,13 +1,14 @@
 """ros2 launch ov3d_ros segment.launch.py [use_sim_camera:=true] [checkpoint:=/path/model.pt] [device:=cuda]
-    [config:=/path/params.yaml] [color_topic:=...] [depth_topic:=...] [camera_info_topic:=...]
+    [config:=/path/params.yaml] [color_topic:=...] [depth_topic:=...] [camera_info_topic:=...] [rviz:=true]
 
 Starts fusion_node and segmenter_node (and synthetic_camera_node with use_sim_camera:=true) with the parameters of
 config/ov3d.yaml (plus config/sim_camera.yaml for the synthetic camera). Arguments given here override the YAML.
+rviz:=true also opens RViz2 with rviz/ov3d.rviz. The files are found next to this one (share/ov3d_ros of an install,
+or the source tree), so `ros2 launch launch/segment.launch.py` works by path too.
 Without ros2 launch (pip-only ROS): `ov3d-run [--sim-camera]` starts the same nodes with the same YAML.
 """
 import os
 
-from ament_index_python.packages import get_package_share_directory
 from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument
 from launch.conditions import IfCondition, UnlessCondition
@@ -16,9 +17,11 @@ from launch_ros.actions import Node
 
 
 def generate_launch_description():
-    share = get_package_share_directory("ov3d_ros")
+    share = os.path.dirname(os.path.dirname(os.path.realpath(__file__)))
     default_config = os.path.join(share, "config", "ov3d.yaml")
     sim_config = os.path.join(share, "config", "sim_camera.yaml")
+
+    rviz_config = os.path.join(share, "rviz", "ov3d.rviz")
 
     use_sim_camera = LaunchConfiguration("use_sim_camera")
     config = LaunchConfiguration("config")
@@ -41,6 +44,7 @@ def generate_launch_description():
                               description="colour images (realsense2_camera 4.x name)"),
         DeclareLaunchArgument("depth_topic", default_value="/camera/camera/aligned_depth_to_color/image_raw",
                               description="depth images registered to colour"),
+        DeclareLaunchArgument("rviz", default_value="false", description="also open RViz2 with rviz/ov3d.rviz"),
         DeclareLaunchArgument("camera_info_topic", default_value="/camera/camera/color/camera_info",
                               description="CameraInfo of the colour images"),
         Node(
@@ -74,5 +78,12 @@ def generate_launch_description():
             name="segmenter_node",
             output="screen",
             parameters=[config, {"checkpoint": checkpoint, "device": device}],
+        ),
+        Node(
+            package="rviz2",
+            executable="rviz2",
+            name="rviz2",
+            arguments=["-d", rviz_config],
+            condition=IfCondition(LaunchConfiguration("rviz")),
         ),
     ])

@@ -6,6 +6,7 @@ The same paths serve a source checkout (editable install) and a ROS install (sha
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 
@@ -36,3 +37,15 @@ def default_config_files(sim_camera: bool) -> list[Path]:
     if sim_camera:
         files.append(config_dir() / "sim_camera.yaml")
     return files
+
+
+def ament_environment(environ=None) -> dict[str, str]:
+    """``environ`` (default os.environ) with this Python prefix first on AMENT_PREFIX_PATH when scripts/setup.sh
+    made it an ament prefix of ov3d_ros, so child processes find the package as `ros2 run` would."""
+    env = dict(os.environ if environ is None else environ)
+    prefix = sys.prefix
+    if (Path(prefix) / "share" / "ament_index" / "resource_index" / "packages" / "ov3d_ros").is_file():
+        paths = [p for p in env.get("AMENT_PREFIX_PATH", "").split(os.pathsep) if p]
+        if prefix not in paths:
+            env["AMENT_PREFIX_PATH"] = os.pathsep.join([prefix] + paths)
+    return env

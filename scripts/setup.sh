@@ -2,7 +2,8 @@
 # One-shot set-up for a machine without a ROS distro (Debian/Ubuntu, Python 3.10-3.12, CPU or GPU).
 # Builds .venv/ in the repository root holding ROS 2 kilted from pip wheels, torch + torchvision,
 # spconv, open_clip, segment-anything, open3d, rosbags; builds the ov3d_interfaces package with cmake
-# into the venv; installs ov3d_ros itself (editable). Safe to re-run: finished steps are skipped.
+# into the venv; installs ov3d_ros itself (editable) and makes the venv an ament prefix of it (share/ov3d_ros,
+# lib/ov3d_ros, AMENT_PREFIX_PATH in bin/activate). Safe to re-run: finished steps are skipped.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="${OV3D_VENV:-$ROOT/.venv}"
@@ -12,7 +13,7 @@ log() { printf '\033[1m[setup]\033[0m %s\n' "$*"; }
 
 # Re-run only when a file that defines the environment changed.
 fingerprint() {
-  cat "$ROOT"/requirements/*.txt "$ROOT/setup.py" "$ROOT/package.xml" \
+  cat "$ROOT"/requirements/*.txt "$ROOT/setup.py" "$ROOT/package.xml" "$ROOT/scripts/ament_layout.py" \
       "$ROOT"/ov3d_interfaces/CMakeLists.txt "$ROOT"/ov3d_interfaces/package.xml \
       "$ROOT"/ov3d_interfaces/srv/* 2>/dev/null | sha256sum | cut -d' ' -f1
 }
@@ -48,5 +49,7 @@ fi
 
 log "installing ov3d_ros (editable)"
 "${PIP[@]}" --no-deps --no-build-isolation -e "$ROOT"
+log "making the venv an ament prefix of ov3d_ros (ros2 launch/run/pkg find it)"
+"$VENV/bin/python" "$ROOT/scripts/ament_layout.py" "$VENV"
 fingerprint > "$STAMP"
 log "done. Activate with: source $VENV/bin/activate"

@@ -27,7 +27,7 @@ from ov3d_ros.mapping import Mapper, MapperConfig
 from ov3d_ros.messages import CAMERA_TOPICS, camera_from_info, decode_color, decode_depth, pose_matrix, stamp_seconds, \
     transform_matrix
 from ov3d_ros.nodes.conversions import cloud_to_pointcloud2, make_header
-from ov3d_ros.nodes.params import Param, declare_all
+from ov3d_ros.nodes.params import Param, declare_all, node_help
 from ov3d_ros.nodes.runner import spin_nodes
 from ov3d_ros.nodes.sync import ApproximateTimeSync, BoundedQueue
 from ov3d_ros.poses import PoseTrack
@@ -375,7 +375,7 @@ class FusionNode(Node):
 
 
 def main(args=None) -> None:
-    spin_nodes([FusionNode], args=args)
+    spin_nodes([FusionNode], args=args, help_text=node_help("fusion_node", __doc__.split("\n\n")[0], FUSION_PARAMS))
 
 
 if __name__ == "__main__":

@@ -44,3 +44,13 @@ def declare_all(node, params: list[Param]) -> dict[str, Any]:
             raise ValueError(f"{node.get_name()}: parameter '{p.name}' = {value!r} is not one of {p.choices}")
         values[p.name] = value
     return values
+
+
+def node_help(executable: str, summary: str, params: list[Param]) -> str:
+    """``--help`` of a node executable: how to run it, then every parameter with its default and meaning."""
+    lines = [f"usage: ros2 run ov3d_ros {executable} [--ros-args -p NAME:=VALUE | --params-file FILE ...]", "",
+             summary.strip(), "", "parameters (ros2 param describe shows the same):"]
+    for p in params:
+        choices = f" One of: {', '.join(map(str, p.choices))}." if p.choices else ""
+        lines.append(f"  {p.name} (default {p.default!r}): {p.description}{choices}")
+    return "\n".join(lines)

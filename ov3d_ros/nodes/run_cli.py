@@ -40,7 +40,7 @@ from ov3d_ros.nodes.query_client import ServiceCaller, make_request, summaries_f
 from ov3d_ros.nodes.runner import NodeRunner, spin_until_stopped, stop_on_signals
 from ov3d_ros.nodes.segmenter_node import SEGMENTER_PARAMS
 from ov3d_ros.nodes.synthetic_camera_node import SyntheticCameraNode
-from ov3d_ros.resources import default_checkpoint, default_config_files
+from ov3d_ros.resources import ament_environment, default_checkpoint, default_config_files
 from ov3d_ros.viz import render_labelled_cloud
 
 log = logging.getLogger("ov3d-run")
@@ -92,7 +92,8 @@ def start_segmenter(ros_args: list[str], *, checkpoint: str | None, device: str 
         overrides += ["-p", f"segmenter_node:device:={device}"]
     if num_threads:
         overrides += ["-p", f"segmenter_node:num_threads:={int(num_threads)}"]
-    process = subprocess.Popen([sys.executable, "-m", "ov3d_ros.nodes.segmenter_node", *ros_args, *overrides])
+    process = subprocess.Popen([sys.executable, "-m", "ov3d_ros.nodes.segmenter_node", *ros_args, *overrides],
+                               env=ament_environment())
     try:
         os.setpriority(os.PRIO_PROCESS, process.pid, SEGMENTER_NICE)
     except (AttributeError, OSError) as exc:  # not on Linux/macOS, or not allowed: same priority then

@@ -104,12 +104,16 @@ def spin_until_stopped(executor, stop: threading.Event) -> None:
         executor.spin_once(timeout_sec=0.5)
 
 
-def spin_nodes(node_classes, args=None) -> None:
+def spin_nodes(node_classes, args=None, help_text: str | None = None) -> None:
     """Entry point of the single-node console scripts: rclpy.init with the command line's --ros-args, spin until
-    Ctrl-C or SIGTERM, then shut down in order."""
+    Ctrl-C or SIGTERM, then shut down in order. ``-h``/``--help`` before any --ros-args prints ``help_text``."""
     import rclpy
 
     argv = sys.argv if args is None else args
+    own = argv[1:argv.index("--ros-args")] if "--ros-args" in argv else argv[1:]
+    if help_text and {"-h", "--help"} & set(own):
+        print(help_text)
+        sys.exit(0)
     stop = stop_on_signals()
     init_without_signal_handlers(argv)
     runner = None

@@ -30,7 +30,7 @@ from ov3d_ros.feature_map import FeatureMap, FeatureMapConfig
 from ov3d_ros.messages import stamp_seconds
 from ov3d_ros.nodes.conversions import cloud_to_pointcloud2, make_header, pointcloud2_to_cloud, sec_to_stamp
 from ov3d_ros.nodes.objects import ObjectSummary, cluster_grid, summarise_queries, summarise_units
-from ov3d_ros.nodes.params import Param, declare_all
+from ov3d_ros.nodes.params import Param, declare_all, node_help
 from ov3d_ros.nodes.runner import spin_nodes
 from ov3d_ros.nodes.sync import BoundedQueue
 from ov3d_ros.resources import default_checkpoint
@@ -489,7 +489,7 @@ class SegmenterNode(Node):
 
 
 def main(args=None) -> None:
-    spin_nodes([SegmenterNode], args=args)
+    spin_nodes([SegmenterNode], args=args, help_text=node_help("segmenter_node", __doc__.split("\n\n")[0], SEGMENTER_PARAMS))
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ from ov3d_ros.data.synthetic.cache import load_or_render
 from ov3d_ros.messages import CAMERA_TOPICS
 from ov3d_ros.nodes.conversions import info_from_camera, make_header, matrix_to_pose, matrix_to_transform, \
     numpy_to_image
-from ov3d_ros.nodes.params import Param, declare_all
+from ov3d_ros.nodes.params import Param, declare_all, node_help
 from ov3d_ros.nodes.runner import spin_nodes
 
 DEPTH_ENCODINGS = ("16UC1", "32FC1")
@@ -141,7 +141,7 @@ class SyntheticCameraNode(Node):
 
 
 def main(args=None) -> None:
-    spin_nodes([SyntheticCameraNode], args=args)
+    spin_nodes([SyntheticCameraNode], args=args, help_text=node_help("synthetic_camera_node", __doc__.split("\n\n")[0], CAMERA_PARAMS))
 
 
 if __name__ == "__main__":

@@ -36,13 +36,15 @@ def _launch_tree():
     return ast.parse(LAUNCH.read_text())
 
 
-def _launch_nodes():
-    """(executable, name, parameters AST list) of every launch_ros Node(...) call."""
+def _launch_nodes(package: str = "ov3d_ros"):
+    """(executable, name, parameters AST list) of every launch_ros Node(...) call of ``package``."""
     out = []
     for call in ast.walk(_launch_tree()):
         if isinstance(call, ast.Call) and getattr(call.func, "id", None) == "Node":
             kw = {k.arg: k.value for k in call.keywords}
-            out.append((ast.literal_eval(kw["executable"]), ast.literal_eval(kw["name"]), kw.get("parameters")))
+            if ast.literal_eval(kw["package"]) == package:
+                out.append((ast.literal_eval(kw["executable"]), ast.literal_eval(kw["name"]),
+                            kw.get("parameters")))
     return out
 
 
@@ -98,7 +100,63 @@ def test_launch_arguments_used_are_declared():
             and getattr(c.func, "id", None) == "LaunchConfiguration"}
     assert used == declared
     assert {"checkpoint", "config", "device", "use_sim_camera", "color_topic", "depth_topic",
-            "camera_info_topic"} <= declared
+            "camera_info_topic", "rviz"} <= declared
+
+
+class _Recorder:
+    """Stands in for one launch / launch_ros class: keeps its arguments (launch is not installable here)."""
+
+    def __init__(self, *args, **kwargs):
+        self.args, self.kwargs = args, kwargs
+
+
+def _run_launch_file(path: Path, monkeypatch) -> list:
+    import importlib.util
+    import sys
+    import types
+
+    for name, attrs in {"launch": ["LaunchDescription"], "launch.actions": ["DeclareLaunchArgument"],
+                        "launch.conditions": ["IfCondition", "UnlessCondition"],
+                        "launch.substitutions": ["LaunchConfiguration"], "launch_ros.actions": ["Node"],
+                        "launch_ros": []}.items():
+        module = types.ModuleType(name)
+        for attr in attrs:
+            setattr(module, attr, type(attr, (_Recorder,), {}))
+        monkeypatch.setitem(sys.modules, name, module)
+    monkeypatch.setenv("AMENT_PREFIX_PATH", "/nonexistent")  # nothing indexed: the files must be found by path
+    spec = importlib.util.spec_from_file_location("segment_launch", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.generate_launch_description().args[0]
+
+
+def test_launch_file_given_by_path_finds_its_files(monkeypatch):
+    actions = _run_launch_file(LAUNCH, monkeypatch)
+
+    def strings(value):
+        if isinstance(value, str):
+            yield value
+        elif isinstance(value, (list, tuple)):
+            for item in value:
+                yield from strings(item)
+
+    paths = [v for a in actions for v in strings(list(a.args) + list(a.kwargs.values()))
+             if v.startswith("/") and v.endswith((".yaml", ".rviz"))]
+    assert {Path(p).name for p in paths} == {"ov3d.yaml", "sim_camera.yaml", "ov3d.rviz"}
+    assert all(Path(p).is_file() for p in paths), paths
+
+
+def test_rviz_config_shows_what_the_nodes_publish():
+    rviz = yaml.safe_load((ROOT / "rviz" / "ov3d.rviz").read_text())
+    topics = {d["Topic"]["Value"] for d in rviz["Visualization Manager"]["Displays"] if "Topic" in d}
+    assert topics == {"/fusion_node/global_cloud", "/segmenter_node/labelled_map", "/segmenter_node/labelled_cloud",
+                      "/segmenter_node/markers"}
+    sources = {"fusion_node": (ROOT / "ov3d_ros/nodes/fusion_node.py").read_text(),
+               "segmenter_node": (ROOT / "ov3d_ros/nodes/segmenter_node.py").read_text()}
+    for topic in topics:
+        node, name = topic.strip("/").split("/")
+        assert f'"~/{name}"' in sources[node], f"{node} publishes no ~/{name}"
+    assert 'glob("rviz/*.rviz")' in (ROOT / "setup.py").read_text()
 
 
 @pytest.mark.parametrize("config", ["ov3d.yaml", "sim_camera.yaml"])
