@@ -18,8 +18,8 @@ from ov3d_ros.graph_kernels import label_components
 class ObjectSummary:
     query: str
     point_count: int          # points whose label is this query
-    best_score: float         # highest score of this query over the cloud (NaN when the cloud is empty)
-    centroid: np.ndarray      # (3,) float64 centroid of the largest cluster (NaN when point_count == 0)
+    best_score: float         # highest score of this query over the cloud (0 when the cloud is empty)
+    centroid: np.ndarray      # (3,) float64 centroid of the largest cluster (zeros when point_count == 0)
     cluster_point_count: int  # points in that cluster
 
 
@@ -111,14 +111,16 @@ def summarise_units(grid: ClusterGrid, unit_label: np.ndarray, queries: list[str
     out = []
     for q, query in enumerate(queries):
         mine = np.flatnonzero(node_label == q)
-        centroid, in_largest = np.full(3, np.nan), 0
+        centroid, in_largest = np.zeros(3), 0
         if len(mine):
             largest = root[mine][np.argmax(cluster_count[root[mine]])]
             members = mine[root[mine] == largest]
             in_largest = int(node_count[members].sum())
             centroid = node_sum[members].sum(axis=0) / in_largest
+        best = float(best_scores[q])
         out.append(ObjectSummary(query=query, point_count=int(node_count[mine].sum()),
-                                 best_score=float(best_scores[q]), centroid=centroid, cluster_point_count=in_largest))
+                                 best_score=best if np.isfinite(best) else 0.0, centroid=centroid,
+                                 cluster_point_count=in_largest))
     return out
 
 
@@ -138,9 +140,8 @@ def format_table(summaries: list[ObjectSummary]) -> str:
     header = ("query", "points", "best score", "centroid x y z [m]", "cluster pts")
     rows = []
     for s in summaries:
-        centroid = ("-" if not np.all(np.isfinite(s.centroid))
-                    else " ".join(f"{v:+.2f}" for v in s.centroid))
-        best = "-" if not np.isfinite(s.best_score) else f"{s.best_score:.3f}"
+        centroid = "not found" if s.point_count == 0 else " ".join(f"{v:+.2f}" for v in s.centroid)
+        best = f"{s.best_score:.3f}"
         rows.append((s.query, str(s.point_count), best, centroid, str(s.cluster_point_count)))
     widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(header)]
     lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths)),

@@ -443,9 +443,11 @@ class SegmenterNode(Node):
         self.markers_pub.publish(self.make_markers(summaries, header))
         labelled = sum(s.point_count for s in summaries)
         age = self.get_clock().now().nanoseconds * 1e-9 - stamp
+        missing = [s.query for s in summaries if s.point_count == 0]
         response.message = (f"{len(queries)} queries on the {which} of t={stamp:.2f} s ({age:.1f} s old): "
                             f"{labelled}/{len(cloud)} points labelled in "
-                            f"{1e3 * (time.perf_counter() - started):.1f} ms")
+                            f"{1e3 * (time.perf_counter() - started):.1f} ms"
+                            + (f"; not found: {', '.join(missing)}" if missing else ""))
         self.get_logger().info(f"query_objects {queries}: {response.message}")
         return response
 
@@ -457,7 +459,7 @@ class SegmenterNode(Node):
         markers.markers.append(clear)
         palette = label_palette(max(1, len(summaries)))
         for i, s in enumerate(summaries):
-            if s.point_count == 0 or not np.all(np.isfinite(s.centroid)):
+            if s.point_count == 0:
                 continue
             marker = Marker()
             marker.header.frame_id = frame

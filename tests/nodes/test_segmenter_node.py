@@ -116,6 +116,13 @@ def test_query_service_matches_the_core_segmenter_and_caches_features(checkpoint
                 np.testing.assert_allclose([c.x, c.y, c.z], s.centroid, atol=2e-3)
         assert sum(response.point_counts) == int((got.label >= 0).sum())
 
+        # A query that labels nothing says so, with no NaN anywhere in the answer.
+        response = query(["chair", "floor"], min_score=0.9999)
+        assert response.success and list(response.point_counts) == [0, 0]
+        assert "not found: chair, floor" in response.message
+        assert [(c.x, c.y, c.z) for c in response.centroids] == [(0.0, 0.0, 0.0)] * 2
+        assert np.all(np.isfinite(response.best_scores)) and list(response.cluster_point_counts) == [0, 0]
+
         # A new query re-uses the cached features: no second network pass.
         response = query(["red box", "grey floor"], min_score=-1.0)
         assert response.success and segmenter.counters["feature_passes"] == 1
