@@ -396,3 +396,10 @@ def test_rosbag_labels_land_where_stage1_reads_them(tmp_path, storage, as_file):
         got = np.array(vocab + [None], dtype=object)[frame.label]
         assert (got == expected[v, u]).all()
         assert (frame.label >= 0).sum() > 100
+
+
+def test_label_recipes_take_the_trainers_rosbag_keys():
+    from ov3d_ros.labelling.config import load_label_config
+
+    config = load_label_config(None, ["rosbag.fixed_frame=odom", "rosbag.pose_topic=/odom", "rosbag.slop=0.03"])
+    assert config["rosbag"]["fixed_frame"] == "odom" and config["rosbag"]["slop"] == 0.03
