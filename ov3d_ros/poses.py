@@ -158,6 +158,18 @@ class TransformTree:
                 raise ValueError(f"tf: cycle in the transform tree above '{frame}'")
         return path
 
+    def newest_on_chain(self, target: str, source: str) -> float:
+        """The stamp up to which every time-varying edge between the two frames has samples (the oldest of their
+        newest samples): a lookup at or before it is bracketed. +inf when the chain is all static."""
+        target, source = strip_frame(target), strip_frame(source)
+        up_t, up_s = self._path_to_root(target), self._path_to_root(source)
+        if up_t[-1] != up_s[-1]:
+            return -float("inf")
+        common = next(f for f in up_s if f in set(up_t))
+        edges = up_t[:up_t.index(common)] + up_s[:up_s.index(common)]  # each child frame is one edge
+        newest = [self.dynamic[f].newest for f in edges if f in self.dynamic]
+        return min(newest) if newest else float("inf")
+
     def has_chain(self, target: str, source: str) -> bool:
         return self.root(target) == self.root(source)
 

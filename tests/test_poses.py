@@ -69,3 +69,18 @@ def test_transform_tree_composes_static_and_dynamic_edges():
     tree.add("world", "elsewhere", 0.0, np.eye(4), static=True)
     with pytest.raises(ValueError, match="no chain"):
         tree.lookup("map", "elsewhere", 0.5)
+
+
+def test_newest_on_chain_is_the_oldest_newest_dynamic_edge():
+    from ov3d_ros.poses import TransformTree
+
+    tree = TransformTree()
+    tree.add("map", "odom", 1.0, np.eye(4), static=False)
+    tree.add("odom", "base", 2.5, np.eye(4), static=False)
+    tree.add("base", "camera", 0.0, np.eye(4), static=True)
+    tree.add("base", "arm", 9.0, np.eye(4), static=False)  # a fast joint elsewhere does not count
+    assert tree.newest_on_chain("map", "camera") == 1.0
+    assert tree.newest_on_chain("base", "camera") == float("inf")  # static only
+    assert tree.newest_on_chain("arm", "camera") == 9.0
+    tree.add("world", "other", 0.0, np.eye(4), static=True)
+    assert tree.newest_on_chain("map", "other") == -float("inf")  # not joined

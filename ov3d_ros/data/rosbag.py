@@ -298,8 +298,6 @@ class CameraStream:
                     stamp = stamp_seconds(ts.header.stamp)
                     tree.add(ts.header.frame_id, ts.child_frame_id, stamp, transform_matrix(ts.transform),
                              static=self.tf_topics[topic])
-                    if not self.tf_topics[topic]:
-                        self._pose_newest = max(self._pose_newest, stamp)
                 continue
             stamp = stamp_seconds(msg.header.stamp) or bag_time * 1e-9  # unstamped: the recording time
             message = BagMessage(topic, msgtype, raw, msg, stamp, bag_time)
@@ -337,6 +335,9 @@ class CameraStream:
                          "before any camera info, %d unreadable messages", self.path.name, self.color_messages,
                          self.skipped["no_depth"], self.slop, self.skipped["no_pose"], self.skipped["no_info"],
                          self.skipped["bad_message"])
+            if self.skipped["no_pose"] and self.pose_topic is None:
+                _log.warning("%s: poses are looked up from '%s' to '%s' in the tf tree with roots %s", self.path.name,
+                             self.fixed_frame, self.camera_frame, self._tree.roots() if self._tree else "(empty)")
 
     def rgbd_frames(self, depth_scale: float = 1000.0):
         """The frames of ``frames()`` decoded into RGBDFrame; one that does not decode is skipped with a warning
@@ -357,6 +358,11 @@ class CameraStream:
         """True when no later message can change the colour image's depth partner or pose."""
         depth_done = (depths and depths[-1].stamp >= stamp + self.slop) or clock > stamp + self.slop
         pose_done = self._pose_newest >= stamp or clock > stamp + self.max_pose_gap
+        if not pose_done and self.pose_topic is None and self.fixed_frame and self.camera_frame:
+            # tf: the edges between the fixed frame and the camera, not just any transform, must have reached it
+            known = self._tree.frames()
+            pose_done = self.fixed_frame in known and self.camera_frame in known and \
+                self._tree.newest_on_chain(self.fixed_frame, self.camera_frame) >= stamp
         return bool(depth_done and pose_done)
 
     def _release(self, color: BagMessage, depths: list[BagMessage]) -> BagFrame | None:
@@ -404,6 +410,8 @@ class CameraStream:
         if self.fixed_frame not in known:
             raise SceneError(f"{self.path}: frame '{self.fixed_frame}' is not in the bag's tf tree (frames: "
                              f"{sorted(known)})")
+        if not self._tree.has_chain(self.fixed_frame, self.camera_frame):
+            return None  # not joined (yet): counted as a frame without a pose
         return self._tree.lookup(self.fixed_frame, self.camera_frame, stamp)
 
     def _body_to_camera(self, stamp: float) -> np.ndarray | None:
