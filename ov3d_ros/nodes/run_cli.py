@@ -19,6 +19,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -275,8 +276,23 @@ def run_bag(args) -> int:
                 def ready() -> bool:  # the fusion node took the last frame and has at most one queued
                     return frames_received(fusion) >= player.published and \
                         fusion.frames.pushed - fusion.frames_finished - fusion.frames.dropped <= 1
-                player.play(itertools.chain([first], frames), lambda: stream.fixed_frame, rate=args.bag_rate,
-                            ready=ready, on_frame=lambda _: bar.update(1), timeout=args.timeout)
+                def on_frame(frame) -> None:
+                    if bar.n == 0:
+                        log.info("first frame published (t=%.3f s)", frame.stamp)
+                    bar.update(1)
+
+                # The first Ctrl-C ends the replay and keeps what was fused; a second one quits.
+                interrupted = threading.Event()
+                previous = signal.signal(signal.SIGINT, lambda *_: interrupted.set())
+                try:
+                    player.play(itertools.chain([first], frames), lambda: stream.fixed_frame, rate=args.bag_rate,
+                                ready=ready, on_frame=on_frame, timeout=args.timeout,
+                                should_stop=interrupted.is_set)
+                finally:
+                    signal.signal(signal.SIGINT, previous)
+            if interrupted.is_set():
+                log.warning("Ctrl-C: replay stopped after %d frames; querying the map fused so far (Ctrl-C again "
+                            "to quit)", player.published)
             settle_fusion(fusion, player.published, args.timeout)
             stats = fusion.stats()
             skipped = ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in stream.skipped.items() if v) or "none"
@@ -373,6 +389,9 @@ def main(argv: list[str] | None = None) -> int:
     except (FileNotFoundError, TimeoutError, ValueError, RuntimeError) as exc:
         log.error("%s", exc)
         return 2
+    except KeyboardInterrupt:  # the nodes and the segmenter process were closed on the way out
+        log.warning("interrupted")
+        return 130
 
 
 if __name__ == "__main__":

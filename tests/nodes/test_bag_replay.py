@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import io
 import os
+import re
+import signal
 import subprocess
 import sys
 
@@ -174,3 +176,28 @@ def test_ov3d_run_bag_end_to_end(recording, tmp_path):
     assert f"fused {len(frames)} " in result.stderr
     assert "wall" in result.stdout and "floor" in result.stdout
     assert (tmp_path / "labelled_map.ply").stat().st_size > 0 and (tmp_path / "labelled_map.png").is_file()
+
+
+def test_ctrl_c_ends_the_replay_and_keeps_what_was_fused(recording, tmp_path):
+    path, frames = recording
+    process = subprocess.Popen(
+        [sys.executable, "-m", "ov3d_ros.nodes.run_cli", "--bag", str(path), "--rate", "0.1", "--quiet",
+         "--queries", "wall", "--output", str(tmp_path)],
+        stderr=subprocess.PIPE, text=True, env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    lines = []
+    try:
+        for line in process.stderr:  # at a tenth of the recorded rate the 12 frames take 11 s after the first
+            lines.append(line)
+            if "first frame published" in line:
+                process.send_signal(signal.SIGINT)
+                break
+        lines += process.stderr.readlines()
+        assert process.wait(timeout=180) == 0, "".join(lines)[-3000:]
+    finally:
+        if process.poll() is None:
+            process.kill()
+    log = "".join(lines)
+    assert "Traceback" not in log
+    stopped = re.search(r"replay stopped after (\d+) frames", log)
+    assert stopped and 1 <= int(stopped.group(1)) < len(frames), log[-3000:]
+    assert (tmp_path / "labelled_map.ply").stat().st_size > 0
