@@ -6,7 +6,8 @@ installed, and edits to the source tree take effect without reinstalling.
 
 Writes, under PREFIX:
 - share/ament_index/resource_index/packages/ov3d_ros (the index marker);
-- share/ov3d_ros/{package.xml, launch, config, rviz, training} (links into this source tree);
+- share/ov3d_ros/{package.xml, launch/, config/, rviz/, training/}: real folders holding a link per source file
+  (`ros2 launch` walks share/ without following linked folders; a new source file needs this run again);
 - lib/ov3d_ros/<every console script of the installed ov3d_ros distribution> (links to bin/<script>);
 - a block in bin/activate that puts PREFIX on AMENT_PREFIX_PATH.
 pip cannot do this itself: an editable install ignores data_files and setup.cfg's script_dir.
@@ -30,6 +31,21 @@ def _link(link: Path, target: Path) -> None:
     link.symlink_to(target)
 
 
+def _mirror(folder: Path, source: Path) -> None:
+    """``folder`` as a real directory tree with a link to every file of ``source`` (stale links removed)."""
+    if folder.is_symlink():
+        folder.unlink()
+    if folder.is_dir():
+        for old in folder.rglob("*"):
+            if old.is_symlink() and not old.exists():
+                old.unlink()
+    for item in source.rglob("*"):
+        if item.is_file() and "__pycache__" not in item.parts:
+            target = folder / item.relative_to(source)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            _link(target, item)
+
+
 def make_layout(prefix: Path) -> list[str]:
     """Write the layout under ``prefix``; returns the executables linked into lib/ov3d_ros."""
     index = prefix / "share" / "ament_index" / "resource_index" / "packages"
@@ -38,7 +54,8 @@ def make_layout(prefix: Path) -> list[str]:
     share = prefix / "share" / PACKAGE
     share.mkdir(parents=True, exist_ok=True)
     for name in SHARED:
-        _link(share / name, ROOT / name)
+        source = ROOT / name
+        _mirror(share / name, source) if source.is_dir() else _link(share / name, source)
     lib = prefix / "lib" / PACKAGE
     lib.mkdir(parents=True, exist_ok=True)
     scripts = sorted(ep.name for ep in distribution(PACKAGE).entry_points if ep.group == "console_scripts")

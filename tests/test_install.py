@@ -22,6 +22,9 @@ def test_share_files_and_every_executable_are_where_ros2_looks():
     for name in ("package.xml", "launch/segment.launch.py", "config/ov3d.yaml", "config/sim_camera.yaml",
                  "rviz/ov3d.rviz"):
         assert (share / name).is_file(), name
+    # `ros2 launch PACKAGE FILE` finds the file with os.walk over share/PACKAGE, which does not enter linked folders.
+    walked = {name for _, _, files in os.walk(share) for name in files}
+    assert {"segment.launch.py", "ov3d.yaml", "ov3d.rviz"} <= walked
     scripts = sorted(ep.name for ep in distribution("ov3d_ros").entry_points if ep.group == "console_scripts")
     assert {"fusion_node", "segmenter_node", "synthetic_camera_node", "ov3d-run"} <= set(scripts)
     for name in scripts:
