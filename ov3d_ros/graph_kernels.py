@@ -86,3 +86,26 @@ def label_components(node_ptr, node_label, a, b):
     for n in range(len(parent)):
         parent[n] = _find(parent, n)
     return parent
+
+
+@numba.njit(cache=True)
+def label_node_pairs(node_ptr, node_label, a, b):
+    """The pairs of (cell, label) nodes that ``label_components`` joins: nodes of one label in adjacent cells
+    (layout as there). Returns two int64 arrays (i, j), each pair once."""
+    count = 0
+    for e in range(len(a)):
+        for i in range(node_ptr[a[e]], node_ptr[a[e] + 1]):
+            for j in range(node_ptr[b[e]], node_ptr[b[e] + 1]):
+                if node_label[i] == node_label[j]:
+                    count += 1
+    out_i = np.empty(count, np.int64)
+    out_j = np.empty(count, np.int64)
+    k = 0
+    for e in range(len(a)):
+        for i in range(node_ptr[a[e]], node_ptr[a[e] + 1]):
+            for j in range(node_ptr[b[e]], node_ptr[b[e] + 1]):
+                if node_label[i] == node_label[j]:
+                    out_i[k] = i
+                    out_j[k] = j
+                    k += 1
+    return out_i, out_j

@@ -19,7 +19,7 @@ log() { printf '\033[1m[build_interfaces]\033[0m %s\n' "$*"; }
 [[ -x "$VENV/bin/python" ]] || { echo "build_interfaces: no python in venv '$VENV'" >&2; exit 2; }
 command -v cmake >/dev/null || { echo "build_interfaces: cmake not found (apt-get install cmake g++)" >&2; exit 2; }
 
-newest_source="$(find "$SRC/CMakeLists.txt" "$SRC/package.xml" "$SRC/srv" -type f -newer "$STAMP" 2>/dev/null | head -1 || true)"
+newest_source="$(find "$SRC/CMakeLists.txt" "$SRC/package.xml" "$SRC/srv" "$SRC/msg" -type f -newer "$STAMP" 2>/dev/null | head -1 || true)"
 if [[ -f "$STAMP" && -z "$newest_source" && "$FORCE" != "--force" ]] \
    && "$VENV/bin/python" -c 'import ov3d_interfaces.srv' 2>/dev/null; then
   log "ov3d_interfaces up to date in $VENV"; exit 0
@@ -48,7 +48,7 @@ cmake --install "$BUILD" >"$BUILD.install.log" 2>&1 \
 
 # Installed into the venv prefix, the generated Python package lands in lib/pythonX.Y/site-packages and its C
 # libraries in lib/, which the venv's rclpy finds at run time without sourcing anything. Check it.
-"$VENV/bin/python" -c 'from ov3d_interfaces.srv import QueryObjects, SaveMap; QueryObjects.Request(); SaveMap.Request()' \
+"$VENV/bin/python" -c 'from ov3d_interfaces.msg import ObjectInstance; from ov3d_interfaces.srv import QueryObjects, SaveMap; ObjectInstance(); QueryObjects.Request(); SaveMap.Request()' \
   || { echo "build_interfaces: installed, but 'from ov3d_interfaces.srv import QueryObjects' fails" >&2; exit 1; }
 touch "$STAMP"
 log "ov3d_interfaces installed into $VENV"

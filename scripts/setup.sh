@@ -15,7 +15,7 @@ log() { printf '\033[1m[setup]\033[0m %s\n' "$*"; }
 fingerprint() {
   cat "$ROOT"/requirements/*.txt "$ROOT/setup.py" "$ROOT/package.xml" "$ROOT/scripts/ament_layout.py" \
       "$ROOT"/ov3d_interfaces/CMakeLists.txt "$ROOT"/ov3d_interfaces/package.xml \
-      "$ROOT"/ov3d_interfaces/srv/* 2>/dev/null | sha256sum | cut -d' ' -f1
+      "$ROOT"/ov3d_interfaces/srv/* "$ROOT"/ov3d_interfaces/msg/* 2>/dev/null | sha256sum | cut -d' ' -f1
 }
 if [[ -f "$STAMP" && "$(cat "$STAMP")" == "$(fingerprint)" && "${1:-}" != "--force" ]]; then
   log "environment up to date ($VENV)"; exit 0

@@ -15,6 +15,7 @@ from geometry_msgs.msg import Point, Pose, Quaternion, Transform, Vector3
 from sensor_msgs.msg import CameraInfo, Image, PointCloud2, PointField
 from std_msgs.msg import Header
 
+from ov3d_interfaces.msg import ObjectInstance
 from ov3d_ros.cloud import PointCloud
 from ov3d_ros.geometry import matrix_to_quaternion
 from ov3d_ros.messages import IMAGE_ENCODINGS, UnsupportedEncodingError
@@ -179,3 +180,15 @@ def pointcloud2_to_cloud(msg: PointCloud2) -> PointCloud:
     if "score" in fields:
         score = fields["score"].astype(np.float32)
     return PointCloud(xyz=xyz, rgb=rgb, label=label, score=score, frame_id=msg.header.frame_id or "map")
+
+
+def instance_message(instance, queries: list[str]) -> ObjectInstance:
+    """An ``instances.Instance`` as an ov3d_interfaces/ObjectInstance."""
+    c, b = instance.centroid, instance.box
+    return ObjectInstance(
+        id=int(instance.id), query_index=int(instance.query), query=queries[instance.query],
+        score_mean=float(instance.score_mean), score_max=float(instance.score_max), point_count=int(instance.points),
+        centroid=Point(x=float(c[0]), y=float(c[1]), z=float(c[2])),
+        box_center=Point(x=float(b.center[0]), y=float(b.center[1]), z=float(b.center[2])),
+        box_size=Vector3(x=float(b.size[0]), y=float(b.size[1]), z=float(b.size[2])), box_yaw=float(b.yaw),
+        last_observed=sec_to_stamp(instance.last_seen))

@@ -12,6 +12,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from ov3d_ros.graph_kernels import label_components
+from ov3d_ros.instances import ClusterGrid, cluster_grid
+
+__all__ = ["ObjectSummary", "ClusterGrid", "cluster_grid", "voxel_clusters", "summarise_units", "summarise_queries",
+           "format_table"]
 
 
 @dataclass
@@ -21,64 +25,6 @@ class ObjectSummary:
     best_score: float         # highest score of this query over the cloud (0 when the cloud is empty)
     centroid: np.ndarray      # (3,) float64 centroid of the largest cluster (zeros when point_count == 0)
     cluster_point_count: int  # points in that cluster
-
-
-@dataclass(frozen=True)
-class ClusterGrid:
-    """A cloud on a grid of ``cluster_voxel`` metres, for summaries of labelled units: the sorted linear keys of the
-    occupied voxels, the pairs of 26-adjacent occupied voxels (``a`` < ``b`` as rows of ``voxels``, each pair once),
-    and the cloud's points grouped by (voxel, unit): each group's voxel, unit, point count and coordinate sum. A
-    unit is what carries one label (a point, a network voxel, a superpoint), so a query classifies the units and
-    sums the groups, never touching the points. Computed once per cloud, it serves any number of queries."""
-
-    cluster_voxel: float
-    voxels: np.ndarray
-    a: np.ndarray
-    b: np.ndarray
-    group_voxel: np.ndarray
-    group_unit: np.ndarray
-    group_count: np.ndarray
-    group_sum: np.ndarray
-
-
-def cluster_grid(xyz: np.ndarray, cluster_voxel: float, unit: np.ndarray | None = None) -> ClusterGrid:
-    """The cloud ``xyz`` (N, 3) on a grid of ``cluster_voxel`` metres; ``unit`` (N,) int64 gives each point the
-    row of its label (None: every point is a unit of its own)."""
-    if not cluster_voxel > 0:
-        raise ValueError(f"cluster_voxel must be > 0 metres, got {cluster_voxel}")
-    xyz = np.asarray(xyz, dtype=np.float64).reshape(-1, 3)
-    unit = np.arange(len(xyz), dtype=np.int64) if unit is None else np.asarray(unit, dtype=np.int64).reshape(-1)
-    if len(unit) != len(xyz):
-        raise ValueError(f"cluster_grid: {len(unit)} units for {len(xyz)} points")
-    if len(xyz) == 0:
-        empty = np.zeros(0, dtype=np.int64)
-        return ClusterGrid(cluster_voxel, empty, empty, empty, empty, empty, empty, np.zeros((0, 3)))
-    keys = np.floor(xyz / cluster_voxel).astype(np.int64)
-    keys -= keys.min(axis=0)
-    dims = keys.max(axis=0) + 3  # a free border of one voxel: the +-1 offsets of a linear key never wrap
-    keys += 1
-    linear = (keys[:, 0] * dims[1] + keys[:, 1]) * dims[2] + keys[:, 2]
-    n_units = int(unit.max()) + 1
-    group, point_group = np.unique(linear * n_units + unit, return_inverse=True)
-    group_linear = group // n_units  # sorted: the groups' voxels, each voxel's groups together
-    first = np.concatenate([[True], group_linear[1:] != group_linear[:-1]])
-    voxels, group_voxel = group_linear[first], np.cumsum(first) - 1
-    count = np.bincount(point_group, minlength=len(group))
-    total = np.stack([np.bincount(point_group, xyz[:, i], len(group)) for i in range(3)], axis=1)
-    a, b = [], []
-    # 13 "forward" neighbour offsets list every pair of the 26-neighbourhood once.
-    for dx in (-1, 0, 1):
-        for dy in (-1, 0, 1):
-            for dz in (-1, 0, 1):
-                if (dx, dy, dz) <= (0, 0, 0):
-                    continue
-                shifted = voxels + (dx * dims[1] + dy) * dims[2] + dz
-                pos = np.minimum(np.searchsorted(voxels, shifted), len(voxels) - 1)
-                hit = voxels[pos] == shifted
-                a.append(np.flatnonzero(hit))
-                b.append(pos[hit])
-    return ClusterGrid(float(cluster_voxel), voxels, np.concatenate(a), np.concatenate(b), group_voxel,
-                       group % n_units, count, total)
 
 
 def voxel_clusters(xyz: np.ndarray, cluster_voxel: float) -> np.ndarray:

@@ -72,12 +72,15 @@ def call_service(node: Node, srv_type, name: str, request, timeout: float = 30.0
 
 
 def make_request(queries: list[str], *, min_score: float = 0.0, cloud: str = "global",
-                 return_cloud: bool = False) -> QueryObjects.Request:
+                 return_cloud: bool = False, max_instances: int = 0, min_points: int = 0) -> QueryObjects.Request:
     clouds = {"global": QueryObjects.Request.CLOUD_GLOBAL, "partial": QueryObjects.Request.CLOUD_PARTIAL}
     if cloud not in clouds:
         raise ValueError(f"cloud must be 'global' or 'partial', got {cloud!r}")
+    if max_instances < 0 or min_points < 0:
+        raise ValueError(f"max_instances and min_points must be >= 0, got {max_instances}, {min_points}")
     return QueryObjects.Request(queries=list(queries), min_score=float(min_score), cloud=clouds[cloud],
-                                return_cloud=bool(return_cloud))
+                                return_cloud=bool(return_cloud), max_instances=int(max_instances),
+                                min_points=int(min_points))
 
 
 def summaries_from_response(response: QueryObjects.Response) -> list[ObjectSummary]:
@@ -87,17 +90,37 @@ def summaries_from_response(response: QueryObjects.Response) -> list[ObjectSumma
                                      response.centroids, response.cluster_point_counts)]
 
 
+def format_instances(response: QueryObjects.Response) -> str:
+    """Plain-text table of the answer's object instances: query, id, score, points, box centre and size."""
+    header = ("query", "id", "score", "points", "centre x y z [m]", "size x y z [m]", "yaw [deg]")
+    rows = [(i.query, str(i.id), f"{i.score_mean:.3f}", str(i.point_count),
+             " ".join(f"{v:+.2f}" for v in (i.box_center.x, i.box_center.y, i.box_center.z)),
+             " ".join(f"{v:.2f}" for v in (i.box_size.x, i.box_size.y, i.box_size.z)),
+             f"{np.degrees(i.box_yaw):+.0f}") for i in response.instances]
+    if not rows:
+        return "no object instances"
+    widths = [max(len(h), *(len(r[k]) for r in rows)) for k, h in enumerate(header)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths)), "  ".join("-" * w for w in widths)]
+    lines += ["  ".join(v.ljust(w) for v, w in zip(r, widths)) for r in rows]
+    return "\n".join(lines)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ov3d-query",
         description="Query the segmenter node's cloud with open-vocabulary text and print, per query, the number "
-                    "of points, the best score and the centroid of the largest cluster.",
+                    "of points, the best score and the centroid of the largest cluster, then every object instance "
+                    "(id, score, points, box).",
         epilog='example: ov3d-query chair "office chair" lamp --min-score 0.2')
     parser.add_argument("queries", nargs="+", help="text queries (quote multi-word ones)")
     parser.add_argument("--min-score", type=float, default=0.0,
                         help="points scoring below this for every query stay unlabelled (default 0.0)")
     parser.add_argument("--cloud", choices=("global", "partial"), default="global",
                         help="segment the accumulated map (global, default) or the latest partial cloud")
+    parser.add_argument("--max-instances", type=int, default=0,
+                        help="object instances per query, largest first (default 0 = all)")
+    parser.add_argument("--min-points", type=int, default=0,
+                        help="smallest instance in points (default 0 = the node's instance_min_points)")
     parser.add_argument("--service", default="/query_objects", help="service name (default /query_objects)")
     parser.add_argument("--timeout", type=float, default=15.0,
                         help="seconds to wait for the service and again for its answer (default 15)")
@@ -116,8 +139,13 @@ def main(argv: list[str] | None = None) -> int:
         argv, ros_args = argv[:i], argv[i:]
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="[%(name)s] %(message)s")
-    request = make_request(args.queries, min_score=args.min_score, cloud=args.cloud,
-                           return_cloud=bool(args.save_ply))
+    try:
+        request = make_request(args.queries, min_score=args.min_score, cloud=args.cloud,
+                               return_cloud=bool(args.save_ply), max_instances=args.max_instances,
+                               min_points=args.min_points)
+    except ValueError as exc:
+        log.error("%s", exc)
+        return 2
     # A context of its own, so main() also works inside a process that already runs rclpy (tests, notebooks).
     context = rclpy.Context()
     rclpy.init(args=["ov3d-query", *ros_args], context=context)
@@ -143,6 +171,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"answered in {1e3 * caller.last_latency:.0f} ms from the map of "
                   f"t={stamp_seconds(response.map_stamp):.2f} s ({age:.1f} s old)")
             print(format_table(summaries_from_response(response)))
+            print()
+            print(format_instances(response))
     if response.success and args.save_ply:
         path = write_ply(args.save_ply, pointcloud2_to_cloud(response.labelled_cloud))
         print(f"labelled cloud written to {path}")

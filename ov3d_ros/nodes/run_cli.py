@@ -37,7 +37,7 @@ from ov3d_ros.nodes.conversions import pointcloud2_to_cloud
 from ov3d_ros.nodes.bag_player import POSE_TOPIC, BagPlayer
 from ov3d_ros.nodes.fusion_node import FUSION_PARAMS, FusionNode
 from ov3d_ros.nodes.objects import format_table
-from ov3d_ros.nodes.query_client import ServiceCaller, make_request, summaries_from_response
+from ov3d_ros.nodes.query_client import ServiceCaller, format_instances, make_request, summaries_from_response
 from ov3d_ros.nodes.runner import NodeRunner, spin_until_stopped, stop_on_signals
 from ov3d_ros.nodes.segmenter_node import SEGMENTER_PARAMS
 from ov3d_ros.nodes.synthetic_camera_node import SyntheticCameraNode
@@ -182,6 +182,8 @@ def query_and_write(args, files: list[Path], segmenter: subprocess.Popen, fusion
     freshness = f"t={final_stamp:.3f} s, recorded" if recorded else f"{age:.1f} s old"
     print(f"answered in {1e3 * caller.last_latency:.0f} ms from the map of the newest fused frame ({freshness})")
     print(format_table(summaries_from_response(response)))
+    print()
+    print(format_instances(response))
     cloud = pointcloud2_to_cloud(response.labelled_cloud)
     ply = write_ply(output / "labelled_map.ply", cloud)
     png = render_labelled_cloud(cloud, list(response.queries), output / "labelled_map.png",

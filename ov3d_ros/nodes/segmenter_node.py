@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from geometry_msgs.msg import Point
+from geometry_msgs.msg import Point, Quaternion, Vector3
 from rcl_interfaces.msg import SetParametersResult
 from rclpy.node import Node
 from sensor_msgs.msg import PointCloud2
@@ -28,8 +28,10 @@ from ov3d_interfaces.srv import QueryObjects
 from ov3d_ros.cloud import PointCloud
 from ov3d_ros.feature_map import FeatureMap, FeatureMapConfig
 from ov3d_ros.messages import stamp_seconds
-from ov3d_ros.nodes.conversions import cloud_to_pointcloud2, make_header, pointcloud2_to_cloud, sec_to_stamp
-from ov3d_ros.nodes.objects import ObjectSummary, cluster_grid, summarise_queries, summarise_units
+from ov3d_ros.instances import InstanceTracker, extract_instances
+from ov3d_ros.nodes.conversions import cloud_to_pointcloud2, instance_message, make_header, pointcloud2_to_cloud, \
+    sec_to_stamp
+from ov3d_ros.nodes.objects import cluster_grid, summarise_units
 from ov3d_ros.nodes.params import Param, declare_all, node_help
 from ov3d_ros.nodes.runner import spin_nodes
 from ov3d_ros.nodes.sync import BoundedQueue
@@ -86,6 +88,13 @@ SEGMENTER_PARAMS = [
           maximum=100),
     Param("cluster_voxel", 0.05, "Voxel [m] of the connected-component clustering behind each query's centroid.",
           minimum=1e-3, read_only=False),
+    Param("instance_min_points", 30, "Smallest object instance in map points (a request's min_points overrides it).",
+          minimum=1, read_only=False),
+    Param("instance_core_neighbours", 6, "A (voxel, query) node with this many neighbours of its query lies inside a "
+          "surface; objects joined only through nodes with fewer are split.", minimum=1, maximum=26,
+          read_only=False),
+    Param("instance_track_radius", 0.3, "An instance keeps the id of the earlier instance of its query whose box "
+          "centre lies within this distance [m].", minimum=0.0, read_only=False),
     Param("max_queries", 256, "Requests with more queries than this are refused.", minimum=1, maximum=100000),
     Param("max_points", 3_000_000, "Clouds with more points are refused (memory guard).", minimum=1),
     Param("marker_frame", "", "Frame of the markers; empty = the cloud's frame."),
@@ -127,6 +136,8 @@ class SegmenterNode(Node):
         # What queries answer from: a feature-map snapshot with its cluster grid, swapped in together by the network
         # thread once the grid is made, so a query never builds one (the empty snapshot until the first map).
         self._served: tuple = (self.feature_map.snapshot, None)
+        self._trackers: dict[str, InstanceTracker] = {}  # instance ids of global-map and partial-cloud answers
+        self._tracker_lock = threading.Lock()
         self._refine_failed = -1  # the feature-map version whose refinement failed (not tried again)
         self._lock = threading.Lock()  # guards the pending map and the latest partial cloud
         self._pending_map: tuple[PointCloud, float] | None = None  # newest global cloud not yet in the feature map
@@ -334,8 +345,8 @@ class SegmenterNode(Node):
             labelled = PointCloud(xyz=snapshot.xyz, rgb=snapshot.rgb, frame_id=self.map_frame).with_labels(
                 units.label[unit].astype(np.int32), units.score[unit])
             self.labelled_map_pub.publish(cloud_to_pointcloud2(labelled, header, with_labels=True))
-        summaries = summarise_units(grid, units.label, queries, units.best)
-        self.markers_pub.publish(self.make_markers(summaries, header))
+        found = self._instances(self._map_grid(snapshot, grid), units.label, units.score, queries, stamp, "global")
+        self.markers_pub.publish(self.make_markers(found, queries, header))
 
     def _map_grid(self, snapshot, grid=None):
         """The cluster grid of a feature-map snapshot's units at the current ``cluster_voxel`` (``grid`` when it
@@ -401,7 +412,10 @@ class SegmenterNode(Node):
                 stamp, which = snapshot.stamp, "global map"
                 # The units are classified and the summaries sum (voxel, unit) groups; points only for the cloud.
                 units = snapshot.label_units(self.segmenter, queries, min_score)
-                summaries = summarise_units(self._map_grid(snapshot, grid), units.label, queries, units.best)
+                grid = self._map_grid(snapshot, grid)
+                summaries = summarise_units(grid, units.label, queries, units.best)
+                found = self._instances(grid, units.label, units.score, queries, snapshot.stamp, "global",
+                                        request.min_points, request.max_instances)
 
                 def point_labels(units=units, unit=snapshot.unit_of_point):
                     return units.label[unit], units.score[unit]
@@ -418,8 +432,10 @@ class SegmenterNode(Node):
                     self.latest_partial = entry
                 cloud, stamp, which = entry.cloud, entry.stamp, "partial cloud"
                 labels = self.segmenter.label_features(self._features(entry), queries, min_score)
-                summaries = summarise_queries(cloud.xyz, labels.label, queries, labels.best,
-                                              self.p["cluster_voxel"])
+                grid = cluster_grid(cloud.xyz, self.p["cluster_voxel"])
+                summaries = summarise_units(grid, labels.label, queries, labels.best)
+                found = self._instances(grid, labels.label, labels.score, queries, entry.stamp, "partial",
+                                        request.min_points, request.max_instances)
 
                 def point_labels(labels=labels):
                     return labels.label, labels.score
@@ -435,46 +451,68 @@ class SegmenterNode(Node):
         response.centroids = [Point(x=float(s.centroid[0]), y=float(s.centroid[1]), z=float(s.centroid[2]))
                               for s in summaries]
         response.cluster_point_counts = [s.cluster_point_count for s in summaries]
+        response.instances = [instance_message(i, queries) for i in found]
         header = make_header(cloud.frame_id, stamp)
         if request.return_cloud:
             label, score = point_labels()
             response.labelled_cloud = cloud_to_pointcloud2(cloud.with_labels(label.astype(np.int32), score), header,
                                                            with_labels=True)
-        self.markers_pub.publish(self.make_markers(summaries, header))
+        self.markers_pub.publish(self.make_markers(found, queries, header))
         labelled = sum(s.point_count for s in summaries)
         age = self.get_clock().now().nanoseconds * 1e-9 - stamp
         missing = [s.query for s in summaries if s.point_count == 0]
         response.message = (f"{len(queries)} queries on the {which} of t={stamp:.2f} s ({age:.1f} s old): "
                             f"{labelled}/{len(cloud)} points labelled in "
-                            f"{1e3 * (time.perf_counter() - started):.1f} ms"
+                            f"{1e3 * (time.perf_counter() - started):.1f} ms, {len(found)} instances"
                             + (f"; not found: {', '.join(missing)}" if missing else ""))
         self.get_logger().info(f"query_objects {queries}: {response.message}")
         return response
 
-    def make_markers(self, summaries: list[ObjectSummary], header) -> MarkerArray:
+    def _instances(self, grid, unit_label, unit_score, queries, stamp: float, which: str, min_points: int = 0,
+                   max_instances: int = 0) -> list:
+        """The object instances of every query (``min_points`` 0: the node's), with ids kept across answers on the
+        same kind of cloud ("global" or "partial"). Called from the service and the network thread alike."""
+        found = extract_instances(grid, unit_label, unit_score, len(queries),
+                                  min_points=int(min_points) or self.p["instance_min_points"],
+                                  core_neighbours=self.p["instance_core_neighbours"],
+                                  max_instances=int(max_instances)).instances
+        with self._tracker_lock:
+            tracker = self._trackers.setdefault(which, InstanceTracker())
+            tracker.radius = self.p["instance_track_radius"]
+            for q, query in enumerate(queries):
+                tracker.assign(query, [i for i in found if i.query == q], stamp)
+        return found
+
+    def make_markers(self, instances: list, queries: list[str], header) -> MarkerArray:
+        """Each instance's box (translucent, in its query's colour) and its query text, score and id above it."""
         markers = MarkerArray()
         frame = self.p["marker_frame"] or header.frame_id
         clear = Marker(action=Marker.DELETEALL)
         clear.header.frame_id = frame
         markers.markers.append(clear)
-        palette = label_palette(max(1, len(summaries)))
-        for i, s in enumerate(summaries):
-            if s.point_count == 0:
-                continue
-            marker = Marker()
-            marker.header.frame_id = frame
-            marker.header.stamp = header.stamp
-            marker.ns = "ov3d_queries"
-            marker.id = i
-            marker.type = Marker.TEXT_VIEW_FACING
-            marker.action = Marker.ADD
-            marker.pose.position = Point(x=float(s.centroid[0]), y=float(s.centroid[1]), z=float(s.centroid[2]))
-            marker.pose.orientation.w = 1.0
-            marker.scale.z = float(self.p["marker_text_size"])
-            r, g, b = (float(v) for v in palette[i])
-            marker.color = ColorRGBA(r=r, g=g, b=b, a=1.0)
-            marker.text = s.query
-            markers.markers.append(marker)
+        palette = label_palette(max(1, len(queries)))
+        for k, inst in enumerate(instances):
+            r, g, b = (float(v) for v in palette[inst.query])
+            box, text = Marker(), Marker()
+            for marker in (box, text):
+                marker.header.frame_id = frame
+                marker.header.stamp = header.stamp
+                marker.action = Marker.ADD
+            box.ns, box.id, box.type = "ov3d_instances", k, Marker.CUBE
+            box.pose.position = Point(x=float(inst.box.center[0]), y=float(inst.box.center[1]),
+                                      z=float(inst.box.center[2]))
+            box.pose.orientation = Quaternion(z=math.sin(inst.box.yaw / 2), w=math.cos(inst.box.yaw / 2))
+            size = np.maximum(inst.box.size, 0.01)
+            box.scale = Vector3(x=float(size[0]), y=float(size[1]), z=float(size[2]))
+            box.color = ColorRGBA(r=r, g=g, b=b, a=0.35)
+            text.ns, text.id, text.type = "ov3d_labels", k, Marker.TEXT_VIEW_FACING
+            top = inst.box.center[2] + inst.box.size[2] / 2 + self.p["marker_text_size"]
+            text.pose.position = Point(x=float(inst.box.center[0]), y=float(inst.box.center[1]), z=float(top))
+            text.pose.orientation.w = 1.0
+            text.scale.z = float(self.p["marker_text_size"])
+            text.color = ColorRGBA(r=r, g=g, b=b, a=1.0)
+            text.text = f"{queries[inst.query]} {inst.score_mean:.2f} #{inst.id}"
+            markers.markers.extend([box, text])
         return markers
 
     def stats(self) -> dict:

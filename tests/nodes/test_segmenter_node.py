@@ -116,6 +116,24 @@ def test_query_service_matches_the_core_segmenter_and_caches_features(checkpoint
                 np.testing.assert_allclose([c.x, c.y, c.z], s.centroid, atol=2e-3)
         assert sum(response.point_counts) == int((got.label >= 0).sum())
 
+        # Object instances, through the real client: each query's instances hold at most its points, with a box
+        # around their centroid; asking for one per query gives the largest.
+        assert response.instances, "no object instances"
+        for q, count in enumerate(response.point_counts):
+            mine = [i for i in response.instances if i.query_index == q]
+            assert all(i.query == QUERIES[q] and i.point_count >= 30 for i in mine)
+            assert sum(i.point_count for i in mine) <= count
+            for i in mine:
+                half = np.array([i.box_size.x, i.box_size.y, i.box_size.z]) / 2 + 1e-6
+                offset = np.array([i.centroid.x - i.box_center.x, i.centroid.y - i.box_center.y,
+                                   i.centroid.z - i.box_center.z])
+                assert np.linalg.norm(offset[:2]) <= np.linalg.norm(half[:2]) and abs(offset[2]) <= half[2]
+                assert -np.pi / 2 <= i.box_yaw < np.pi / 2 and 0 <= i.score_mean <= i.score_max <= 1
+        largest = query(QUERIES, min_score=0.0, max_instances=1)
+        assert len({i.query_index for i in largest.instances}) == len(largest.instances)
+        ids = {(i.query, round(i.box_center.x, 3)): i.id for i in response.instances}
+        assert all(ids.get((i.query, round(i.box_center.x, 3)), i.id) == i.id for i in largest.instances)
+
         # A query that labels nothing says so, with no NaN anywhere in the answer.
         response = query(["chair", "floor"], min_score=0.9999)
         assert response.success and list(response.point_counts) == [0, 0]
@@ -126,7 +144,7 @@ def test_query_service_matches_the_core_segmenter_and_caches_features(checkpoint
         # A new query re-uses the cached features: no second network pass.
         response = query(["red box", "grey floor"], min_score=-1.0)
         assert response.success and segmenter.counters["feature_passes"] == 1
-        wait_until(lambda: markers and any(m.text == "red box" or m.text == "grey floor"
+        wait_until(lambda: markers and any(m.text.startswith(("red box", "grey floor"))
                                            for m in markers[-1].markers), what="markers of the last query")
 
         # Runtime parameter changes: an empty list is refused, a good one applied.

@@ -1,0 +1,275 @@
+"""Object instances of a labelled cloud: for each query, its points split into objects, each with a gravity-aligned
+oriented box. ROS-free; the segmenter node (live answers, ids kept across map updates by ``InstanceTracker``),
+``ov3d-segment --instances`` and evaluation share it.
+
+The cloud is first put on a grid of ``cluster_voxel`` metres (``ClusterGrid``): its points are grouped by (voxel,
+unit), a unit being what carries one label (a point, a network voxel, a superpoint), so a query labels units and
+never touches the points. Instances are found on (voxel, label) nodes:
+1. nodes of one label in 26-adjacent voxels are neighbours;
+2. a node with at least ``core_neighbours`` neighbours lies inside a surface (a core node). Core nodes joined
+   through core nodes make the seeds, so two objects that touch only through a narrow contact (leg against leg,
+   edge against edge) stay apart, while an L-shaped object, whose arms meet in a broad junction, stays whole;
+3. the other nodes join the seed they reach first (breadth-first), and those that reach none form components of
+   their own;
+4. components under ``min_points`` points are dropped (stray labels and noise).
+Boxes are the minimum-area rectangle of the instance's convex hull in the ground plane (rotating calipers over the
+hull's edges) times its height.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ov3d_ros.graph_kernels import label_components, label_node_pairs
+
+__all__ = ["ClusterGrid", "cluster_grid", "Box", "Instance", "InstanceSet", "extract_instances", "fit_box",
+           "InstanceTracker"]
+
+
+@dataclass(frozen=True)
+class ClusterGrid:
+    """A cloud on a grid of ``cluster_voxel`` metres, for summaries of labelled units: the sorted linear keys of the
+    occupied voxels, the pairs of 26-adjacent occupied voxels (``a`` < ``b`` as rows of ``voxels``, each pair once),
+    and the cloud's points grouped by (voxel, unit): each group's voxel, unit, point count and coordinate sum. A
+    unit is what carries one label (a point, a network voxel, a superpoint), so a query classifies the units and
+    sums the groups, never touching the points. Computed once per cloud, it serves any number of queries."""
+
+    cluster_voxel: float
+    voxels: np.ndarray
+    a: np.ndarray
+    b: np.ndarray
+    group_voxel: np.ndarray
+    group_unit: np.ndarray
+    group_count: np.ndarray
+    group_sum: np.ndarray
+
+
+def cluster_grid(xyz: np.ndarray, cluster_voxel: float, unit: np.ndarray | None = None) -> ClusterGrid:
+    """The cloud ``xyz`` (N, 3) on a grid of ``cluster_voxel`` metres; ``unit`` (N,) int64 gives each point the
+    row of its label (None: every point is a unit of its own)."""
+    if not cluster_voxel > 0:
+        raise ValueError(f"cluster_voxel must be > 0 metres, got {cluster_voxel}")
+    xyz = np.asarray(xyz, dtype=np.float64).reshape(-1, 3)
+    unit = np.arange(len(xyz), dtype=np.int64) if unit is None else np.asarray(unit, dtype=np.int64).reshape(-1)
+    if len(unit) != len(xyz):
+        raise ValueError(f"cluster_grid: {len(unit)} units for {len(xyz)} points")
+    if len(xyz) == 0:
+        empty = np.zeros(0, dtype=np.int64)
+        return ClusterGrid(cluster_voxel, empty, empty, empty, empty, empty, empty, np.zeros((0, 3)))
+    keys = np.floor(xyz / cluster_voxel).astype(np.int64)
+    keys -= keys.min(axis=0)
+    dims = keys.max(axis=0) + 3  # a free border of one voxel: the +-1 offsets of a linear key never wrap
+    keys += 1
+    linear = (keys[:, 0] * dims[1] + keys[:, 1]) * dims[2] + keys[:, 2]
+    n_units = int(unit.max()) + 1
+    group, point_group = np.unique(linear * n_units + unit, return_inverse=True)
+    group_linear = group // n_units  # sorted: the groups' voxels, each voxel's groups together
+    first = np.concatenate([[True], group_linear[1:] != group_linear[:-1]])
+    voxels, group_voxel = group_linear[first], np.cumsum(first) - 1
+    count = np.bincount(point_group, minlength=len(group))
+    total = np.stack([np.bincount(point_group, xyz[:, i], len(group)) for i in range(3)], axis=1)
+    a, b = [], []
+    # 13 "forward" neighbour offsets list every pair of the 26-neighbourhood once.
+    for dx in (-1, 0, 1):
+        for dy in (-1, 0, 1):
+            for dz in (-1, 0, 1):
+                if (dx, dy, dz) <= (0, 0, 0):
+                    continue
+                shifted = voxels + (dx * dims[1] + dy) * dims[2] + dz
+                pos = np.minimum(np.searchsorted(voxels, shifted), len(voxels) - 1)
+                hit = voxels[pos] == shifted
+                a.append(np.flatnonzero(hit))
+                b.append(pos[hit])
+    return ClusterGrid(float(cluster_voxel), voxels, np.concatenate(a), np.concatenate(b), group_voxel,
+                       group % n_units, count, total)
+
+
+@dataclass
+class Box:
+    """A gravity-aligned oriented box: ``center`` (3,), ``size`` (3,) along its own x (the longer horizontal side,
+    heading ``yaw``), y and z, ``yaw`` about +z in [-pi/2, pi/2)."""
+    center: np.ndarray
+    size: np.ndarray
+    yaw: float
+
+    def corners(self) -> np.ndarray:
+        """(8, 3) corners (for drawing and tests)."""
+        c, s = np.cos(self.yaw), np.sin(self.yaw)
+        R = np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]])
+        unit = np.array([[x, y, z] for x in (-0.5, 0.5) for y in (-0.5, 0.5) for z in (-0.5, 0.5)])
+        return self.center + (unit * self.size) @ R.T
+
+
+def fit_box(xyz: np.ndarray) -> Box:
+    """The gravity-aligned box of least footprint around ``xyz`` (N, 3): the minimum-area rectangle of the points'
+    convex hull in x-y (one of its sides lies on a hull edge) and their z range."""
+    xyz = np.asarray(xyz, dtype=np.float64).reshape(-1, 3)
+    if len(xyz) == 0:
+        raise ValueError("fit_box: no points")
+    z0, z1 = xyz[:, 2].min(), xyz[:, 2].max()
+    hull = _hull_2d(xyz[:, :2])
+    edges = np.diff(np.vstack([hull, hull[:1]]), axis=0)
+    angles = np.mod(np.arctan2(edges[:, 1], edges[:, 0]), np.pi / 2) if len(hull) > 1 else np.zeros(1)
+    best = None
+    for theta in np.unique(np.round(angles, 12)):
+        c, s = np.cos(theta), np.sin(theta)
+        local = hull @ np.array([[c, -s], [s, c]])  # coordinates along (c, s) and (-s, c)
+        lo, hi = local.min(axis=0), local.max(axis=0)
+        area = float(np.prod(hi - lo))
+        if best is None or area < best[0] - 1e-12:
+            best = (area, theta, lo, hi)
+    _, theta, lo, hi = best
+    size = hi - lo
+    mid = (lo + hi) / 2
+    c, s = np.cos(theta), np.sin(theta)
+    center = np.array([c * mid[0] - s * mid[1], s * mid[0] + c * mid[1], (z0 + z1) / 2])
+    if size[0] < size[1]:  # x along the longer side
+        size, theta = size[::-1], theta + np.pi / 2
+    yaw = (theta + np.pi / 2) % np.pi - np.pi / 2
+    return Box(center, np.array([size[0], size[1], z1 - z0]), float(yaw))
+
+
+def _turn(o, a, b) -> float:
+    """z of (a - o) x (b - o): > 0 for a left turn."""
+    return (a[0] - o[0]) * (b[1] - o[1]) - (a[1] - o[1]) * (b[0] - o[0])
+
+
+def _hull_2d(xy: np.ndarray) -> np.ndarray:
+    """Convex hull vertices of 2D points in order (Andrew's monotone chain); fewer than 3 distinct points: them."""
+    pts = np.unique(np.round(xy, 9), axis=0)
+    if len(pts) < 3:
+        return pts
+
+    def half(points):
+        chain = []
+        for p in points:
+            while len(chain) >= 2 and _turn(chain[-2], chain[-1], p) <= 0:
+                chain.pop()
+            chain.append(p)
+        return chain
+
+    lower, upper = half(pts), half(pts[::-1])
+    return np.array(lower[:-1] + upper[:-1])
+
+
+@dataclass
+class Instance:
+    """One object of one query: ``query`` (index), point count, score mean and max, centroid, box; ``id`` and
+    ``last_seen`` (stamp, s) once an InstanceTracker has seen it."""
+    query: int
+    points: int
+    score_mean: float
+    score_max: float
+    centroid: np.ndarray
+    box: Box
+    id: int = -1
+    last_seen: float = 0.0
+
+
+@dataclass
+class InstanceSet:
+    """The instances of a labelled grid and, per group of the grid, the instance it belongs to (-1: none)."""
+    instances: list[Instance]
+    group_instance: np.ndarray = field(repr=False)
+
+
+def extract_instances(grid: ClusterGrid, unit_label: np.ndarray, unit_score: np.ndarray, n_queries: int, *,
+                      min_points: int = 30, core_neighbours: int = 6, max_instances: int = 0) -> InstanceSet:
+    """Instances of the grid's cloud whose units have ``unit_label`` (index of a query, -1 = none) and
+    ``unit_score``; see the module docstring. Per query the instances come largest first, at most
+    ``max_instances`` (0 = all)."""
+    unit_label = np.asarray(unit_label).reshape(-1)
+    unit_score = np.asarray(unit_score, dtype=np.float64).reshape(-1)
+    label, score = unit_label[grid.group_unit], unit_score[grid.group_unit]
+    kept = np.flatnonzero(label >= 0)
+    group_instance = np.full(len(label), -1, dtype=np.int64)
+    if len(kept) == 0:
+        return InstanceSet([], group_instance)
+    n = max(1, int(n_queries))
+    node_key, node_of = np.unique(grid.group_voxel[kept] * n + label[kept], return_inverse=True)
+    n_nodes = len(node_key)
+    node_voxel, node_label = node_key // n, node_key % n
+    weight = grid.group_count[kept].astype(np.float64)
+    count = np.bincount(node_of, weight, n_nodes)
+    total = np.stack([np.bincount(node_of, grid.group_sum[kept, i], n_nodes) for i in range(3)], axis=1)
+    score_sum = np.bincount(node_of, weight * score[kept], n_nodes)
+    score_max = np.full(n_nodes, -np.inf)
+    np.maximum.at(score_max, node_of, score[kept])
+
+    node_ptr = np.searchsorted(node_voxel, np.arange(len(grid.voxels) + 1))
+    pi, pj = label_node_pairs(node_ptr, node_label, grid.a, grid.b)
+    degree = np.bincount(pi, minlength=n_nodes) + np.bincount(pj, minlength=n_nodes)
+    core = degree >= core_neighbours
+    alone = -1 - np.arange(n_nodes)  # a label of its own: joins nothing
+    comp = np.where(core, label_components(node_ptr, np.where(core, node_label, alone), grid.a, grid.b), -1)
+    while True:  # breadth-first growth of the seeds over the non-core nodes
+        forward = (comp[pi] >= 0) & (comp[pj] < 0)
+        backward = (comp[pj] >= 0) & (comp[pi] < 0)
+        if not (forward.any() or backward.any()):
+            break
+        comp[pj[forward]] = comp[pi[forward]]
+        comp[pi[backward]] = comp[pj[backward]]
+    left = comp < 0
+    if left.any():
+        rest = label_components(node_ptr, np.where(left, node_label, alone), grid.a, grid.b)
+        comp[left] = rest[left]
+
+    ids, node_comp = np.unique(comp, return_inverse=True)
+    comp_points = np.bincount(node_comp, count, len(ids))
+    comp_label = node_label[ids]  # a component's root node carries its label
+    order = np.argsort(node_comp, kind="stable")
+    starts = np.searchsorted(node_comp[order], np.arange(len(ids) + 1))
+    centroids = total / count[:, None]
+    instances, comp_instance = [], np.full(len(ids), -1, dtype=np.int64)
+    for q in range(n):
+        mine = np.flatnonzero((comp_label == q) & (comp_points >= min_points))
+        mine = mine[np.argsort(-comp_points[mine], kind="stable")]
+        if max_instances > 0:
+            mine = mine[:max_instances]
+        for c in mine:
+            nodes = order[starts[c]:starts[c + 1]]
+            points = comp_points[c]
+            comp_instance[c] = len(instances)
+            instances.append(Instance(query=q, points=int(points), score_mean=float(score_sum[nodes].sum() / points),
+                                      score_max=float(score_max[nodes].max()),
+                                      centroid=total[nodes].sum(axis=0) / points, box=fit_box(centroids[nodes])))
+    group_instance[kept] = comp_instance[node_comp[node_of]]
+    return InstanceSet(instances, group_instance)
+
+
+class InstanceTracker:
+    """Instance ids that stay with an object across answers on a changing map.
+
+    ``assign(query_text, instances, stamp)`` gives each instance the id of the nearest earlier instance of the same
+    query text whose box centre lies within ``radius`` metres of its own (each earlier id used once, nearest pairs
+    first), else a new id; matched and new instances record ``stamp`` as their ``last_seen``. Thread-safe use is the
+    caller's (the segmenter node calls it from its service callback only)."""
+
+    def __init__(self, radius: float = 0.3) -> None:
+        self.radius = float(radius)
+        self._known: dict[str, dict[int, np.ndarray]] = {}
+        self._next = 0
+
+    def assign(self, query_text: str, instances: list[Instance], stamp: float) -> None:
+        known = self._known.setdefault(query_text, {})
+        old_ids = list(known)
+        pairs = []
+        if old_ids and instances:
+            old = np.array([known[i] for i in old_ids])
+            new = np.array([inst.box.center for inst in instances])
+            dist = np.linalg.norm(new[:, None, :] - old[None, :, :], axis=2)
+            pairs = sorted((d, a, b) for (a, b), d in np.ndenumerate(dist) if d <= self.radius)
+        taken_new, taken_old = set(), set()
+        for _, a, b in pairs:
+            if a in taken_new or b in taken_old:
+                continue
+            taken_new.add(a)
+            taken_old.add(b)
+            instances[a].id = old_ids[b]
+        for a, inst in enumerate(instances):
+            if a not in taken_new:
+                inst.id = self._next
+                self._next += 1
+            inst.last_seen = float(stamp)
+            known[inst.id] = np.asarray(inst.box.center, dtype=np.float64)
