@@ -12,8 +12,8 @@ never touches the points. Instances are found on (voxel, label) nodes:
 3. the other nodes join the seed they reach first (breadth-first), and those that reach none form components of
    their own;
 4. components under ``min_points`` points are dropped (stray labels and noise).
-Boxes are the minimum-area rectangle of the instance's convex hull in the ground plane (rotating calipers over the
-hull's edges) times its height.
+Boxes are the minimum-area rectangle of the instance's convex hull in the ground plane (one side lies on a hull
+edge, so the hull's edges are the only headings to try) times its height.
 """
 from __future__ import annotations
 
@@ -130,27 +130,17 @@ def fit_box(xyz: np.ndarray) -> Box:
     return Box(center, np.array([size[0], size[1], z1 - z0]), float(yaw))
 
 
-def _turn(o, a, b) -> float:
-    """z of (a - o) x (b - o): > 0 for a left turn."""
-    return (a[0] - o[0]) * (b[1] - o[1]) - (a[1] - o[1]) * (b[0] - o[0])
-
-
 def _hull_2d(xy: np.ndarray) -> np.ndarray:
-    """Convex hull vertices of 2D points in order (Andrew's monotone chain); fewer than 3 distinct points: them."""
+    """Convex hull vertices of 2D points in order (Qhull); fewer than 3 distinct or collinear points: the points."""
+    from scipy.spatial import ConvexHull, QhullError
+
     pts = np.unique(np.round(xy, 9), axis=0)
     if len(pts) < 3:
         return pts
-
-    def half(points):
-        chain = []
-        for p in points:
-            while len(chain) >= 2 and _turn(chain[-2], chain[-1], p) <= 0:
-                chain.pop()
-            chain.append(p)
-        return chain
-
-    lower, upper = half(pts), half(pts[::-1])
-    return np.array(lower[:-1] + upper[:-1])
+    try:
+        return pts[ConvexHull(pts).vertices]
+    except QhullError:  # all on one line
+        return pts
 
 
 @dataclass
