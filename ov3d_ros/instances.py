@@ -31,7 +31,8 @@ __all__ = ["ClusterGrid", "cluster_grid", "Box", "Instance", "InstanceSet", "ext
 class ClusterGrid:
     """A cloud on a grid of ``cluster_voxel`` metres, for summaries of labelled units: the sorted linear keys of the
     occupied voxels, the pairs of 26-adjacent occupied voxels (``a`` < ``b`` as rows of ``voxels``, each pair once),
-    and the cloud's points grouped by (voxel, unit): each group's voxel, unit, point count and coordinate sum. A
+    and the cloud's points grouped by (voxel, unit): each group's voxel, unit, point count, coordinate sum and
+    coordinate bounds (so instance boxes enclose every point). A
     unit is what carries one label (a point, a network voxel, a superpoint), so a query classifies the units and
     sums the groups, never touching the points. Computed once per cloud, it serves any number of queries."""
 
@@ -43,6 +44,8 @@ class ClusterGrid:
     group_unit: np.ndarray
     group_count: np.ndarray
     group_sum: np.ndarray
+    group_min: np.ndarray
+    group_max: np.ndarray
 
 
 def cluster_grid(xyz: np.ndarray, cluster_voxel: float, unit: np.ndarray | None = None) -> ClusterGrid:
@@ -56,7 +59,8 @@ def cluster_grid(xyz: np.ndarray, cluster_voxel: float, unit: np.ndarray | None 
         raise ValueError(f"cluster_grid: {len(unit)} units for {len(xyz)} points")
     if len(xyz) == 0:
         empty = np.zeros(0, dtype=np.int64)
-        return ClusterGrid(cluster_voxel, empty, empty, empty, empty, empty, empty, np.zeros((0, 3)))
+        return ClusterGrid(cluster_voxel, empty, empty, empty, empty, empty, empty, np.zeros((0, 3)),
+                           np.zeros((0, 3)), np.zeros((0, 3)))
     keys = np.floor(xyz / cluster_voxel).astype(np.int64)
     keys -= keys.min(axis=0)
     dims = keys.max(axis=0) + 3  # a free border of one voxel: the +-1 offsets of a linear key never wrap
@@ -69,6 +73,9 @@ def cluster_grid(xyz: np.ndarray, cluster_voxel: float, unit: np.ndarray | None 
     voxels, group_voxel = group_linear[first], np.cumsum(first) - 1
     count = np.bincount(point_group, minlength=len(group))
     total = np.stack([np.bincount(point_group, xyz[:, i], len(group)) for i in range(3)], axis=1)
+    by_group = np.argsort(point_group, kind="stable")
+    starts = np.searchsorted(point_group[by_group], np.arange(len(group)))
+    lo, hi = np.minimum.reduceat(xyz[by_group], starts), np.maximum.reduceat(xyz[by_group], starts)
     a, b = [], []
     # 13 "forward" neighbour offsets list every pair of the 26-neighbourhood once.
     for dx in (-1, 0, 1):
@@ -82,7 +89,7 @@ def cluster_grid(xyz: np.ndarray, cluster_voxel: float, unit: np.ndarray | None 
                 a.append(np.flatnonzero(hit))
                 b.append(pos[hit])
     return ClusterGrid(float(cluster_voxel), voxels, np.concatenate(a), np.concatenate(b), group_voxel,
-                       group % n_units, count, total)
+                       group % n_units, count, total, lo, hi)
 
 
 @dataclass
@@ -186,6 +193,9 @@ def extract_instances(grid: ClusterGrid, unit_label: np.ndarray, unit_score: np.
     score_sum = np.bincount(node_of, weight * score[kept], n_nodes)
     score_max = np.full(n_nodes, -np.inf)
     np.maximum.at(score_max, node_of, score[kept])
+    node_min, node_max = np.full((n_nodes, 3), np.inf), np.full((n_nodes, 3), -np.inf)
+    np.minimum.at(node_min, node_of, grid.group_min[kept])
+    np.maximum.at(node_max, node_of, grid.group_max[kept])
 
     node_ptr = np.searchsorted(node_voxel, np.arange(len(grid.voxels) + 1))
     pi, pj = label_node_pairs(node_ptr, node_label, grid.a, grid.b)
@@ -210,7 +220,9 @@ def extract_instances(grid: ClusterGrid, unit_label: np.ndarray, unit_score: np.
     comp_label = node_label[ids]  # a component's root node carries its label
     order = np.argsort(node_comp, kind="stable")
     starts = np.searchsorted(node_comp[order], np.arange(len(ids) + 1))
-    centroids = total / count[:, None]
+    # Four corners of each node's bounds span its points in x-y and z: a box around them holds every point.
+    corners = np.stack([node_min, np.column_stack([node_min[:, 0], node_max[:, 1:]]),
+                        np.column_stack([node_max[:, 0], node_min[:, 1:]]), node_max], axis=1)
     instances, comp_instance = [], np.full(len(ids), -1, dtype=np.int64)
     for q in range(n):
         mine = np.flatnonzero((comp_label == q) & (comp_points >= min_points))
@@ -223,7 +235,8 @@ def extract_instances(grid: ClusterGrid, unit_label: np.ndarray, unit_score: np.
             comp_instance[c] = len(instances)
             instances.append(Instance(query=q, points=int(points), score_mean=float(score_sum[nodes].sum() / points),
                                       score_max=float(score_max[nodes].max()),
-                                      centroid=total[nodes].sum(axis=0) / points, box=fit_box(centroids[nodes])))
+                                      centroid=total[nodes].sum(axis=0) / points,
+                                      box=fit_box(corners[nodes].reshape(-1, 3))))
     group_instance[kept] = comp_instance[node_comp[node_of]]
     return InstanceSet(instances, group_instance)
 

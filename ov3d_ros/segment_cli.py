@@ -3,17 +3,23 @@
     ov3d-segment scene.ply --checkpoint model.pt --queries "chair,table,floor" --out labelled.ply
 
 Writes labelled.ply (the input's points plus per-vertex ``label`` int32, -1 = unknown, and ``score`` float32) and
-labelled.labels.json mapping each label index to its query.
+labelled.labels.json mapping each label index to its query. With ``--instances`` the points are also split into
+object instances (``ov3d_ros.instances``): a per-vertex ``instance`` int32 (-1 = none) and labelled.instances.json
+with each instance's id, query, label, score, point count, centroid and box.
 """
 from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import replace
 import logging
 import sys
 import time
 from pathlib import Path
+import numpy as np
+
 from .data.ply import read_ply, write_ply
+from .instances import cluster_grid, extract_instances
 from .segmenter import Segmenter
 from .superpoints import SuperpointConfig
 
@@ -23,6 +29,11 @@ log = logging.getLogger("ov3d.segment")
 def sidecar_path(out: Path) -> Path:
     """labelled.ply -> labelled.labels.json"""
     return out.with_name(out.stem + ".labels.json")
+
+
+def instances_path(out: Path) -> Path:
+    """labelled.ply -> labelled.instances.json"""
+    return out.with_name(out.stem + ".instances.json")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -56,6 +67,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "so each patch gets one label")
     p.add_argument("--superpoint-voxel", type=float, default=0.02,
                    help="cell size [m] of the superpoint graph: about the spacing of the cloud's points")
+    p.add_argument("--instances", action="store_true",
+                   help="split each query's points into object instances: per-vertex 'instance' and "
+                        "<out>.instances.json (id, query, score, points, centroid, gravity-aligned box)")
+    p.add_argument("--cluster-voxel", type=float, default=0.05, help="grid [m] on which instances are found")
+    p.add_argument("--min-points", type=int, default=30, help="smallest instance, in points")
     p.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
     return p
 
@@ -88,6 +104,16 @@ def _run(args) -> int:
     log.info("segmented in %.2f s", time.perf_counter() - start)
     # Extras that are per-vertex arrays travel to the output; input label/score are replaced by ours.
     keep = {k: v for k, v in extras.items() if k not in ("label", "score") and len(v) == len(labelled)}
+    if args.instances:
+        grid = cluster_grid(labelled.xyz, args.cluster_voxel)  # every point a unit of its own
+        found = extract_instances(grid, labelled.label, labelled.score, len(queries), min_points=args.min_points)
+        for k, inst in enumerate(found.instances):
+            inst.id = k
+        per_point = np.empty(len(labelled), dtype=np.int32)
+        per_point[grid.group_unit] = found.group_instance
+        labelled = replace(labelled, instance=per_point)
+        write_instances(instances_path(args.out), found.instances, queries)
+        log.info("%d object instances -> %s", len(found.instances), instances_path(args.out))
     write_ply(args.out, labelled, extra=keep or None)
     counts = {q: int((labelled.label == i).sum()) for i, q in enumerate(queries)}
     unknown = int((labelled.label == -1).sum())
@@ -107,6 +133,21 @@ def _run(args) -> int:
     log.info("wrote %s and %s; %s", args.out, side,
              ", ".join(f"{q}: {c}" for q, c in counts.items()) + f", unknown: {unknown}")
     return 0
+
+
+def write_instances(path: Path, instances, queries: list[str]) -> Path:
+    """The instances as JSON: {"instances": [{"id", "query", "label", "score", "score_max", "points", "centroid",
+    "box": {"center", "size", "yaw"}}]}."""
+    def rounded(values):
+        return [round(float(v), 4) for v in values]
+
+    body = {"version": 1, "instances": [
+        {"id": int(i.id), "query": queries[i.query], "label": int(i.query), "score": round(i.score_mean, 4),
+         "score_max": round(i.score_max, 4), "points": int(i.points), "centroid": rounded(i.centroid),
+         "box": {"center": rounded(i.box.center), "size": rounded(i.box.size), "yaw": round(i.box.yaw, 4)}}
+        for i in instances]}
+    path.write_text(json.dumps(body, indent=2) + "\n")
+    return path
 
 
 if __name__ == "__main__":

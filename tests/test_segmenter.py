@@ -340,6 +340,31 @@ def test_segment_cli_writes_labels_scores_and_sidecar(minilm_checkpoint, tmp_pat
     assert not bad.exists()
 
 
+def test_segment_cli_instances_match_the_per_vertex_field(minilm_checkpoint, tmp_path):
+    from ov3d_ros.data.ply import read_ply, write_ply
+    from ov3d_ros.segment_cli import main
+
+    xyz, rgb = room(2500)
+    src = write_ply(tmp_path / "scene.ply", PointCloud(xyz, rgb))
+    out = tmp_path / "labelled.ply"
+    assert main([str(src), "-c", str(minilm_checkpoint), "-q", "chair,table,floor", "-o", str(out), "--device",
+                 "cpu", "--min-score", "-1", "--instances", "--min-points", "20"]) == 0
+    labelled, _ = read_ply(out)
+    side = json.loads((tmp_path / "labelled.instances.json").read_text())["instances"]
+    assert labelled.instance.dtype == np.int32 and set(np.unique(labelled.instance)) <= {-1, *range(len(side))}
+    assert side, "no instances"
+    for inst in side:
+        mine = labelled.instance == inst["id"]
+        assert mine.sum() == inst["points"] >= 20
+        assert (labelled.label[mine] == inst["label"]).all() and inst["query"] == ["chair", "table", "floor"][inst["label"]]
+        np.testing.assert_allclose(labelled.xyz[mine].mean(axis=0), inst["centroid"], atol=1e-3)
+        np.testing.assert_allclose(labelled.score[mine].mean(), inst["score"], atol=1e-3)
+        half = np.asarray(inst["box"]["size"]) / 2 + 1e-3
+        c, s_ = np.cos(inst["box"]["yaw"]), np.sin(inst["box"]["yaw"])
+        local = (labelled.xyz[mine] - inst["box"]["center"]) @ np.array([[c, -s_, 0], [s_, c, 0], [0, 0, 1]])
+        assert (np.abs(local) <= half).all()  # every point inside its box
+
+
 def test_shipped_checkpoint_labels_a_fixed_cloud_exactly_as_recorded():
     """The demo checkpoint on held-out room 1000's surfaces (5 cm samples), 12 class queries, per voxel and with
     superpoints: labels recorded from the code before the restructure of the house (commit f33a27c), so loading
