@@ -109,3 +109,39 @@ def label_node_pairs(node_ptr, node_label, a, b):
                     out_j[k] = j
                     k += 1
     return out_i, out_j
+
+
+@numba.njit(cache=True)
+def grow_components(component, pair_i, pair_j):
+    """Breadth-first growth of labelled nodes over node pairs: a node with ``component`` -1 takes the component of
+    the first labelled node whose growth reaches it (all seeds grow together, one step at a time). In place;
+    returns ``component``."""
+    n = len(component)
+    degree = np.zeros(n + 1, np.int64)
+    for e in range(len(pair_i)):
+        degree[pair_i[e] + 1] += 1
+        degree[pair_j[e] + 1] += 1
+    ptr = np.cumsum(degree)
+    fill = ptr[:-1].copy()
+    neighbour = np.empty(ptr[-1], np.int64)
+    for e in range(len(pair_i)):
+        neighbour[fill[pair_i[e]]] = pair_j[e]
+        fill[pair_i[e]] += 1
+        neighbour[fill[pair_j[e]]] = pair_i[e]
+        fill[pair_j[e]] += 1
+    queue = np.empty(n, np.int64)
+    head, tail = 0, 0
+    for v in range(n):
+        if component[v] >= 0:
+            queue[tail] = v
+            tail += 1
+    while head < tail:
+        v = queue[head]
+        head += 1
+        for k in range(ptr[v], ptr[v + 1]):
+            w = neighbour[k]
+            if component[w] < 0:
+                component[w] = component[v]
+                queue[tail] = w
+                tail += 1
+    return component

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ov3d_ros.graph_kernels import label_components, label_node_pairs
+from ov3d_ros.graph_kernels import grow_components, label_components, label_node_pairs
 
 __all__ = ["ClusterGrid", "cluster_grid", "Box", "Instance", "InstanceSet", "extract_instances", "fit_box",
            "InstanceTracker"]
@@ -141,13 +141,13 @@ def _hull_2d(xy: np.ndarray) -> np.ndarray:
     """Convex hull vertices of 2D points in order (Qhull); fewer than 3 distinct or collinear points: the points."""
     from scipy.spatial import ConvexHull, QhullError
 
-    pts = np.unique(np.round(xy, 9), axis=0)
-    if len(pts) < 3:
-        return pts
-    try:
-        return pts[ConvexHull(pts).vertices]
-    except QhullError:  # all on one line
-        return pts
+    pts = np.asarray(xy, dtype=np.float64)
+    if len(pts) >= 3:
+        try:
+            return pts[ConvexHull(pts).vertices]
+        except QhullError:  # all on one line, or all the same point
+            pass
+    return np.unique(pts, axis=0)
 
 
 @dataclass
@@ -184,18 +184,24 @@ def extract_instances(grid: ClusterGrid, unit_label: np.ndarray, unit_score: np.
     if len(kept) == 0:
         return InstanceSet([], group_instance)
     n = max(1, int(n_queries))
-    node_key, node_of = np.unique(grid.group_voxel[kept] * n + label[kept], return_inverse=True)
+    # Groups come sorted by voxel, so their (voxel, label) keys are nearly sorted: a stable sort is about linear.
+    key = grid.group_voxel[kept] * n + label[kept]
+    order = np.argsort(key, kind="stable")
+    by_node, sorted_key = kept[order], key[order]
+    first = np.concatenate([[True], sorted_key[1:] != sorted_key[:-1]])
+    starts = np.flatnonzero(first)
+    node_key = sorted_key[first]
     n_nodes = len(node_key)
     node_voxel, node_label = node_key // n, node_key % n
-    weight = grid.group_count[kept].astype(np.float64)
-    count = np.bincount(node_of, weight, n_nodes)
-    total = np.stack([np.bincount(node_of, grid.group_sum[kept, i], n_nodes) for i in range(3)], axis=1)
-    score_sum = np.bincount(node_of, weight * score[kept], n_nodes)
-    score_max = np.full(n_nodes, -np.inf)
-    np.maximum.at(score_max, node_of, score[kept])
-    node_min, node_max = np.full((n_nodes, 3), np.inf), np.full((n_nodes, 3), -np.inf)
-    np.minimum.at(node_min, node_of, grid.group_min[kept])
-    np.maximum.at(node_max, node_of, grid.group_max[kept])
+    weight = grid.group_count[by_node].astype(np.float64)
+    count = np.add.reduceat(weight, starts)
+    total = np.add.reduceat(grid.group_sum[by_node], starts, axis=0)
+    score_sum = np.add.reduceat(weight * score[by_node], starts)
+    score_max = np.maximum.reduceat(score[by_node], starts)
+    node_min = np.minimum.reduceat(grid.group_min[by_node], starts, axis=0)
+    node_max = np.maximum.reduceat(grid.group_max[by_node], starts, axis=0)
+    group_node = np.full(len(label), -1, dtype=np.int64)
+    group_node[by_node] = np.cumsum(first) - 1
 
     node_ptr = np.searchsorted(node_voxel, np.arange(len(grid.voxels) + 1))
     pi, pj = label_node_pairs(node_ptr, node_label, grid.a, grid.b)
@@ -203,13 +209,7 @@ def extract_instances(grid: ClusterGrid, unit_label: np.ndarray, unit_score: np.
     core = degree >= core_neighbours
     alone = -1 - np.arange(n_nodes)  # a label of its own: joins nothing
     comp = np.where(core, label_components(node_ptr, np.where(core, node_label, alone), grid.a, grid.b), -1)
-    while True:  # breadth-first growth of the seeds over the non-core nodes
-        forward = (comp[pi] >= 0) & (comp[pj] < 0)
-        backward = (comp[pj] >= 0) & (comp[pi] < 0)
-        if not (forward.any() or backward.any()):
-            break
-        comp[pj[forward]] = comp[pi[forward]]
-        comp[pi[backward]] = comp[pj[backward]]
+    comp = grow_components(comp, pi, pj)  # the seeds grow over the non-core nodes, breadth first
     left = comp < 0
     if left.any():
         rest = label_components(node_ptr, np.where(left, node_label, alone), grid.a, grid.b)
@@ -237,7 +237,7 @@ def extract_instances(grid: ClusterGrid, unit_label: np.ndarray, unit_score: np.
                                       score_max=float(score_max[nodes].max()),
                                       centroid=total[nodes].sum(axis=0) / points,
                                       box=fit_box(corners[nodes].reshape(-1, 3))))
-    group_instance[kept] = comp_instance[node_comp[node_of]]
+    group_instance[kept] = comp_instance[node_comp[group_node[kept]]]
     return InstanceSet(instances, group_instance)
 
 

@@ -48,16 +48,18 @@ def test_a_narrow_contact_splits_two_objects_and_an_l_shape_stays_whole():
     noise = np.random.default_rng(0).uniform([6, 0, 0], [7, 1, 1], (8, 3))  # stray labelled points, far apart
     xyz = np.concatenate([a, b, bridge, l_shape, noise])
     label = np.zeros(len(xyz), dtype=np.int64)
-    out = instances_of(xyz, label)
-    sizes = sorted(i.points for i in out.instances)
-    assert len(out.instances) == 3, sizes
-    centres = sorted(tuple(np.round(i.box.center[:2], 1)) for i in out.instances)
-    assert centres[0] == (0.2, 0.2) or centres[0] == (0.3, 0.2)  # box a (+ half the bridge at most)
-    l_inst = max(out.instances, key=lambda i: i.points)
-    assert l_inst.points == len(l_shape)
-    # The stray points belong to no instance.
-    groups = out.group_instance
-    assert (groups[len(xyz) - len(noise):] == -1).all()
+    grid = cluster_grid(xyz, 0.05)
+    out = extract_instances(grid, label, np.full(len(xyz), 0.5), 1)
+    per_point = np.empty(len(xyz), dtype=np.int64)
+    per_point[grid.group_unit] = out.group_instance
+    assert len(out.instances) == 3, sorted(i.points for i in out.instances)
+    parts = np.split(per_point, np.cumsum([len(a), len(b), len(bridge), len(l_shape)]))
+    ia, ib = parts[0][0], parts[1][0]
+    assert ia != ib and (parts[0] == ia).all() and (parts[1] == ib).all()  # each box whole, apart
+    assert set(parts[2]) == {ia, ib}  # the contact strip is shared out between them
+    il = parts[3][0]
+    assert (parts[3] == il).all() and out.instances[il].points == len(l_shape)  # the L in one piece
+    assert (parts[4] == -1).all()  # the stray points belong to no instance
 
 
 def test_labels_keep_objects_apart_and_unlabelled_points_are_ignored():
