@@ -1,5 +1,6 @@
 """Compiled loops over graphs of grid cells: sums over a cell graph's edges and the Felzenszwalb-Huttenlocher merge
-(``ov3d_ros.superpoints``), and connected components within one label (``ov3d_ros.nodes.objects``).
+(``ov3d_ros.superpoints``), connected components within one label (``ov3d_ros.nodes.objects``) and their split
+into object instances at narrow contacts (``ov3d_ros.instances``).
 Module-level numba functions, so their machine code is cached on disk (``cache=True``) and a new process loads it
 instead of compiling again.
 """
@@ -89,50 +90,48 @@ def label_components(node_ptr, node_label, a, b):
 
 
 @numba.njit(cache=True)
-def label_node_pairs(node_ptr, node_label, a, b):
-    """The pairs of (cell, label) nodes that ``label_components`` joins: nodes of one label in adjacent cells
-    (layout as there). Returns two int64 arrays (i, j), each pair once."""
-    count = 0
-    for e in range(len(a)):
-        for i in range(node_ptr[a[e]], node_ptr[a[e] + 1]):
-            for j in range(node_ptr[b[e]], node_ptr[b[e] + 1]):
-                if node_label[i] == node_label[j]:
-                    count += 1
-    out_i = np.empty(count, np.int64)
-    out_j = np.empty(count, np.int64)
-    k = 0
-    for e in range(len(a)):
-        for i in range(node_ptr[a[e]], node_ptr[a[e] + 1]):
-            for j in range(node_ptr[b[e]], node_ptr[b[e] + 1]):
-                if node_label[i] == node_label[j]:
-                    out_i[k] = i
-                    out_j[k] = j
-                    k += 1
-    return out_i, out_j
-
-
-@numba.njit(cache=True)
-def grow_components(component, pair_i, pair_j):
-    """Breadth-first growth of labelled nodes over node pairs: a node with ``component`` -1 takes the component of
-    the first labelled node whose growth reaches it (all seeds grow together, one step at a time). In place;
-    returns ``component``."""
-    n = len(component)
+def split_components(node_ptr, node_label, a, b, core_neighbours):
+    """Components of (cell, label) nodes (layout as in ``label_components``) split at narrow contacts: nodes with at
+    least ``core_neighbours`` same-label neighbours are core; core nodes joined through core nodes are seeds; the
+    other nodes join the seed whose breadth-first growth reaches them first; nodes no seed reaches form components
+    among themselves. Returns each node's component (the index of one of its nodes)."""
+    n = len(node_label)
     degree = np.zeros(n + 1, np.int64)
-    for e in range(len(pair_i)):
-        degree[pair_i[e] + 1] += 1
-        degree[pair_j[e] + 1] += 1
+    for e in range(len(a)):
+        for i in range(node_ptr[a[e]], node_ptr[a[e] + 1]):
+            for j in range(node_ptr[b[e]], node_ptr[b[e] + 1]):
+                if node_label[i] == node_label[j]:
+                    degree[i + 1] += 1
+                    degree[j + 1] += 1
     ptr = np.cumsum(degree)
     fill = ptr[:-1].copy()
     neighbour = np.empty(ptr[-1], np.int64)
-    for e in range(len(pair_i)):
-        neighbour[fill[pair_i[e]]] = pair_j[e]
-        fill[pair_i[e]] += 1
-        neighbour[fill[pair_j[e]]] = pair_i[e]
-        fill[pair_j[e]] += 1
+    for e in range(len(a)):
+        for i in range(node_ptr[a[e]], node_ptr[a[e] + 1]):
+            for j in range(node_ptr[b[e]], node_ptr[b[e] + 1]):
+                if node_label[i] == node_label[j]:
+                    neighbour[fill[i]] = j
+                    fill[i] += 1
+                    neighbour[fill[j]] = i
+                    fill[j] += 1
+    parent = np.arange(n)
+    core = np.empty(n, np.bool_)
+    for v in range(n):
+        core[v] = ptr[v + 1] - ptr[v] >= core_neighbours
+    for v in range(n):
+        if core[v]:
+            for k in range(ptr[v], ptr[v + 1]):
+                w = neighbour[k]
+                if core[w]:
+                    rv, rw = _find(parent, v), _find(parent, w)
+                    if rv != rw:
+                        parent[max(rv, rw)] = min(rv, rw)
+    component = np.full(n, -1, np.int64)
     queue = np.empty(n, np.int64)
     head, tail = 0, 0
     for v in range(n):
-        if component[v] >= 0:
+        if core[v]:
+            component[v] = _find(parent, v)
             queue[tail] = v
             tail += 1
     while head < tail:
@@ -144,4 +143,15 @@ def grow_components(component, pair_i, pair_j):
                 component[w] = component[v]
                 queue[tail] = w
                 tail += 1
+    for v in range(n):  # what no seed reached: components of its own
+        if component[v] < 0:
+            for k in range(ptr[v], ptr[v + 1]):
+                w = neighbour[k]
+                if component[w] < 0:
+                    rv, rw = _find(parent, v), _find(parent, w)
+                    if rv != rw:
+                        parent[max(rv, rw)] = min(rv, rw)
+    for v in range(n):
+        if component[v] < 0:
+            component[v] = _find(parent, v)
     return component

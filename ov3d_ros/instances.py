@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ov3d_ros.graph_kernels import grow_components, label_components, label_node_pairs
+from ov3d_ros.graph_kernels import split_components
 
 __all__ = ["ClusterGrid", "cluster_grid", "Box", "Instance", "InstanceSet", "extract_instances", "fit_box",
            "InstanceTracker"]
@@ -114,19 +114,24 @@ def fit_box(xyz: np.ndarray) -> Box:
     xyz = np.asarray(xyz, dtype=np.float64).reshape(-1, 3)
     if len(xyz) == 0:
         raise ValueError("fit_box: no points")
-    z0, z1 = xyz[:, 2].min(), xyz[:, 2].max()
-    hull = _hull_2d(xyz[:, :2])
+    return _fit_footprint(xyz[:, :2], xyz[:, 2].min(), xyz[:, 2].max())
+
+
+def _fit_footprint(xy: np.ndarray, z0: float, z1: float) -> Box:
+    """fit_box from the points' x-y and their z range."""
+    hull = _hull_2d(xy)
     edges = np.diff(np.vstack([hull, hull[:1]]), axis=0)
     angles = np.mod(np.arctan2(edges[:, 1], edges[:, 0]), np.pi / 2) if len(hull) > 1 else np.zeros(1)
-    best = None
-    for theta in np.unique(np.round(angles, 12)):
-        c, s = np.cos(theta), np.sin(theta)
-        local = hull @ np.array([[c, -s], [s, c]])  # coordinates along (c, s) and (-s, c)
-        lo, hi = local.min(axis=0), local.max(axis=0)
-        area = float(np.prod(hi - lo))
-        if best is None or area < best[0] - 1e-12:
-            best = (area, theta, lo, hi)
-    _, theta, lo, hi = best
+    angles = np.unique(np.round(angles, 12))
+    # The hull along every candidate heading at once: coordinates along (c, s) and (-s, c).
+    along = hull @ np.stack([np.cos(angles), np.sin(angles)])
+    across = hull @ np.stack([-np.sin(angles), np.cos(angles)])
+    extent_a = along.max(axis=0) - along.min(axis=0)
+    extent_b = across.max(axis=0) - across.min(axis=0)
+    k = int(np.argmin(extent_a * extent_b))  # the first of equal areas
+    theta = angles[k]
+    lo = np.array([along[:, k].min(), across[:, k].min()])
+    hi = np.array([along[:, k].max(), across[:, k].max()])
     size = hi - lo
     mid = (lo + hi) / 2
     c, s = np.cos(theta), np.sin(theta)
@@ -191,7 +196,6 @@ def extract_instances(grid: ClusterGrid, unit_label: np.ndarray, unit_score: np.
     first = np.concatenate([[True], sorted_key[1:] != sorted_key[:-1]])
     starts = np.flatnonzero(first)
     node_key = sorted_key[first]
-    n_nodes = len(node_key)
     node_voxel, node_label = node_key // n, node_key % n
     weight = grid.group_count[by_node].astype(np.float64)
     count = np.add.reduceat(weight, starts)
@@ -204,25 +208,16 @@ def extract_instances(grid: ClusterGrid, unit_label: np.ndarray, unit_score: np.
     group_node[by_node] = np.cumsum(first) - 1
 
     node_ptr = np.searchsorted(node_voxel, np.arange(len(grid.voxels) + 1))
-    pi, pj = label_node_pairs(node_ptr, node_label, grid.a, grid.b)
-    degree = np.bincount(pi, minlength=n_nodes) + np.bincount(pj, minlength=n_nodes)
-    core = degree >= core_neighbours
-    alone = -1 - np.arange(n_nodes)  # a label of its own: joins nothing
-    comp = np.where(core, label_components(node_ptr, np.where(core, node_label, alone), grid.a, grid.b), -1)
-    comp = grow_components(comp, pi, pj)  # the seeds grow over the non-core nodes, breadth first
-    left = comp < 0
-    if left.any():
-        rest = label_components(node_ptr, np.where(left, node_label, alone), grid.a, grid.b)
-        comp[left] = rest[left]
-
+    comp = split_components(node_ptr, node_label, grid.a, grid.b, core_neighbours)
     ids, node_comp = np.unique(comp, return_inverse=True)
     comp_points = np.bincount(node_comp, count, len(ids))
     comp_label = node_label[ids]  # a component's root node carries its label
     order = np.argsort(node_comp, kind="stable")
     starts = np.searchsorted(node_comp[order], np.arange(len(ids) + 1))
-    # Four corners of each node's bounds span its points in x-y and z: a box around them holds every point.
-    corners = np.stack([node_min, np.column_stack([node_min[:, 0], node_max[:, 1:]]),
-                        np.column_stack([node_max[:, 0], node_min[:, 1:]]), node_max], axis=1)
+    # A node's bounds hold its points, so a box around the bounds of an instance's grid columns (the nodes of one
+    # x-y cell, contiguous in voxel order) holds every point, from far fewer corners than the points.
+    cell = np.floor(total[:, :2] / count[:, None] / grid.cluster_voxel).astype(np.int64)
+    node_column = cell[:, 0] * (1 << 32) + cell[:, 1]
     instances, comp_instance = [], np.full(len(ids), -1, dtype=np.int64)
     for q in range(n):
         mine = np.flatnonzero((comp_label == q) & (comp_points >= min_points))
@@ -236,9 +231,19 @@ def extract_instances(grid: ClusterGrid, unit_label: np.ndarray, unit_score: np.
             instances.append(Instance(query=q, points=int(points), score_mean=float(score_sum[nodes].sum() / points),
                                       score_max=float(score_max[nodes].max()),
                                       centroid=total[nodes].sum(axis=0) / points,
-                                      box=fit_box(corners[nodes].reshape(-1, 3))))
+                                      box=_column_box(nodes, node_column, node_min, node_max)))
     group_instance[kept] = comp_instance[node_comp[group_node[kept]]]
     return InstanceSet(instances, group_instance)
+
+
+def _column_box(nodes: np.ndarray, node_column: np.ndarray, node_min: np.ndarray, node_max: np.ndarray) -> Box:
+    """The box of an instance from the x-y bounds of each of its grid columns and its z range."""
+    column = node_column[nodes]
+    starts = np.flatnonzero(np.concatenate([[True], column[1:] != column[:-1]]))
+    lo = np.minimum.reduceat(node_min[nodes, :2], starts)
+    hi = np.maximum.reduceat(node_max[nodes, :2], starts)
+    corners = np.concatenate([lo, hi, np.column_stack([lo[:, 0], hi[:, 1]]), np.column_stack([hi[:, 0], lo[:, 1]])])
+    return _fit_footprint(corners, node_min[nodes, 2].min(), node_max[nodes, 2].max())
 
 
 class InstanceTracker:
