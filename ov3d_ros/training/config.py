@@ -181,6 +181,13 @@ DEFAULTS: dict[str, Any] = {
         "prompt": "{}",  # text template for a class name, e.g. "a {} in a scene"
         "superpoints": True,  # average the Segmenter's features over superpoints (the superpoints section), as the node
         "passes": 1,  # Segmenter test-time passes (one point per voxel, turned cloud; averaged); 1 = one plain pass
+        # Instance AP25/AP50 (ScanNet-style) when the scenes carry instance ground truth: the predicted labels are
+        # split into instances as the segmenter node does (ov3d_ros.instances) and matched by point IoU.
+        "instances": True,
+        "instance_ignore": ["wall", "floor", "ceiling"],  # classes that are not objects
+        "instance_classes": [],  # score instances of these classes only; [] = every class not ignored
+        "instance_voxel": 0.05,  # m, the grid of the instance split (the node's cluster_voxel)
+        "instance_min_points": 30,  # the node's instance_min_points
     },
 }
 

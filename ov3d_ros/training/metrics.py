@@ -1,4 +1,5 @@
-"""Segmentation metrics: confusion matrix, mIoU, mAcc, per-class IoU, base/novel hIoU, IoU by object size.
+"""Segmentation metrics: confusion matrix, mIoU, mAcc, per-class IoU, base/novel hIoU, IoU by object size, and
+instance AP at point-IoU thresholds (``InstanceAP``).
 
 Conventions: ground truth and predictions are int class indices into the same class list; -1 in the ground truth
 means "not evaluated" (those points are dropped); -1 in a prediction means "no label" and counts as a miss for the
@@ -86,6 +87,7 @@ class SegmentationReport:
     size_miou: dict[str, float] = field(default_factory=dict)  # {"small": .., "large": ..}
     size_instances: dict[str, int] = field(default_factory=dict)
     confusion: np.ndarray | None = None  # (C, C+1) rows = ground truth, columns = prediction, last = no label
+    instance_ap: dict | None = None  # InstanceAP.report() when the scenes carry instance ground truth
 
     def as_dict(self) -> dict:
         out = {
@@ -98,6 +100,8 @@ class SegmentationReport:
         if self.size_miou:
             out["size_miou"] = dict(self.size_miou)
             out["size_instances"] = dict(self.size_instances)
+        if self.instance_ap is not None:
+            out["instance_ap"] = self.instance_ap
         if self.confusion is not None:
             # Which class each class is mistaken for: rows are ground truth, columns predictions, point counts.
             out["confusion"] = {"columns": self.class_names + ["(no label)"],
@@ -131,6 +135,14 @@ class SegmentationReport:
                          f"hIoU {100 * self.hiou:.1f}")
         for bucket, value in self.size_miou.items():
             lines.append(f"{bucket} objects mIoU {100 * value:.1f} ({self.size_instances.get(bucket, 0)} instances)")
+        if self.instance_ap is not None:
+            lines.append(f"{'instances':<{width}}  {'AP25':>6}  {'AP50':>6}  ground truth / predicted")
+            for name, entry in self.instance_ap["per_class"].items():
+                cells = ["   n/a" if entry[k] is None else f"{100 * entry[k]:6.1f}" for k in ("ap25", "ap50")]
+                lines.append(f"{name:<{width}}  {cells[0]}  {cells[1]}  {entry['instances']} / {entry['predictions']}")
+            means = ["n/a" if self.instance_ap[k] is None else f"{100 * self.instance_ap[k]:.1f}"
+                     for k in ("ap25", "ap50")]
+            lines.append(f"instance AP25 {means[0]}  AP50 {means[1]}")
         return "\n".join(lines)
 
 
@@ -149,6 +161,7 @@ class SegmentationMetrics:
         self.size_conf = {"small": np.zeros_like(self.conf), "large": np.zeros_like(self.conf)}
         self.size_instances = {"small": 0, "large": 0}
         self._has_instances = False
+        self.instances: InstanceAP | None = None  # set by the caller to score object instances too
 
     def update(self, gt: np.ndarray, pred: np.ndarray, instance: np.ndarray | None = None) -> None:
         """Add one scene. ``instance`` (N,) int, -1 = none: enables IoU by object size for this scene.
@@ -185,6 +198,10 @@ class SegmentationMetrics:
             self.size_conf[bucket] += other.size_conf[bucket]
             self.size_instances[bucket] += other.size_instances[bucket]
         self._has_instances = self._has_instances or other._has_instances
+        if other.instances is not None:
+            if self.instances is None:
+                self.instances = InstanceAP(self.class_names)
+            self.instances.merge(other.instances)
 
     def report(self, base_classes: list[str] | None = None, novel_classes: list[str] | None = None
                ) -> SegmentationReport:
@@ -212,4 +229,96 @@ class SegmentationMetrics:
             for bucket, conf in self.size_conf.items():
                 rep.size_miou[bucket] = _nanmean(iou_from_confusion(conf))
             rep.size_instances = dict(self.size_instances)
+        if self.instances is not None and self.instances.n_truth.sum() > 0:
+            rep.instance_ap = self.instances.report()
         return rep
+
+
+def average_precision(scores: np.ndarray, hits: np.ndarray, n_truth: int) -> float:
+    """Area under the precision-recall curve of predictions ranked by ``scores`` (``hits``: whether each matched a
+    ground-truth instance), with precision made non-increasing (each recall takes the best precision at or beyond
+    it). NaN when there is no ground truth; 0 when there are no predictions."""
+    if n_truth == 0:
+        return float("nan")
+    if len(scores) == 0:
+        return 0.0
+    order = np.argsort(-np.asarray(scores, dtype=np.float64), kind="stable")
+    hit = np.asarray(hits, dtype=np.float64)[order]
+    tp = np.cumsum(hit)
+    precision = tp / np.arange(1, len(hit) + 1)
+    recall = tp / n_truth
+    precision = np.maximum.accumulate(precision[::-1])[::-1]
+    steps = np.diff(np.concatenate([[0.0], recall]))
+    return float(np.sum(steps * precision))
+
+
+class InstanceAP:
+    """Instance average precision over scenes, ScanNet-style: in each scene the predictions of a class, best score
+    first, each take the unmatched ground-truth instance of that class with the highest point IoU, if that IoU
+    reaches the threshold (a hit), else count as false positives; AP per class over all scenes' predictions ranked by
+    score; the mean over classes with ground truth. Thresholds: IoU 0.25 and 0.5 (AP25, AP50)."""
+
+    THRESHOLDS = (0.25, 0.5)
+
+    def __init__(self, class_names: list[str]):
+        self.class_names = list(class_names)
+        self.n_truth = np.zeros(len(class_names), dtype=np.int64)
+        self.scores: list[list[float]] = [[] for _ in class_names]
+        self.hits: list[list[tuple]] = [[] for _ in class_names]
+
+    def update(self, gt_class: np.ndarray, gt_instance: np.ndarray, predictions) -> None:
+        """Add one scene: per point its ground-truth class (-1 = not evaluated) and instance (-1 = none); the
+        predictions as (class, score, point indices). A ground-truth instance's class is its points' most common."""
+        gt_class, gt_instance = np.asarray(gt_class), np.asarray(gt_instance)
+        valid = (gt_instance >= 0) & (gt_class >= 0)
+        ids, inverse = np.unique(gt_instance[valid], return_inverse=True)
+        truth_class = np.array([np.bincount(gt_class[valid][inverse == k]).argmax() for k in range(len(ids))],
+                               dtype=np.int64)
+        truth_of_point = np.full(len(gt_instance), -1, dtype=np.int64)
+        truth_of_point[np.flatnonzero(valid)] = inverse
+        truth_size = np.bincount(inverse, minlength=len(ids))
+        for c in range(len(self.class_names)):
+            self.n_truth[c] += int((truth_class == c).sum())
+        taken = {t: np.zeros(len(ids), dtype=bool) for t in self.THRESHOLDS}
+        for c, score, points in sorted(predictions, key=lambda p: -p[1]):
+            points = np.asarray(points)
+            overlap = np.bincount(truth_of_point[points][truth_of_point[points] >= 0], minlength=len(ids))
+            iou = overlap / (len(points) + truth_size - overlap)  # the union holds the prediction: never 0
+            iou[truth_class != c] = 0.0
+            hits = []
+            for t in self.THRESHOLDS:
+                free = np.where(taken[t], -1.0, iou)
+                best = int(np.argmax(free)) if len(free) else -1
+                hit = best >= 0 and free[best] >= t
+                if hit:
+                    taken[t][best] = True
+                hits.append(hit)
+            self.scores[c].append(float(score))
+            self.hits[c].append(tuple(hits))
+
+    def merge(self, other: "InstanceAP") -> None:
+        if other.class_names != self.class_names:
+            raise ValueError("can only merge instance AP over the same classes")
+        self.n_truth += other.n_truth
+        for c in range(len(self.class_names)):
+            self.scores[c] += other.scores[c]
+            self.hits[c] += other.hits[c]
+
+    def report(self) -> dict:
+        """{"ap25", "ap50" (means over classes with ground truth), "per_class": {name: {"ap25", "ap50",
+        "instances", "predictions"}}}."""
+        per_class, means = {}, {t: [] for t in self.THRESHOLDS}
+        for c, name in enumerate(self.class_names):
+            if self.n_truth[c] == 0 and not self.scores[c]:
+                continue
+            entry = {"instances": int(self.n_truth[c]), "predictions": len(self.scores[c])}
+            for k, t in enumerate(self.THRESHOLDS):
+                hits = np.array([h[k] for h in self.hits[c]], dtype=bool)
+                ap = average_precision(np.array(self.scores[c]), hits, int(self.n_truth[c]))
+                entry[f"ap{int(round(100 * t))}"] = None if np.isnan(ap) else ap
+                if not np.isnan(ap):
+                    means[t].append(ap)
+            per_class[name] = entry
+        out = {f"ap{int(round(100 * t))}": (float(np.mean(v)) if v else None) for t, v in means.items()}
+        out["per_class"] = per_class
+        return out

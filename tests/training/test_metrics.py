@@ -85,3 +85,34 @@ def test_rejects_bad_input():
         confusion_matrix(np.array([0.0]), np.array([0]), 3)
     with pytest.raises(ValueError, match="unique"):
         SegmentationMetrics(["a", "a"])
+
+
+def test_instance_ap_against_a_hand_computed_case():
+    from ov3d_ros.training.metrics import InstanceAP, average_precision
+
+    gt_class = np.zeros(40, dtype=np.int64)
+    gt_class[30:] = -1  # not evaluated
+    gt_instance = np.full(40, -1)
+    gt_instance[:10], gt_instance[10:20] = 7, 9  # two chairs; points 20-29 are chair-class stuff of no instance
+    predictions = [(0, 0.9, np.arange(0, 10)),     # chair 7 exactly: a hit at both thresholds
+                   (0, 0.8, np.arange(20, 30)),    # no instance there: a false positive
+                   (0, 0.7, np.arange(10, 14)),    # 4 of chair 9's 10 points: IoU 0.4, a hit at 0.25 only
+                   (0, 0.6, np.arange(0, 10))]     # chair 7 again: taken, a false positive
+    ap = InstanceAP(["chair", "table"])
+    ap.update(gt_class, gt_instance, predictions)
+    report = ap.report()
+    # IoU 0.25: hit, miss, hit, miss -> precision 1, 1/2, 2/3, 2/4 at recall 1/2, 1/2, 1, 1;
+    # non-increasing precision 1, 2/3, 2/3, 1/2 -> AP = 1/2 * 1 + 1/2 * 2/3.
+    assert report["per_class"]["chair"]["ap25"] == pytest.approx(0.5 + 1 / 3)
+    # IoU 0.5: hit, miss, miss, miss -> recall reaches 1/2 at precision 1: AP = 1/2.
+    assert report["per_class"]["chair"]["ap50"] == pytest.approx(0.5)
+    assert report["per_class"]["chair"]["instances"] == 2 and report["per_class"]["chair"]["predictions"] == 4
+    assert "table" not in report["per_class"]  # no ground truth, no prediction
+    assert report["ap25"] == pytest.approx(0.5 + 1 / 3) and report["ap50"] == pytest.approx(0.5)
+    # Another scene in another accumulator adds up as one: a second perfect chair.
+    other = InstanceAP(["chair", "table"])
+    other.update(np.zeros(5, np.int64), np.zeros(5, np.int64), [(0, 0.95, np.arange(5))])
+    ap.merge(other)
+    assert ap.report()["per_class"]["chair"]["instances"] == 3
+    assert average_precision(np.array([]), np.array([]), 0) != average_precision(np.array([]), np.array([]), 0)  # NaN
+    assert average_precision(np.array([]), np.array([], bool), 3) == 0.0
