@@ -8,6 +8,9 @@ Layout (what ScanNet's SensReader export writes, plus the ground-truth mesh next
     SCENE/intrinsic/intrinsic_depth.txt    4x4 [K 0; 0 1] of the depth image
     SCENE/intrinsic/intrinsic_color.txt    4x4 of the colour image (used when the sizes differ)
     SCENE/<scene>_vh_clean_2.labels.ply    optional ground truth (vertex label = NYU40 id in ScanNet)
+    SCENE/<scene>_vh_clean_2.0.010000.segs.json + SCENE/<scene>.aggregation.json
+                                           optional instance ground truth: each vertex's segment, and the segments
+                                           of each object (``objectId``)
 
 Written by ``write_scannet_scene`` only (ScanNet has its own files for these)::
 
@@ -22,6 +25,7 @@ frame's files (and its pseudo labels).
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 import logging
 import math
 import os
@@ -264,7 +268,8 @@ class ScanNetScene:
         """The labelled ground-truth cloud, or None when the scene has none.
 
         label = index into ``class_names`` (-1 = unannotated). For a real ScanNet scene (no classes.json) the
-        stored NYU40 ids 1..40 become 0..39 and 0 (unannotated) becomes -1.
+        stored NYU40 ids 1..40 become 0..39 and 0 (unannotated) becomes -1. ``instance`` comes from the PLY, else
+        from ScanNet's segs.json + aggregation.json when both are there (-1 = a vertex of no object).
         """
         path = self.ground_truth_path()
         if path is None:
@@ -274,7 +279,31 @@ class ScanNetScene:
             label = cloud.label.astype(np.int32) - 1
             label[(label < 0) | (label >= len(NYU40_CLASS_NAMES))] = -1
             cloud = cloud.with_labels(label, cloud.score)
+        if cloud.instance is None:
+            instance = self._scannet_instances(len(cloud))
+            if instance is not None:
+                cloud = replace(cloud, instance=instance)
         return cloud
+
+    def _scannet_instances(self, n_vertices: int) -> np.ndarray | None:
+        """Per-vertex objectId from ScanNet's over-segmentation and its aggregation, or None when absent."""
+        segs = sorted(self.path.glob("*_vh_clean_2.0.010000.segs.json"))
+        aggregation = sorted(self.path.glob("*.aggregation.json"))
+        if not (segs and aggregation):
+            return None
+        try:
+            seg_of_vertex = np.asarray(json.loads(segs[0].read_text())["segIndices"], dtype=np.int64)
+            groups = json.loads(aggregation[0].read_text())["segGroups"]
+        except (json.JSONDecodeError, KeyError, TypeError) as exc:
+            raise ValueError(f"ScanNetScene {self.path}: unreadable instance files ({segs[0].name}, "
+                             f"{aggregation[0].name}): {exc}") from None
+        if len(seg_of_vertex) != n_vertices:
+            raise ValueError(f"ScanNetScene {self.path}: {segs[0].name} has {len(seg_of_vertex)} vertices, the labels "
+                             f"PLY {n_vertices}")
+        object_of_segment = {int(s): int(g["objectId"]) for g in groups for s in g["segments"]}
+        segments, inverse = np.unique(seg_of_vertex, return_inverse=True)
+        objects = np.array([object_of_segment.get(int(s), -1) for s in segments], dtype=np.int32)
+        return objects[inverse]
 
     def ground_truth_maps(self, i: int) -> tuple[np.ndarray, np.ndarray] | None:
         """Per-pixel (class index, instance id) int32 maps, -1 = none, when the scene has them (synthetic export)."""

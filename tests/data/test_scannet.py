@@ -167,3 +167,26 @@ def test_bad_input_raises(tmp_path, clean_frames):
     (path / "pose" / "0.txt").write_text("1 0 0\n0 1 0\n")  # the only pose is damaged: nothing to read
     with pytest.raises(ValueError, match="none of the 1 poses"):
         ScanNetScene(path)
+
+
+def test_scannet_instance_files_give_each_vertex_its_object(tmp_path, clean_frames):
+    from ov3d_ros.cloud import PointCloud
+    from ov3d_ros.data.ply import write_ply
+
+    path = write_scannet_scene(tmp_path / "scene0042_00", [clean_frames[0].frame])
+    (path / "classes.json").unlink(missing_ok=True)  # a real ScanNet scene: NYU40 ids, no class file
+    xyz = np.random.default_rng(0).uniform(0, 1, (8, 3)).astype(np.float32)
+    nyu = np.array([5, 5, 5, 7, 7, 1, 0, 5], dtype=np.int32)  # chair x3, table x2, wall, unannotated, chair
+    write_ply(path / "scene0042_00_vh_clean_2.labels.ply", PointCloud(xyz, np.zeros((8, 3), np.uint8), label=nyu))
+    (path / "scene0042_00_vh_clean_2.0.010000.segs.json").write_text(json.dumps(
+        {"sceneId": "scene0042_00", "segIndices": [10, 10, 11, 20, 20, 30, 40, 12]}))
+    (path / "scene0042_00.aggregation.json").write_text(json.dumps({"sceneId": "scene0042_00", "segGroups": [
+        {"id": 0, "objectId": 0, "segments": [10, 11], "label": "chair"},
+        {"id": 1, "objectId": 1, "segments": [20], "label": "table"},
+        {"id": 2, "objectId": 2, "segments": [12], "label": "chair"}]}))
+    gt = ScanNetScene(path).ground_truth()
+    np.testing.assert_array_equal(gt.instance, [0, 0, 0, 1, 1, -1, -1, 2])
+    np.testing.assert_array_equal(gt.label, nyu - 1)  # NYU40 ids 1..40 -> 0..39, 0 -> -1
+    (path / "scene0042_00_vh_clean_2.0.010000.segs.json").write_text(json.dumps({"segIndices": [1, 2]}))
+    with pytest.raises(ValueError, match="2 vertices, the labels PLY 8"):
+        ScanNetScene(path).ground_truth()
