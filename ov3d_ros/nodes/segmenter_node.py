@@ -138,6 +138,7 @@ class SegmenterNode(Node):
         self._served: tuple = (self.feature_map.snapshot, None)
         self._trackers: dict[str, InstanceTracker] = {}  # instance ids of global-map and partial-cloud answers
         self._tracker_lock = threading.Lock()
+        self._instance_cache = None  # ((snapshot, request and instance settings), instances): the last answer
         self._refine_failed = -1  # the feature-map version whose refinement failed (not tried again)
         self._lock = threading.Lock()  # guards the pending map and the latest partial cloud
         self._pending_map: tuple[PointCloud, float] | None = None  # newest global cloud not yet in the feature map
@@ -414,8 +415,16 @@ class SegmenterNode(Node):
                 units = snapshot.label_units(self.segmenter, queries, min_score)
                 grid = self._map_grid(snapshot, grid)
                 summaries = summarise_units(grid, units.label, queries, units.best)
-                found = self._instances(grid, units.label, units.score, queries, snapshot.stamp, "global",
-                                        request.min_points, request.max_instances)
+                # The same question on the same map (a robot asking once a second) reuses the last instances.
+                asked = (snapshot, tuple(queries), min_score, int(request.min_points), int(request.max_instances),
+                         *(self.p[k] for k in ("instance_min_points", "instance_core_neighbours", "cluster_voxel")))
+                cached = self._instance_cache
+                if cached is not None and cached[0][0] is snapshot and cached[0][1:] == asked[1:]:
+                    found = cached[1]
+                else:
+                    found = self._instances(grid, units.label, units.score, queries, snapshot.stamp, "global",
+                                            request.min_points, request.max_instances)
+                    self._instance_cache = (asked, found)
 
                 def point_labels(units=units, unit=snapshot.unit_of_point):
                     return units.label[unit], units.score[unit]
