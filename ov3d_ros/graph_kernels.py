@@ -1,6 +1,6 @@
 """Compiled loops over graphs of grid cells: sums over a cell graph's edges and the Felzenszwalb-Huttenlocher merge
-(``ov3d_ros.superpoints``), connected components within one label (``ov3d_ros.nodes.objects``) and their split
-into object instances at narrow contacts (``ov3d_ros.instances``).
+(``ov3d_ros.superpoints``), and the components of labelled cells split into object instances at narrow contacts
+(``ov3d_ros.instances``).
 Module-level numba functions, so their machine code is cached on disk (``cache=True``) and a new process loads it
 instead of compiling again.
 """
@@ -72,26 +72,10 @@ def fh_segment(n, a, b, w, order, k, min_size):
 
 
 @numba.njit(cache=True)
-def label_components(node_ptr, node_label, a, b):
-    """Connected components of (cell, label) nodes: node ``n`` of cell ``c`` is one of
-    ``node_ptr[c]:node_ptr[c + 1]``, with label ``node_label[n]``; for every pair of adjacent cells (a[e], b[e]) the
-    nodes of one label are joined. Returns each node's root node (equal roots: one component)."""
-    parent = np.arange(len(node_label))
-    for e in range(len(a)):
-        for i in range(node_ptr[a[e]], node_ptr[a[e] + 1]):
-            for j in range(node_ptr[b[e]], node_ptr[b[e] + 1]):
-                if node_label[i] == node_label[j]:
-                    ri, rj = _find(parent, i), _find(parent, j)
-                    if ri != rj:
-                        parent[max(ri, rj)] = min(ri, rj)
-    for n in range(len(parent)):
-        parent[n] = _find(parent, n)
-    return parent
-
-
-@numba.njit(cache=True)
 def split_components(node_ptr, node_label, a, b, core_neighbours):
-    """Components of (cell, label) nodes (layout as in ``label_components``) split at narrow contacts: nodes with at
+    """Components of (cell, label) nodes split at narrow contacts. Node ``n`` of cell ``c`` is one of
+    ``node_ptr[c]:node_ptr[c + 1]`` with label ``node_label[n]``; for every pair of adjacent cells (a[e], b[e]) the
+    nodes of one label are neighbours. Nodes with at
     least ``core_neighbours`` same-label neighbours are core; core nodes joined through core nodes are seeds; the
     other nodes join the seed whose breadth-first growth reaches them first; nodes no seed reaches form components
     among themselves. Returns each node's component (the index of one of its nodes)."""

@@ -171,9 +171,14 @@ class Instance:
 
 @dataclass
 class InstanceSet:
-    """The instances of a labelled grid and, per group of the grid, the instance it belongs to (-1: none)."""
+    """The instances of a labelled grid; per group of the grid the instance it belongs to (-1: none); per query its
+    labelled points and the centroid and size of its largest component (instance or not: a query whose points are
+    all below ``min_points`` still has one; zeros when it has no point)."""
     instances: list[Instance]
     group_instance: np.ndarray = field(repr=False)
+    query_points: np.ndarray = field(repr=False)
+    largest_centroid: np.ndarray = field(repr=False)
+    largest_points: np.ndarray = field(repr=False)
 
 
 def extract_instances(grid: ClusterGrid, unit_label: np.ndarray, unit_score: np.ndarray, n_queries: int, *,
@@ -186,9 +191,9 @@ def extract_instances(grid: ClusterGrid, unit_label: np.ndarray, unit_score: np.
     label, score = unit_label[grid.group_unit], unit_score[grid.group_unit]
     kept = np.flatnonzero(label >= 0)
     group_instance = np.full(len(label), -1, dtype=np.int64)
-    if len(kept) == 0:
-        return InstanceSet([], group_instance)
     n = max(1, int(n_queries))
+    if len(kept) == 0:
+        return InstanceSet([], group_instance, np.zeros(n, np.int64), np.zeros((n, 3)), np.zeros(n, np.int64))
     # Groups come sorted by voxel, so their (voxel, label) keys are nearly sorted: a stable sort is about linear.
     key = grid.group_voxel[kept] * n + label[kept]
     order = np.argsort(key, kind="stable")
@@ -212,6 +217,13 @@ def extract_instances(grid: ClusterGrid, unit_label: np.ndarray, unit_score: np.
     ids, node_comp = np.unique(comp, return_inverse=True)
     comp_points = np.bincount(node_comp, count, len(ids))
     comp_label = node_label[ids]  # a component's root node carries its label
+    comp_sum = np.stack([np.bincount(node_comp, total[:, i], len(ids)) for i in range(3)], axis=1)
+    query_points = np.bincount(node_label, count, n).astype(np.int64)
+    largest_centroid, largest_points = np.zeros((n, 3)), np.zeros(n, np.int64)
+    by_size = np.lexsort((-comp_points, comp_label))  # per label, largest first
+    first_of_label = by_size[np.concatenate([[True], comp_label[by_size][1:] != comp_label[by_size][:-1]])]
+    largest_points[comp_label[first_of_label]] = comp_points[first_of_label]
+    largest_centroid[comp_label[first_of_label]] = comp_sum[first_of_label] / comp_points[first_of_label, None]
     order = np.argsort(node_comp, kind="stable")
     starts = np.searchsorted(node_comp[order], np.arange(len(ids) + 1))
     # A node's bounds hold its points, so a box around the bounds of an instance's grid columns (the nodes of one
@@ -233,7 +245,7 @@ def extract_instances(grid: ClusterGrid, unit_label: np.ndarray, unit_score: np.
                                       centroid=total[nodes].sum(axis=0) / points,
                                       box=_column_box(nodes, node_column, node_min, node_max)))
     group_instance[kept] = comp_instance[node_comp[group_node[kept]]]
-    return InstanceSet(instances, group_instance)
+    return InstanceSet(instances, group_instance, query_points, largest_centroid, largest_points)
 
 
 def _column_box(nodes: np.ndarray, node_column: np.ndarray, node_min: np.ndarray, node_max: np.ndarray) -> Box:

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from ov3d_ros.data.rosbag import CameraStream
+from ov3d_ros.data.rosbag import CameraStream, add_stream_arguments, stream_options
 from ov3d_ros.data.scenes import is_rosbag, open_scene, read_frames
 from ov3d_ros.mapping import Mapper, MapperConfig
 
@@ -42,16 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--min-depth", type=float, default=0.1, help="ignore depth below this (m)")
     p.add_argument("--max-depth", type=float, default=6.0, help="ignore depth beyond this (m)")
     p.add_argument("--capacity", type=int, default=2_000_000, help="maximum number of voxels kept")
-    bag = p.add_argument_group("rosbag2 input")
-    bag.add_argument("--color-topic", help="colour image topic (default: found in the bag, realsense2_camera names "
-                                           "first)")
-    bag.add_argument("--depth-topic", help="depth image topic (default: found in the bag)")
-    bag.add_argument("--info-topic", help="camera info topic (default: the one beside the depth topic)")
-    bag.add_argument("--pose-topic", help="Odometry/PoseStamped topic (default: /tf + /tf_static)")
-    bag.add_argument("--fixed-frame", help="map frame of the tf tree (default: map if present, else the root)")
-    bag.add_argument("--camera-frame", help="camera optical frame (default: the depth header's)")
-    p.add_argument("--strict", action="store_true",
-                   help="stop at the first unreadable frame or message instead of skipping it")
+    add_stream_arguments(p.add_argument_group("rosbag2 input (--strict: ScanNet scenes too)"))
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar, warnings only")
     p.add_argument("--verbose", "-v", action="store_true", help="debug logging")
     return p
@@ -130,10 +121,7 @@ def main(argv=None) -> int:
                       min_depth=args.min_depth, max_depth=args.max_depth, capacity=args.capacity,
                       progress=not args.quiet)
         if is_rosbag(args.scene_dir):
-            vmap, n, seconds = fuse_bag(
-                args.scene_dir, args.voxel_size, color_topic=args.color_topic, depth_topic=args.depth_topic,
-                info_topic=args.info_topic, pose_topic=args.pose_topic, fixed_frame=args.fixed_frame,
-                camera_frame=args.camera_frame, strict=args.strict, **common)
+            vmap, n, seconds = fuse_bag(args.scene_dir, args.voxel_size, **stream_options(args), **common)
         else:
             scene = open_scene(args.scene_dir).scene
             _log.info("%s: %d frames", scene, len(scene))

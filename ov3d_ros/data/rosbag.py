@@ -43,7 +43,8 @@ from ov3d_ros.messages import (CAMERA_TOPICS, camera_from_info, decode_color, de
                                stamp_seconds, transform_matrix)
 from ov3d_ros.poses import PoseTrack, TransformTree, strip_frame
 
-__all__ = ["RosbagScene", "CameraStream", "BagFrame", "BagMessage", "find_camera_topics", "bag_folder"]
+__all__ = ["RosbagScene", "CameraStream", "BagFrame", "BagMessage", "find_camera_topics", "bag_folder",
+           "add_stream_arguments", "stream_options"]
 
 _log = logging.getLogger(__name__)
 
@@ -115,6 +116,26 @@ def find_camera_topics(types: dict[str, str], color: str | None = None, depth: s
         beside = [t for t in infos if _namespace(t) == _namespace(depth)]
         info = beside[0] if len(beside) == 1 else _pick("camera info", "--info-topic", infos, CAMERA_TOPICS["info"])
     return color, depth, info
+
+
+def add_stream_arguments(group) -> None:
+    """The command-line options of a CameraStream (ov3d-fuse, ov3d-run --bag), on an argparse group."""
+    group.add_argument("--color-topic", help="colour image topic (default: found in the bag, realsense2_camera "
+                                             "names first)")
+    group.add_argument("--depth-topic", help="depth image topic (default: found in the bag)")
+    group.add_argument("--info-topic", help="camera info topic (default: the one beside the depth topic)")
+    group.add_argument("--pose-topic", help="Odometry/PoseStamped topic (default: /tf + /tf_static)")
+    group.add_argument("--fixed-frame", help="map frame of the tf tree (default: map if present, else the root)")
+    group.add_argument("--camera-frame", help="camera optical frame (default: the depth images' frame_id)")
+    group.add_argument("--strict", action="store_true",
+                       help="stop at the first unreadable frame or message instead of skipping it")
+
+
+def stream_options(args) -> dict:
+    """The CameraStream keywords of arguments parsed with ``add_stream_arguments``."""
+    return dict(color_topic=args.color_topic, depth_topic=args.depth_topic, info_topic=args.info_topic,
+                pose_topic=args.pose_topic, fixed_frame=args.fixed_frame, camera_frame=args.camera_frame,
+                strict=args.strict)
 
 
 # ----------------------------------------------------------------------------------------------------------------------

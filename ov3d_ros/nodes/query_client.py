@@ -109,7 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ov3d-query",
         description="Query the segmenter node's cloud with open-vocabulary text and print, per query, the number "
-                    "of points, the best score and the centroid of the largest cluster, then every object instance "
+                    "of points, the best score and the centroid of the largest object, then every object instance "
                     "(id, score, points, box).",
         epilog='example: ov3d-query chair "office chair" lamp --min-score 0.2')
     parser.add_argument("queries", nargs="+", help="text queries (quote multi-word ones)")

@@ -31,7 +31,7 @@ from tqdm import tqdm
 from ov3d_interfaces.srv import QueryObjects
 from ov3d_ros.data.errors import SceneError
 from ov3d_ros.data.ply import write_ply
-from ov3d_ros.data.rosbag import CameraStream
+from ov3d_ros.data.rosbag import CameraStream, add_stream_arguments, stream_options
 from ov3d_ros.messages import stamp_seconds
 from ov3d_ros.nodes.conversions import pointcloud2_to_cloud
 from ov3d_ros.nodes.bag_player import POSE_TOPIC, BagPlayer
@@ -244,9 +244,7 @@ def run_bag(args) -> int:
     def fusion_param(name):
         return yaml_parameter(files, "fusion_node", name, fusion_default[name])
 
-    stream = CameraStream(args.bag, color_topic=args.color_topic, depth_topic=args.depth_topic,
-                          info_topic=args.info_topic, pose_topic=args.pose_topic, fixed_frame=args.fixed_frame,
-                          camera_frame=args.camera_frame, slop=fusion_param("sync_slop"), strict=args.strict)
+    stream = CameraStream(args.bag, **stream_options(args), slop=fusion_param("sync_slop"))
     started = time.perf_counter()
     with stream:
         log.info("replaying %s at %s", stream, "full speed" if args.bag_rate == 0 else f"{args.bag_rate:g}x real time")
@@ -356,14 +354,7 @@ def build_parser() -> argparse.ArgumentParser:
     bag.add_argument("--rate", dest="bag_rate", type=float, default=1.0,
                      help="replay speed: 1.0 = the recorded rate, 2.0 = twice as fast, 0 = as fast as the fusion node "
                           "takes the frames (nothing dropped) (default 1.0)")
-    bag.add_argument("--color-topic", help="colour image topic (default: found in the bag)")
-    bag.add_argument("--depth-topic", help="depth image topic (default: found in the bag)")
-    bag.add_argument("--info-topic", help="camera info topic (default: the one beside the depth topic)")
-    bag.add_argument("--pose-topic", help="Odometry/PoseStamped topic (default: /tf + /tf_static)")
-    bag.add_argument("--fixed-frame", help="map frame of the tf tree (default: map if present, else the root)")
-    bag.add_argument("--camera-frame", help="camera optical frame (default: the depth images' frame_id)")
-    bag.add_argument("--strict", action="store_true", help="stop at the first unreadable message instead of "
-                                                            "skipping it")
+    add_stream_arguments(bag)
     demo = parser.add_argument_group("demo and bag replay")
     demo.add_argument("--frames", type=int, default=60, help="frames in the synthetic loop (default 60)")
     demo.add_argument("--queries", nargs="+", help="queries to run (default: the segmenter's `queries` parameter)")

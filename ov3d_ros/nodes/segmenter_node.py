@@ -31,7 +31,8 @@ from ov3d_ros.messages import stamp_seconds
 from ov3d_ros.instances import InstanceTracker, extract_instances
 from ov3d_ros.nodes.conversions import cloud_to_pointcloud2, instance_message, make_header, pointcloud2_to_cloud, \
     sec_to_stamp
-from ov3d_ros.nodes.objects import cluster_grid, summarise_units
+from ov3d_ros.instances import cluster_grid
+from ov3d_ros.nodes.objects import summaries as object_summaries
 from ov3d_ros.nodes.params import Param, declare_all, node_help
 from ov3d_ros.nodes.runner import spin_nodes
 from ov3d_ros.nodes.sync import BoundedQueue
@@ -138,7 +139,7 @@ class SegmenterNode(Node):
         self._served: tuple = (self.feature_map.snapshot, None)
         self._trackers: dict[str, InstanceTracker] = {}  # instance ids of global-map and partial-cloud answers
         self._tracker_lock = threading.Lock()
-        self._instance_cache = None  # ((snapshot, request and instance settings), instances): the last answer
+        self._answer_cache = None  # (snapshot, question, unit labels, instances): the last map answer
         self._refine_failed = -1  # the feature-map version whose refinement failed (not tried again)
         self._lock = threading.Lock()  # guards the pending map and the latest partial cloud
         self._pending_map: tuple[PointCloud, float] | None = None  # newest global cloud not yet in the feature map
@@ -294,8 +295,36 @@ class SegmenterNode(Node):
             self._refine_failed = self.feature_map.snapshot.version  # not again on this map version
             self.get_logger().error(f"refining the feature map failed: {exc}", throttle_duration_sec=5.0)
             return
-        snapshot = self.feature_map.snapshot
-        self._served = (snapshot, self._map_grid(snapshot))
+        self._serve(self.feature_map.snapshot)
+
+    def _serve(self, snapshot):
+        """Serve a new snapshot with its cluster grid, then prepare its answer to the node's own ``queries`` (labels
+        and instances, ids assigned), so that question, the one a robot asks again and again, finds it ready.
+        Returns that (units, instances) or None when labelling failed (logged)."""
+        grid = self._map_grid(snapshot)
+        self._served = (snapshot, grid)
+        try:
+            return self._map_answer(snapshot, grid, self.queries, self.p["min_score"])
+        except (ValueError, TypeError, RuntimeError) as exc:
+            self.get_logger().error(f"labelling the map failed: {exc}", throttle_duration_sec=5.0)
+            return None
+
+    def _map_answer(self, snapshot, grid, queries: list[str], min_score: float, min_points: int = 0):
+        """(unit labels, InstanceSet) of a map snapshot for ``queries``: the prepared one when it is the same
+        question on the same map, else computed now. A request's ``min_points`` below the node's
+        ``instance_min_points`` needs an extraction of its own; above it, ``select_instances`` filters."""
+        floor = self.p["instance_min_points"]
+        floor = min_points if 0 < min_points < floor else floor
+        settings = (floor, self.p["instance_core_neighbours"], self.p["cluster_voxel"])
+        key = (tuple(queries), float(min_score), settings)
+        cached = self._answer_cache
+        if cached is not None and cached[0] is snapshot and cached[1] == key:
+            return cached[2], cached[3]
+        units = snapshot.label_units(self.segmenter, queries, min_score)
+        found = self._instances(self._map_grid(snapshot, grid), units.label, units.score, queries, snapshot.stamp,
+                                "global", floor)
+        self._answer_cache = (snapshot, key, units, found)
+        return units, found
 
     def _warm_up(self) -> None:
         """One small pass (with superpoints when the map has them) before the first map, so the first update does
@@ -325,29 +354,24 @@ class SegmenterNode(Node):
             self.get_logger().error(f"updating the feature map failed: {exc}", throttle_duration_sec=5.0)
             return
         self.map_frame = cloud.frame_id
-        grid = self._map_grid(snapshot)
-        self._served = (snapshot, grid)
         self.counters["map_updates"] += 1
         if self.feature_map.last_update.get("tiles_run"):
             self.counters["feature_passes"] += 1
         self.get_logger().debug(f"feature map: {self.feature_map.last_update}")
+        answer = self._serve(snapshot)
+        if answer is None:
+            return
+        units, found = answer
+        queries = self.queries
         wants_map = self.labelled_map_pub.get_subscription_count() > 0
-        if not (wants_map or self.markers_pub.get_subscription_count() > 0):
-            return
-        try:
-            queries = self.queries
-            units = snapshot.label_units(self.segmenter, queries, self.p["min_score"])
-        except (ValueError, TypeError, RuntimeError) as exc:
-            self.get_logger().error(f"labelling the map failed: {exc}", throttle_duration_sec=5.0)
-            return
         header = make_header(self.map_frame, stamp)
         if wants_map:
             unit = snapshot.unit_of_point
             labelled = PointCloud(xyz=snapshot.xyz, rgb=snapshot.rgb, frame_id=self.map_frame).with_labels(
                 units.label[unit].astype(np.int32), units.score[unit])
             self.labelled_map_pub.publish(cloud_to_pointcloud2(labelled, header, with_labels=True))
-        found = self._instances(self._map_grid(snapshot, grid), units.label, units.score, queries, stamp, "global")
-        self.markers_pub.publish(self.make_markers(found, queries, header))
+        if self.markers_pub.get_subscription_count() > 0:
+            self.markers_pub.publish(self.make_markers(found.instances, queries, header))
 
     def _map_grid(self, snapshot, grid=None):
         """The cluster grid of a feature-map snapshot's units at the current ``cluster_voxel`` (``grid`` when it
@@ -411,20 +435,9 @@ class SegmenterNode(Node):
                     return fail(f"no map yet: no global map from {self.p['global_topic']} has features")
                 cloud = PointCloud(xyz=snapshot.xyz, rgb=snapshot.rgb, frame_id=self.map_frame)
                 stamp, which = snapshot.stamp, "global map"
-                # The units are classified and the summaries sum (voxel, unit) groups; points only for the cloud.
-                units = snapshot.label_units(self.segmenter, queries, min_score)
-                grid = self._map_grid(snapshot, grid)
-                summaries = summarise_units(grid, units.label, queries, units.best)
-                # The same question on the same map (a robot asking once a second) reuses the last instances.
-                asked = (snapshot, tuple(queries), min_score, int(request.min_points), int(request.max_instances),
-                         *(self.p[k] for k in ("instance_min_points", "instance_core_neighbours", "cluster_voxel")))
-                cached = self._instance_cache
-                if cached is not None and cached[0][0] is snapshot and cached[0][1:] == asked[1:]:
-                    found = cached[1]
-                else:
-                    found = self._instances(grid, units.label, units.score, queries, snapshot.stamp, "global",
-                                            request.min_points, request.max_instances)
-                    self._instance_cache = (asked, found)
+                # Units are classified, instances found on (voxel, label) nodes; points only for a returned cloud.
+                units, found = self._map_answer(snapshot, grid, queries, min_score, int(request.min_points))
+                summaries = object_summaries(found, queries, units.best)
 
                 def point_labels(units=units, unit=snapshot.unit_of_point):
                     return units.label[unit], units.score[unit]
@@ -442,9 +455,9 @@ class SegmenterNode(Node):
                 cloud, stamp, which = entry.cloud, entry.stamp, "partial cloud"
                 labels = self.segmenter.label_features(self._features(entry), queries, min_score)
                 grid = cluster_grid(cloud.xyz, self.p["cluster_voxel"])
-                summaries = summarise_units(grid, labels.label, queries, labels.best)
                 found = self._instances(grid, labels.label, labels.score, queries, entry.stamp, "partial",
-                                        request.min_points, request.max_instances)
+                                        request.min_points)
+                summaries = object_summaries(found, queries, labels.best)
 
                 def point_labels(labels=labels):
                     return labels.label, labels.score
@@ -460,36 +473,35 @@ class SegmenterNode(Node):
         response.centroids = [Point(x=float(s.centroid[0]), y=float(s.centroid[1]), z=float(s.centroid[2]))
                               for s in summaries]
         response.cluster_point_counts = [s.cluster_point_count for s in summaries]
-        response.instances = [instance_message(i, queries) for i in found]
+        chosen = select_instances(found.instances, int(request.min_points), int(request.max_instances))
+        response.instances = [instance_message(i, queries) for i in chosen]
         header = make_header(cloud.frame_id, stamp)
         if request.return_cloud:
             label, score = point_labels()
             response.labelled_cloud = cloud_to_pointcloud2(cloud.with_labels(label.astype(np.int32), score), header,
                                                            with_labels=True)
-        self.markers_pub.publish(self.make_markers(found, queries, header))
+        self.markers_pub.publish(self.make_markers(chosen, queries, header))
         labelled = sum(s.point_count for s in summaries)
         age = self.get_clock().now().nanoseconds * 1e-9 - stamp
         missing = [s.query for s in summaries if s.point_count == 0]
         response.message = (f"{len(queries)} queries on the {which} of t={stamp:.2f} s ({age:.1f} s old): "
                             f"{labelled}/{len(cloud)} points labelled in "
-                            f"{1e3 * (time.perf_counter() - started):.1f} ms, {len(found)} instances"
+                            f"{1e3 * (time.perf_counter() - started):.1f} ms, {len(chosen)} instances"
                             + (f"; not found: {', '.join(missing)}" if missing else ""))
         self.get_logger().info(f"query_objects {queries}: {response.message}")
         return response
 
-    def _instances(self, grid, unit_label, unit_score, queries, stamp: float, which: str, min_points: int = 0,
-                   max_instances: int = 0) -> list:
-        """The object instances of every query (``min_points`` 0: the node's), with ids kept across answers on the
-        same kind of cloud ("global" or "partial"). Called from the service and the network thread alike."""
+    def _instances(self, grid, unit_label, unit_score, queries, stamp: float, which: str, min_points: int = 0):
+        """The InstanceSet of every query (``min_points`` 0: the node's), with ids kept across answers on the same
+        kind of cloud ("global" or "partial"). Called from the service and the network thread alike."""
         found = extract_instances(grid, unit_label, unit_score, len(queries),
                                   min_points=int(min_points) or self.p["instance_min_points"],
-                                  core_neighbours=self.p["instance_core_neighbours"],
-                                  max_instances=int(max_instances)).instances
+                                  core_neighbours=self.p["instance_core_neighbours"])
         with self._tracker_lock:
             tracker = self._trackers.setdefault(which, InstanceTracker())
             tracker.radius = self.p["instance_track_radius"]
             for q, query in enumerate(queries):
-                tracker.assign(query, [i for i in found if i.query == q], stamp)
+                tracker.assign(query, [i for i in found.instances if i.query == q], stamp)
         return found
 
     def make_markers(self, instances: list, queries: list[str], header) -> MarkerArray:
@@ -535,6 +547,18 @@ class SegmenterNode(Node):
     def _log_stats(self) -> None:
         self.get_logger().info("counters: " + ", ".join(f"{k}={v}" for k, v in self.stats().items())
                                + f", last partial latency {1e3 * self.last_partial_latency:.0f} ms")
+
+
+def select_instances(instances: list, min_points: int, max_instances: int) -> list:
+    """The instances a request asks for: at least ``min_points`` points (0: all given), at most ``max_instances``
+    per query (0: all), each query's largest first (the order extraction gives)."""
+    chosen, per_query = [], {}
+    for inst in instances:
+        if inst.points < min_points or (max_instances and per_query.get(inst.query, 0) >= max_instances):
+            continue
+        per_query[inst.query] = per_query.get(inst.query, 0) + 1
+        chosen.append(inst)
+    return chosen
 
 
 def main(args=None) -> None:

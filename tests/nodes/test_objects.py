@@ -1,24 +1,8 @@
-"""Largest-cluster centroids behind the QueryObjects response, against scipy.ndimage's connected components."""
+"""Largest-object centroids behind the QueryObjects response's per-query summaries."""
 import numpy as np
 import pytest
-from scipy import ndimage
 
-from ov3d_ros.nodes.objects import format_table, summarise_queries, voxel_clusters
-
-
-def test_voxel_clusters_match_ndimage_labelling():
-    rng = np.random.default_rng(0)
-    occupied = rng.random((14, 12, 9)) < 0.18
-    ijk = np.argwhere(occupied)
-    ijk = np.concatenate([ijk, ijk])  # two points in every occupied voxel
-    xyz = (ijk + rng.uniform(0.05, 0.95, ijk.shape)) * 0.05
-    ref, n_ref = ndimage.label(occupied, structure=np.ones((3, 3, 3)))
-    ref_labels = ref[tuple(ijk.T)]
-    ours = voxel_clusters(xyz, 0.05)
-    assert len(np.unique(ours)) == n_ref
-    # Same partition: a bijection between our cluster ids and the reference ones.
-    pairs = np.unique(np.stack([ours, ref_labels], 1), axis=0)
-    assert len(pairs) == n_ref
+from ov3d_ros.nodes.objects import format_table, summarise_queries
 
 
 def test_summary_reports_the_largest_cluster_of_each_query():
@@ -45,7 +29,8 @@ def test_summary_reports_the_largest_cluster_of_each_query():
 def test_summaries_of_units_equal_those_of_their_points():
     """The map's summaries classify units (voxels, superpoints) and sum (cluster voxel, unit) groups: the same
     counts and centroids as labelling every point with its unit's label."""
-    from ov3d_ros.nodes.objects import cluster_grid, summarise_units
+    from ov3d_ros.instances import cluster_grid, extract_instances
+    from ov3d_ros.nodes.objects import summaries
 
     rng = np.random.default_rng(2)
     xyz = rng.uniform(0.0, 1.5, (3000, 3))
@@ -54,7 +39,8 @@ def test_summaries_of_units_equal_those_of_their_points():
     unit_label = rng.integers(-1, 3, unit.max() + 1)
     best = np.array([0.5, 0.4, 0.3])
     queries = ["a", "b", "c"]
-    by_unit = summarise_units(cluster_grid(xyz, 0.1, unit), unit_label, queries, best)
+    found = extract_instances(cluster_grid(xyz, 0.1, unit), unit_label, np.zeros(len(unit_label)), len(queries))
+    by_unit = summaries(found, queries, best)
     by_point = summarise_queries(xyz, unit_label[unit], queries, best, cluster_voxel=0.1)
     for u, p in zip(by_unit, by_point):
         assert (u.point_count, u.cluster_point_count) == (p.point_count, p.cluster_point_count)
