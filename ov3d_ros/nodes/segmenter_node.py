@@ -139,7 +139,7 @@ class SegmenterNode(Node):
         self._served: tuple = (self.feature_map.snapshot, None)
         self._trackers: dict[str, InstanceTracker] = {}  # instance ids of global-map and partial-cloud answers
         self._tracker_lock = threading.Lock()
-        self._answer_cache = None  # (snapshot, question, unit labels, instances): the last map answer
+        self._answers: list = []  # (snapshot, question, unit labels, instances), newest first, at most two
         self._refine_failed = -1  # the feature-map version whose refinement failed (not tried again)
         self._lock = threading.Lock()  # guards the pending map and the latest partial cloud
         self._pending_map: tuple[PointCloud, float] | None = None  # newest global cloud not yet in the feature map
@@ -298,16 +298,18 @@ class SegmenterNode(Node):
         self._serve(self.feature_map.snapshot)
 
     def _serve(self, snapshot):
-        """Serve a new snapshot with its cluster grid, then prepare its answer to the node's own ``queries`` (labels
-        and instances, ids assigned), so that question, the one a robot asks again and again, finds it ready.
-        Returns that (units, instances) or None when labelling failed (logged)."""
+        """Prepare a new snapshot's cluster grid and its answer to the node's own ``queries`` (labels and instances,
+        ids assigned), then serve it: that question, the one a robot asks again and again, always finds its answer
+        ready, and until then queries answer from the previous snapshot. Returns the (units, instances), or None
+        when labelling failed (logged; the snapshot is served all the same)."""
         grid = self._map_grid(snapshot)
-        self._served = (snapshot, grid)
         try:
-            return self._map_answer(snapshot, grid, self.queries, self.p["min_score"])
+            answer = self._map_answer(snapshot, grid, self.queries, self.p["min_score"])
         except (ValueError, TypeError, RuntimeError) as exc:
             self.get_logger().error(f"labelling the map failed: {exc}", throttle_duration_sec=5.0)
-            return None
+            answer = None
+        self._served = (snapshot, grid)
+        return answer
 
     def _map_answer(self, snapshot, grid, queries: list[str], min_score: float, min_points: int = 0):
         """(unit labels, InstanceSet) of a map snapshot for ``queries``: the prepared one when it is the same
@@ -317,13 +319,13 @@ class SegmenterNode(Node):
         floor = min_points if 0 < min_points < floor else floor
         settings = (floor, self.p["instance_core_neighbours"], self.p["cluster_voxel"])
         key = (tuple(queries), float(min_score), settings)
-        cached = self._answer_cache
-        if cached is not None and cached[0] is snapshot and cached[1] == key:
-            return cached[2], cached[3]
+        for cached in self._answers:
+            if cached[0] is snapshot and cached[1] == key:
+                return cached[2], cached[3]
         units = snapshot.label_units(self.segmenter, queries, min_score)
         found = self._instances(self._map_grid(snapshot, grid), units.label, units.score, queries, snapshot.stamp,
                                 "global", floor)
-        self._answer_cache = (snapshot, key, units, found)
+        self._answers = [(snapshot, key, units, found)] + self._answers[:1]  # the served map's, and the next's
         return units, found
 
     def _warm_up(self) -> None:
