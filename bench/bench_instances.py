@@ -34,15 +34,23 @@ def main(argv=None) -> int:
     p.add_argument("--size", default="640x480", help="camera image size WxH (default 640x480)")
     p.add_argument("--frames", type=int, default=60, help="frames of the camera loop (default 60)")
     p.add_argument("--seed", type=int, default=1000, help="room seed (default 1000, held out)")
+    p.add_argument("--rooms", type=int, default=1,
+                   help="fuse this many rooms (seeds from --seed on) side by side, 10 m apart, into one map")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
     p.add_argument("--repeats", type=int, default=5)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     width, height = (int(v) for v in args.size.split("x"))
     room = SyntheticRoom.generate(args.seed)
-    mapper = Mapper(MapperConfig(voxel_size=0.02, stride=2))
-    for f in render_sequence(room, n_frames=args.frames, width=width, height=height, noise=True):
-        mapper.add_frame(f.frame)
+    mapper = Mapper(MapperConfig(voxel_size=0.02, stride=2, capacity=10_000_000))
+    for k in range(args.rooms):
+        shift = np.eye(4)
+        shift[0, 3] = 10.0 * k
+        for f in render_sequence(SyntheticRoom.generate(args.seed + k), n_frames=args.frames, width=width,
+                                 height=height, noise=True):
+            frame = f.frame
+            frame.T_world_cam = shift @ frame.T_world_cam
+            mapper.add_frame(frame)
     cloud = mapper.cloud()[0]
     segmenter = Segmenter.load(default_checkpoint(), device="cpu", superpoints=True)
     queries = list(CLASS_NAMES)
@@ -54,7 +62,8 @@ def main(argv=None) -> int:
     unit_label[segment] = labels.label
     unit_score = np.zeros(segment.max() + 1)
     unit_score[segment] = labels.score
-    print(f"map: {len(cloud)} points ({args.size}, {args.frames} frames), {segment.max() + 1} superpoints; "
+    print(f"map: {len(cloud)} points ({args.rooms} room(s), {args.size}, {args.frames} frames each), "
+          f"{segment.max() + 1} superpoints; "
           f"{len(queries)} queries")
     for name, unit, label, score in (("superpoint units", segment, unit_label, unit_score),
                                      ("point units", None, labels.label, labels.score)):
