@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ov3d_ros.instances import Box, InstanceTracker, cluster_grid, extract_instances, fit_box
+from ov3d_ros.instances import InstanceTracker, cluster_grid, extract_instances, fit_box
 
 SPACING = 0.01
 
