@@ -20,6 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
+from scipy.spatial import ConvexHull, QhullError
 
 from ov3d_ros.graph_kernels import split_components
 
@@ -144,8 +145,6 @@ def _fit_footprint(xy: np.ndarray, z0: float, z1: float) -> Box:
 
 def _hull_2d(xy: np.ndarray) -> np.ndarray:
     """Convex hull vertices of 2D points in order (Qhull); fewer than 3 distinct or collinear points: the points."""
-    from scipy.spatial import ConvexHull, QhullError
-
     pts = np.asarray(xy, dtype=np.float64)
     if len(pts) >= 3:
         try:

@@ -139,7 +139,8 @@ class SegmenterNode(Node):
         self._served: tuple = (self.feature_map.snapshot, None)
         self._trackers: dict[str, InstanceTracker] = {}  # instance ids of global-map and partial-cloud answers
         self._tracker_lock = threading.Lock()
-        self._answers: list = []  # (snapshot, question, unit labels, instances), newest first, at most two
+        self._prepared = None  # (snapshot, question, unit labels, instances) of the node's own queries
+        self._asked = None  # the same for the last other question
         self._refine_failed = -1  # the feature-map version whose refinement failed (not tried again)
         self._lock = threading.Lock()  # guards the pending map and the latest partial cloud
         self._pending_map: tuple[PointCloud, float] | None = None  # newest global cloud not yet in the feature map
@@ -304,28 +305,34 @@ class SegmenterNode(Node):
         when labelling failed (logged; the snapshot is served all the same)."""
         grid = self._map_grid(snapshot)
         try:
-            answer = self._map_answer(snapshot, grid, self.queries, self.p["min_score"])
+            answer = self._map_answer(snapshot, grid, self.queries, self.p["min_score"], prepare=True)
         except (ValueError, TypeError, RuntimeError) as exc:
             self.get_logger().error(f"labelling the map failed: {exc}", throttle_duration_sec=5.0)
             answer = None
         self._served = (snapshot, grid)
         return answer
 
-    def _map_answer(self, snapshot, grid, queries: list[str], min_score: float, min_points: int = 0):
-        """(unit labels, InstanceSet) of a map snapshot for ``queries``: the prepared one when it is the same
-        question on the same map, else computed now. A request's ``min_points`` below the node's
-        ``instance_min_points`` needs an extraction of its own; above it, ``select_instances`` filters."""
+    def _map_answer(self, snapshot, grid, queries: list[str], min_score: float, min_points: int = 0,
+                    prepare: bool = False):
+        """(unit labels, InstanceSet) of a map snapshot for ``queries``: the prepared answer (``prepare``: the one
+        the network thread makes with each map) or the last asked one when it is the same question on the same
+        map, else computed now. A request's ``min_points`` below the node's ``instance_min_points`` needs an
+        extraction of its own; above it, ``select_instances`` filters. Two answers are kept, so at most two
+        snapshots besides the served one stay in memory."""
         floor = self.p["instance_min_points"]
         floor = min_points if 0 < min_points < floor else floor
         settings = (floor, self.p["instance_core_neighbours"], self.p["cluster_voxel"])
         key = (tuple(queries), float(min_score), settings)
-        for cached in self._answers:
-            if cached[0] is snapshot and cached[1] == key:
+        for cached in (self._prepared, self._asked):
+            if cached is not None and cached[0] is snapshot and cached[1] == key:
                 return cached[2], cached[3]
         units = snapshot.label_units(self.segmenter, queries, min_score)
         found = self._instances(self._map_grid(snapshot, grid), units.label, units.score, queries, snapshot.stamp,
                                 "global", floor)
-        self._answers = [(snapshot, key, units, found)] + self._answers[:1]  # the served map's, and the next's
+        if prepare:
+            self._prepared = (snapshot, key, units, found)
+        else:
+            self._asked = (snapshot, key, units, found)
         return units, found
 
     def _warm_up(self) -> None:
