@@ -307,17 +307,16 @@ class CameraStream:
             try:
                 msg = self._typestore.deserialize_cdr(raw, msgtype)
             except Exception as exc:
-                self.skipped["bad_message"] += 1
-                if self.strict:
-                    raise FrameError(f"{self.path}: unreadable {topic} message at {bag_time * 1e-9:.3f} s: "
-                                     f"{exc}") from None
-                _log.warning("%s: skipping an unreadable %s message at %.3f s: %s", self.path.name, topic,
-                             bag_time * 1e-9, exc)
+                self._bad_message(topic, bag_time, exc)
                 continue
             if topic in self.tf_topics:
                 for ts in msg.transforms:
-                    stamp = stamp_seconds(ts.header.stamp)
-                    tree.add(ts.header.frame_id, ts.child_frame_id, stamp, transform_matrix(ts.transform),
+                    try:
+                        T = transform_matrix(ts.transform)
+                    except ValueError as exc:
+                        self._bad_message(topic, bag_time, exc)
+                        continue
+                    tree.add(ts.header.frame_id, ts.child_frame_id, stamp_seconds(ts.header.stamp), T,
                              static=self.tf_topics[topic])
                 continue
             stamp = stamp_seconds(msg.header.stamp) or bag_time * 1e-9  # unstamped: the recording time
@@ -328,8 +327,7 @@ class CameraStream:
                 try:
                     track.add(stamp, pose_matrix(pose))
                 except ValueError as exc:
-                    self.skipped["bad_message"] += 1
-                    _log.warning("%s: skipping the pose at %.3f s: %s", self.path.name, stamp, exc)
+                    self._bad_message(topic, bag_time, exc)
                     continue
                 self._pose_newest = max(self._pose_newest, stamp)
                 self._world = strip_frame(msg.header.frame_id) or self.fixed_frame or "map"
@@ -374,6 +372,16 @@ class CameraStream:
                     raise FrameError(str(exc)) from None
                 self.skipped["bad_frame"] += 1
                 _log.warning("skipping an unreadable frame: %s", exc)
+
+    def _bad_message(self, topic: str, bag_time: int, exc: Exception) -> None:
+        """Count (and name, the first few times) a message that does not decode; ``strict``: FrameError."""
+        self.skipped["bad_message"] += 1
+        where = f"{topic} message at {bag_time * 1e-9:.3f} s"
+        if self.strict:
+            raise FrameError(f"{self.path}: unreadable {where}: {exc}") from None
+        if self.skipped["bad_message"] <= 5:
+            _log.warning("%s: skipping an unreadable %s: %s%s", self.path.name, where, exc,
+                         " (further ones are only counted)" if self.skipped["bad_message"] == 5 else "")
 
     def _settled(self, stamp: float, depths: list[BagMessage], clock: float) -> bool:
         """True when no later message can change the colour image's depth partner or pose."""
