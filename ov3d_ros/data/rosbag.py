@@ -300,7 +300,7 @@ class CameraStream:
         self._tree, self._track, self._body_frames = tree, track, set()
         pending: deque[BagMessage] = deque()  # colour images waiting for their partners
         depths: list[BagMessage] = []  # depth images by stamp, those that may still pair
-        self._info: BagMessage | None = None
+        self.latest_info: BagMessage | None = None  # the newest camera info read: what each frame is paired with
         self._pose_newest = -np.inf
         clock = -np.inf
         for topic, msgtype, raw, bag_time in self._messages():
@@ -340,7 +340,7 @@ class CameraStream:
                 if self.camera_frame is None and msg.header.frame_id:
                     self.camera_frame = strip_frame(msg.header.frame_id)
             elif topic == self.info_topic:
-                self._info = message
+                self.latest_info = message
             while pending and self._settled(pending[0].stamp, depths, clock):
                 frame = self._release(pending.popleft(), depths)
                 if frame is not None:
@@ -406,18 +406,18 @@ class CameraStream:
         if depth is None:
             self.skipped["no_depth"] += 1
             return None
-        if self._info is None:
+        if self.latest_info is None:
             self.skipped["no_info"] += 1
             return None
         T = self._pose(stamp)
         if T is None:
             self.skipped["no_pose"] += 1
             return None
-        return BagFrame(stamp, color, depth, self._info, T)
+        return BagFrame(stamp, color, depth, self.latest_info, T)
 
     def _pose(self, stamp: float) -> np.ndarray | None:
         if self.camera_frame is None:
-            self.camera_frame = strip_frame(self._info.msg.header.frame_id) if self._info else None
+            self.camera_frame = strip_frame(self.latest_info.msg.header.frame_id) if self.latest_info else None
         if self.pose_topic is not None:
             T = self._track.at(stamp, max_gap=self.max_pose_gap, tolerance=self.slop)
             if T is None:
@@ -516,14 +516,14 @@ class RosbagScene:
                                  "damage, or repair it with `mcap recover`")
             self._pairs = [_Pairing(f.color.bag_time, f.depth.bag_time, f.stamp, f.T_world_cam)
                            for f in stream.frames()]
-            first_info = stream._info
+            info = stream.latest_info
             self.skipped, self.truncated = dict(stream.skipped), stream.truncated
             for name in ("path", "color_topic", "depth_topic", "info_topic", "pose_topic", "fixed_frame",
                          "camera_frame", "slop", "max_pose_gap"):
                 setattr(self, name, getattr(stream, name))
-        if first_info is None:
+        if info is None:
             raise SceneError(f"{self.path}: the camera info topic '{self.info_topic}' has no messages")
-        self.camera_model = self._camera_from_info(first_info.msg)
+        self.camera_model = self._camera_from_info(info.msg)
         self._AnyReader, self._typestore = _import_rosbags()
         self._reader = None
         self.frame_ids = [str(i) for i in range(len(self._pairs))]

@@ -79,10 +79,10 @@ def test_ov3d_fuse_skips_bad_frames_and_keeps_the_good_ones(damaged_scene, expor
     assert len(strict.stderr.strip().splitlines()) == 1
 
 
-@pytest.fixture
-def bag(tmp_path, clean_frames):
-    """A 24-frame mcap (zstd chunks of 1 MiB, as ros2 bag records them) with realsense2_camera topics and camera
-    poses on a PoseStamped topic."""
+def write_bag(path, frames, *, zstd: bool = False, garbage_color=()):
+    """An mcap with realsense2_camera topics (rgb8 colour, 32FC1 aligned depth, colour camera info) and camera poses
+    on a PoseStamped topic, 10 Hz; ``zstd``: zstd chunks of 1 MiB, as ros2 bag records them; the colour messages of
+    the frames in ``garbage_color`` are bytes that do not deserialise."""
     from rosbags.rosbag2 import CompressionFormat, CompressionMode, StoragePlugin, Writer
     from rosbags.typesys import Stores, get_typestore
 
@@ -90,19 +90,20 @@ def bag(tmp_path, clean_frames):
 
     ts = get_typestore(Stores.ROS2_KILTED)
     T = ts.types
-    path = tmp_path / "bag"
     writer = Writer(path, version=9, storage_plugin=StoragePlugin.MCAP)
-    writer.set_compression(CompressionMode.STORAGE, CompressionFormat.ZSTD)
+    if zstd:
+        writer.set_compression(CompressionMode.STORAGE, CompressionFormat.ZSTD)
     writer.open()
     conns = {}
 
-    def write(topic, t, msg):
+    def write(topic, t, msg=None, raw=None, msgtype=None):
+        msgtype = msgtype or msg.__msgtype__
         if topic not in conns:
-            conns[topic] = writer.add_connection(topic, msg.__msgtype__, typestore=ts)
-        writer.write(conns[topic], int(t * 1e9), ts.serialize_cdr(msg, msg.__msgtype__))
+            conns[topic] = writer.add_connection(topic, msgtype, typestore=ts)
+        writer.write(conns[topic], int(t * 1e9), raw if raw is not None else ts.serialize_cdr(msg, msgtype))
 
-    for i, sf in enumerate(clean_frames + clean_frames):
-        f, t = sf.frame, 10.0 + 0.1 * i
+    for i, f in enumerate(frames):
+        t = 10.0 + 0.1 * i
         header = T["std_msgs/msg/Header"](stamp=T["builtin_interfaces/msg/Time"](sec=10 + i // 10,
                                                                                 nanosec=(i % 10) * 100_000_000),
                                           frame_id="camera_color_optical_frame")
@@ -118,12 +119,21 @@ def bag(tmp_path, clean_frames):
             roi=T["sensor_msgs/msg/RegionOfInterest"](x_offset=0, y_offset=0, height=0, width=0, do_rectify=False)))
         for topic, array, encoding in (("/camera/camera/color/image_raw", f.color, "rgb8"),
                                        ("/camera/camera/aligned_depth_to_color/image_raw", f.depth, "32FC1")):
+            if encoding == "rgb8" and i in garbage_color:
+                write(topic, t, raw=b"\x00\x01\x00\x00" + b"\xff" * 20, msgtype="sensor_msgs/msg/Image")
+                continue
             h, w = array.shape[:2]
             data = np.ascontiguousarray(array).view(np.uint8).ravel()
             write(topic, t, T["sensor_msgs/msg/Image"](header=header, height=h, width=w, encoding=encoding,
                                                        is_bigendian=0, step=data.size // h, data=data))
     writer.close()
     return path
+
+
+@pytest.fixture
+def bag(tmp_path, clean_frames):
+    """24 frames in zstd chunks: a truncation leaves some whole chunks."""
+    return write_bag(tmp_path / "bag", [sf.frame for sf in clean_frames + clean_frames], zstd=True)
 
 
 def test_truncated_bag_keeps_the_frames_before_the_damage(bag, tmp_path):
@@ -174,51 +184,7 @@ def test_training_reads_the_good_frames_of_a_damaged_scene(damaged_scene):
 def test_unreadable_messages_are_counted_and_the_rest_is_fused(tmp_path, clean_frames):
     """A bag whose colour topic carries a few messages that do not deserialise: those are skipped and counted,
     the others fused; --strict stops at the first."""
-    from rosbags.rosbag2 import StoragePlugin, Writer
-    from rosbags.typesys import Stores, get_typestore
-
-    from ov3d_ros.geometry import matrix_to_quaternion
-
-    ts = get_typestore(Stores.ROS2_KILTED)
-    T = ts.types
-    path = tmp_path / "bag"
-    writer = Writer(path, version=9, storage_plugin=StoragePlugin.MCAP)
-    writer.open()
-    conns = {}
-
-    def write(topic, t, msg=None, raw=None, msgtype=None):
-        msgtype = msgtype or msg.__msgtype__
-        if topic not in conns:
-            conns[topic] = writer.add_connection(topic, msgtype, typestore=ts)
-        writer.write(conns[topic], int(t * 1e9), raw if raw is not None else ts.serialize_cdr(msg, msgtype))
-
-    for i, sf in enumerate(clean_frames):
-        f, t = sf.frame, 10.0 + 0.1 * i
-        header = T["std_msgs/msg/Header"](stamp=T["builtin_interfaces/msg/Time"](sec=10, nanosec=i * 100_000_000),
-                                          frame_id="camera_color_optical_frame")
-        q, p = matrix_to_quaternion(f.T_world_cam[:3, :3]), f.T_world_cam[:3, 3]
-        write("/camera_pose", t, T["geometry_msgs/msg/PoseStamped"](header=header, pose=T["geometry_msgs/msg/Pose"](
-            position=T["geometry_msgs/msg/Point"](x=p[0], y=p[1], z=p[2]),
-            orientation=T["geometry_msgs/msg/Quaternion"](x=q[0], y=q[1], z=q[2], w=q[3]))))
-        P = np.zeros((3, 4))
-        P[:, :3] = f.camera.K
-        write("/camera/camera/color/camera_info", t, T["sensor_msgs/msg/CameraInfo"](
-            header=header, height=f.camera.height, width=f.camera.width, distortion_model="plumb_bob",
-            d=np.zeros(5), k=f.camera.K.ravel(), r=np.eye(3).ravel(), p=P.ravel(), binning_x=0, binning_y=0,
-            roi=T["sensor_msgs/msg/RegionOfInterest"](x_offset=0, y_offset=0, height=0, width=0, do_rectify=False)))
-        depth = np.ascontiguousarray(f.depth).view(np.uint8).ravel()
-        write("/camera/camera/aligned_depth_to_color/image_raw", t, T["sensor_msgs/msg/Image"](
-            header=header, height=f.depth.shape[0], width=f.depth.shape[1], encoding="32FC1", is_bigendian=0,
-            step=depth.size // f.depth.shape[0], data=depth))
-        if i in (2, 5):  # garbage where an Image should be
-            write("/camera/camera/color/image_raw", t, raw=b"\x00\x01\x00\x00" + b"\xff" * 20,
-                  msgtype="sensor_msgs/msg/Image")
-            continue
-        color = np.ascontiguousarray(f.color).ravel()
-        write("/camera/camera/color/image_raw", t, T["sensor_msgs/msg/Image"](
-            header=header, height=f.color.shape[0], width=f.color.shape[1], encoding="rgb8", is_bigendian=0,
-            step=f.color.shape[1] * 3, data=color))
-    writer.close()
+    path = write_bag(tmp_path / "bag", [sf.frame for sf in clean_frames], garbage_color=(2, 5))
     with CameraStream(path) as stream:
         frames = list(stream.frames())
     assert len(frames) == len(clean_frames) - 2 and stream.skipped["bad_message"] == 2
