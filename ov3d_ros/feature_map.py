@@ -20,7 +20,11 @@ when there is time. So a room that comes in at once gets features after one netw
 follow a batch of tiles at a time.
 
 Each update builds a new ``FeatureSnapshot`` and swaps it in at the end: a query reads the current snapshot and
-never waits for the network. ``snapshot.stamp`` is the stamp of the map version the features were computed on (the
+never waits for the network. An update that changes no point beyond the tolerances (a robot standing still, a room
+seen again) keeps the snapshot's points, features and units and only moves its stamp. Snapshots say what they share
+with earlier ones: ``units`` (the version whose units they label alike) and ``drift`` (points new, gone, moved or
+recoloured since then), so what was derived from an earlier snapshot (a cluster grid, objects) can be kept while it
+still holds. ``snapshot.stamp`` is the stamp of the map version the features were computed on (the
 newest frame whose voxels have features), so an answer says how fresh it is.
 
 Differences from a full pass of the Segmenter on the same map come from three places, bounded by the tests: a
@@ -33,7 +37,7 @@ from __future__ import annotations
 import math
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -130,7 +134,9 @@ class FeatureSnapshot:
     ``order`` sorts the keys (``sorted_keys``), for look-ups by key. ``unit_of_point`` (N,) numbers every point's
     unit across the tiles (tile by tile, in ``tiles`` order: the rows of ``label_units``). ``tile_of``, ``ref_xyz``
     and ``ref_rgb`` give each point its tile and the position and colour its features were computed on (the next
-    update's reference)."""
+    update's reference). ``units`` is the version since which the units are numbered and featured alike (labels of
+units carry over between snapshots with equal ``units``), and ``drift`` counts the points new, gone, moved or
+recoloured since that version (it only grows while ``units`` stays)."""
 
     xyz: np.ndarray
     rgb: np.ndarray
@@ -144,9 +150,12 @@ class FeatureSnapshot:
     ref_rgb: np.ndarray
     stamp: float
     version: int
+    units: int
+    drift: int = 0
 
     @classmethod
-    def build(cls, xyz, rgb, keys, order, tile_of, tiles: dict, stamp: float, version: int) -> "FeatureSnapshot":
+    def build(cls, xyz, rgb, keys, order, tile_of, tiles: dict, stamp: float, version: int,
+              units: int | None = None, drift: int = 0) -> "FeatureSnapshot":
         sorted_keys = keys[order]
         ref_xyz, ref_rgb = np.empty_like(xyz), np.empty_like(rgb)
         unit_of_point = np.empty(len(keys), dtype=np.int64)
@@ -158,7 +167,7 @@ class FeatureSnapshot:
             unit_of_point[mine] = tile.unit.cpu().numpy() + offset
             offset += len(tile.features)
         return cls(xyz, rgb, keys, order, sorted_keys, tiles, unit_of_point, tile_of, ref_xyz, ref_rgb,
-                   float(stamp), version)
+                   float(stamp), version, version if units is None else units, drift)
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -237,6 +246,14 @@ class FeatureMap:
             order = np.argsort(keys, kind="stable")
             tile_of = self._tile_ids(xyz)
             changed, present = self._changes(old, keys, xyz, rgb, tile_of)
+            if len(old) == len(keys) and not changed.any() and present.all() and \
+                    all(tile.refined for tile in old.tiles.values()):
+                snapshot = replace(old, stamp=float(stamp), version=old.version + 1)
+                self.snapshot = snapshot
+                self.last_update = {"points": len(keys), "changed": 0, "removed": 0, "tiles_run": 0,
+                                    "tiles_patched": 0, "tiles_refined": 0, "tiles": len(old.tiles),
+                                    "seconds": time.perf_counter() - started}
+                return snapshot
             # Per tile: its points now, and its changes since its features were computed.
             tiles_now, count = np.unique(tile_of, return_counts=True)
             points_in = dict(zip(tiles_now.tolist(), count.tolist()))
@@ -261,7 +278,11 @@ class FeatureMap:
                     tiles[t] = tile
             tiles.update(self._run_tiles(xyz, rgb, keys, tile_of, sorted(run)))
             refined = self._refine(tiles, self.config.refine_points)
-            snapshot = FeatureSnapshot.build(xyz, rgb, keys, order, tile_of, tiles, stamp, old.version + 1)
+            tiles = dict(sorted(tiles.items()))  # tile order numbers the units: the same tiles, the same numbers
+            same_units = not run and not refined and tiles.keys() == old.tiles.keys()
+            drift = old.drift + int(changed.sum()) + int((~present).sum()) if same_units else 0
+            snapshot = FeatureSnapshot.build(xyz, rgb, keys, order, tile_of, tiles, stamp, old.version + 1,
+                                             old.units if same_units else None, drift)
             self.snapshot = snapshot
             self.last_update = {"points": len(keys), "changed": int(changed.sum()),
                                 "removed": int((~present).sum()), "tiles_run": len(run),
@@ -280,6 +301,7 @@ class FeatureMap:
             old = self.snapshot
             tiles = dict(old.tiles)
             refined = self._refine(tiles, max_points)
+            tiles = dict(sorted(tiles.items()))
             if refined:
                 self.snapshot = FeatureSnapshot.build(old.xyz, old.rgb, old.keys, old.order, old.tile_of, tiles,
                                                       old.stamp, old.version + 1)

@@ -66,6 +66,28 @@ def test_an_unchanged_map_runs_nothing_and_a_local_change_runs_its_tiles(map_ver
     again = fm.update(cloud.xyz, cloud.rgb, 2.0)
     assert fm.last_update["tiles_run"] == 0 and fm.last_update["changed"] == 0
     assert again.stamp == 2.0 and again.version == first.version + 1
+    # The same map seen again (means moved and colours changed within the tolerances, points in another order)
+    # keeps the points, units and features: only the stamp moves.
+    shuffle = np.random.default_rng(0).permutation(len(cloud))
+    jitter = np.float32(0.12 * MAP_VOXEL) * np.sign(np.random.default_rng(1).standard_normal(cloud.xyz.shape))
+    nudged = np.clip(cloud.rgb.astype(int) + 5, 0, 255).astype(np.uint8)
+    inside = np.all(np.floor((cloud.xyz + jitter) / MAP_VOXEL) == np.floor(cloud.xyz / MAP_VOXEL), axis=1)
+    jitter[~inside] = 0  # a voxel's mean stays in its voxel
+    seen = fm.update((cloud.xyz + jitter)[shuffle], nudged[shuffle], 2.5)
+    assert fm.last_update["changed"] == 0 and seen.stamp == 2.5 and seen.version == again.version + 1
+    assert seen.units == first.units and seen.drift == 0 and seen.xyz is first.xyz and seen.tiles is first.tiles
+    # One point moved: its tile is patched (rerun_fraction), the units stay and the drift counts the point; labels
+    # of the units carry over.
+    fm.config = FeatureMapConfig(map_voxel=MAP_VOXEL, tile=1.0, rerun_fraction=0.1)
+    moved = cloud.xyz.copy()
+    moved[0] += np.float32(0.4 * MAP_VOXEL) * np.sign(0.5 - (moved[0] / MAP_VOXEL) % 1)  # within its voxel
+    patched = fm.update(moved, cloud.rgb, 2.6)
+    assert fm.last_update["changed"] == 1 and fm.last_update["tiles_run"] == 0
+    assert patched.units == first.units and patched.drift == 1
+    np.testing.assert_array_equal(patched.label_units(seg, WORDS).label, first.label_units(seg, WORDS).label)
+    fm.config = FeatureMapConfig(map_voxel=MAP_VOXEL, tile=1.0)
+    rerun = fm.update(moved, cloud.rgb, 2.7)  # still moved from its reference: its tile runs now
+    assert fm.last_update["tiles_run"] == 1 and rerun.units == rerun.version != first.units and rerun.drift == 0
     # Recolour the points of one tile and drop those of another: only those two tiles run again.
     tiles = np.floor(first.xyz[:, :2] / 1.0).astype(int)
     a, b = [tuple(t) for t in np.unique(tiles, axis=0)[[0, -1]]]

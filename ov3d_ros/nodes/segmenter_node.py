@@ -85,6 +85,10 @@ SEGMENTER_PARAMS = [
     Param("feature_rerun_fraction", 0.1, "A tile of the feature map runs again once this fraction of its points "
           "changed (new, gone, moved or recoloured) since it last ran; below it, new points take their nearest "
           "point's features (0 = every change runs the tile).", minimum=0.0, maximum=1.0),
+    Param("objects_refresh_fraction", 0.01, "The map's objects (instances, counts, centroids) are found again "
+          "when a map update changed the feature map's units (a tile ran or got its superpoints) or once this "
+          "fraction of the map's points changed since they were found; a smaller change keeps them, at the new "
+          "map's stamp (0 = after every change).", minimum=0.0, maximum=1.0),
     Param("partial_queue_size", 2, "Partial clouds waiting for the network (oldest dropped).", minimum=1,
           maximum=100),
     Param("cluster_voxel", 0.05, "Voxel [m] of the connected-component clustering behind each query's centroid.",
@@ -134,9 +138,10 @@ class SegmenterNode(Node):
                                              refine_points=p["superpoint_refine_points"]),
             superpoints=bool(p["superpoints"]))
         self.map_frame = "map"
-        # What queries answer from: a feature-map snapshot with its cluster grid, swapped in together by the network
-        # thread once the grid is made, so a query never builds one (the empty snapshot until the first map).
-        self._served: tuple = (self.feature_map.snapshot, None)
+        # What queries answer from: a feature-map snapshot, its cluster grid and the snapshot the grid was built on
+        # (an earlier one while its objects still stand, _same_objects), swapped in together by the network thread
+        # once the grid is made, so a query never builds one (the empty snapshot until the first map).
+        self._served: tuple = (self.feature_map.snapshot, None, None)
         self._trackers: dict[str, InstanceTracker] = {}  # instance ids of global-map and partial-cloud answers
         self._tracker_lock = threading.Lock()
         self._prepared = None  # (snapshot, question, unit labels, instances) of the node's own queries
@@ -303,36 +308,49 @@ class SegmenterNode(Node):
         ids assigned), then serve it: that question, the one a robot asks again and again, always finds its answer
         ready, and until then queries answer from the previous snapshot. Returns the (units, instances), or None
         when labelling failed (logged; the snapshot is served all the same)."""
-        grid = self._map_grid(snapshot)
+        _, grid, base = self._served
+        if base is None or not self._same_objects(base, snapshot) or grid.cluster_voxel != self.p["cluster_voxel"]:
+            grid, base = self._map_grid(snapshot), snapshot
         try:
-            answer = self._map_answer(snapshot, grid, self.queries, self.p["min_score"], prepare=True)
+            answer = self._map_answer(snapshot, grid, self.queries, self.p["min_score"], prepare=True, base=base)
         except (ValueError, TypeError, RuntimeError) as exc:
             self.get_logger().error(f"labelling the map failed: {exc}", throttle_duration_sec=5.0)
             answer = None
-        self._served = (snapshot, grid)
+        self._served = (snapshot, grid, base)
         return answer
 
+    def _same_objects(self, base, snapshot) -> bool:
+        """Whether objects found on snapshot ``base`` still stand for ``snapshot``: its units are labelled alike
+        and at most ``objects_refresh_fraction`` of its points changed since."""
+        return base.units == snapshot.units and \
+            snapshot.drift - base.drift <= self.p["objects_refresh_fraction"] * len(snapshot)
+
     def _map_answer(self, snapshot, grid, queries: list[str], min_score: float, min_points: int = 0,
-                    prepare: bool = False):
+                    prepare: bool = False, base=None):
         """(unit labels, InstanceSet) of a map snapshot for ``queries``: the prepared answer (``prepare``: the one
         the network thread makes with each map) or the last asked one when it is the same question on the same
-        map, else computed now. A request's ``min_points`` below the node's ``instance_min_points`` needs an
-        extraction of its own; above it, ``select_instances`` filters. Two answers are kept, so at most two
-        snapshots besides the served one stay in memory."""
+        map (or on one whose objects still stand, ``_same_objects``: then at the newer stamp), else computed now
+        on ``grid``, the cluster grid of snapshot ``base`` (None: of ``snapshot``). A request's ``min_points``
+        below the node's ``instance_min_points`` needs an extraction of its own; above it, ``select_instances``
+        filters. Two answers are kept, so at most two snapshots besides the served one stay in memory."""
         floor = self.p["instance_min_points"]
         floor = min_points if 0 < min_points < floor else floor
         settings = (floor, self.p["instance_core_neighbours"], self.p["cluster_voxel"])
         key = (tuple(queries), float(min_score), settings)
         for cached in (self._prepared, self._asked):
-            if cached is not None and cached[0] is snapshot and cached[1] == key:
+            if cached is not None and cached[1] == key and self._same_objects(cached[0], snapshot):
+                if snapshot.stamp > cached[0].stamp:  # its objects are still there at the newer stamp
+                    self._track(cached[3], queries, snapshot.stamp, "global")
                 return cached[2], cached[3]
         units = snapshot.label_units(self.segmenter, queries, min_score)
-        found = self._instances(self._map_grid(snapshot, grid), units.label, units.score, queries, snapshot.stamp,
-                                "global", floor)
+        if grid is None or grid.cluster_voxel != self.p["cluster_voxel"]:
+            grid, base = self._map_grid(snapshot), snapshot
+        found = self._instances(grid, units.label, units.score, queries, snapshot.stamp, "global", floor)
+        entry = (base or snapshot, key, units, found)
         if prepare:
-            self._prepared = (snapshot, key, units, found)
+            self._prepared = entry
         else:
-            self._asked = (snapshot, key, units, found)
+            self._asked = entry
         return units, found
 
     def _warm_up(self) -> None:
@@ -382,12 +400,9 @@ class SegmenterNode(Node):
         if self.markers_pub.get_subscription_count() > 0:
             self.markers_pub.publish(self.make_markers(found.instances, queries, header))
 
-    def _map_grid(self, snapshot, grid=None):
-        """The cluster grid of a feature-map snapshot's units at the current ``cluster_voxel`` (``grid`` when it
-        is that)."""
-        if grid is None or grid.cluster_voxel != self.p["cluster_voxel"]:
-            grid = cluster_grid(snapshot.xyz, self.p["cluster_voxel"], snapshot.unit_of_point)
-        return grid
+    def _map_grid(self, snapshot):
+        """The cluster grid of a feature-map snapshot's units at the current ``cluster_voxel``."""
+        return cluster_grid(snapshot.xyz, self.p["cluster_voxel"], snapshot.unit_of_point)
 
     def _features(self, entry: _Cached) -> CloudFeatures:
         """Per-voxel features of a partial cloud: computed once, then kept on the entry."""
@@ -439,13 +454,14 @@ class SegmenterNode(Node):
         try:
             if request.cloud == QueryObjects.Request.CLOUD_GLOBAL:
                 # The current feature map: no network pass, whatever update is running.
-                snapshot, grid = self._served
+                snapshot, grid, base = self._served
                 if len(snapshot) == 0:
                     return fail(f"no map yet: no global map from {self.p['global_topic']} has features")
                 cloud = PointCloud(xyz=snapshot.xyz, rgb=snapshot.rgb, frame_id=self.map_frame)
                 stamp, which = snapshot.stamp, "global map"
                 # Units are classified, instances found on (voxel, label) nodes; points only for a returned cloud.
-                units, found = self._map_answer(snapshot, grid, queries, min_score, int(request.min_points))
+                units, found = self._map_answer(snapshot, grid, queries, min_score, int(request.min_points),
+                                                base=base)
                 summaries = object_summaries(found, queries, units.best)
 
                 def point_labels(units=units, unit=snapshot.unit_of_point):
@@ -506,6 +522,10 @@ class SegmenterNode(Node):
         found = extract_instances(grid, unit_label, unit_score, len(queries),
                                   min_points=int(min_points) or self.p["instance_min_points"],
                                   core_neighbours=self.p["instance_core_neighbours"])
+        return self._track(found, queries, stamp, which)
+
+    def _track(self, found, queries, stamp: float, which: str):
+        """Ids (and ``last_seen`` = ``stamp``) for the instances of ``found`` from the tracker of ``which``."""
         with self._tracker_lock:
             tracker = self._trackers.setdefault(which, InstanceTracker())
             tracker.radius = self.p["instance_track_radius"]

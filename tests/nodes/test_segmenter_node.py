@@ -147,6 +147,17 @@ def test_query_service_matches_the_core_segmenter_and_caches_features(checkpoint
         wait_until(lambda: markers and any(m.text.startswith(("red box", "grey floor"))
                                            for m in markers[-1].markers), what="markers of the last query")
 
+        # The same map again, newer: the answer moves to its stamp and keeps its objects, with no pass, no new
+        # labelling and no new instance split (the prepared answer is the one made for the first map).
+        units, prepared = segmenter.map_snapshot.units, segmenter._prepared
+        global_pub.publish(cloud_to_pointcloud2(scene, make_header("map", 5.5)))
+        wait_until(lambda: segmenter.map_snapshot.stamp == 5.5, what="the map of t=5.5 s served")
+        again = query(QUERIES, min_score=0.0)
+        assert again.success and (again.map_stamp.sec, again.map_stamp.nanosec) == (5, 500_000_000)
+        assert segmenter.map_snapshot.units == units and segmenter._prepared[3] is prepared[3]
+        assert segmenter.counters["feature_passes"] == 1
+        assert {(i.query, round(i.box_center.x, 3)): i.id for i in again.instances} == ids
+
         # Runtime parameter changes: an empty list is refused, a good one applied.
         result = segmenter.set_parameters([Parameter("queries", value=[""])])[0]
         assert not result.successful and "query 0 is empty" in result.reason
