@@ -33,6 +33,11 @@ CAMERA_PARAMS = [
     Param("noise", True, "Add depth/colour noise like a real sensor."),
     Param("depth_encoding", "16UC1", "Depth encoding: 16UC1 (millimetres) or 32FC1 (metres).",
           choices=DEPTH_ENCODINGS),
+    Param("remove_objects", "", "Comma-separated classes (e.g. 'table' or 'table,chair') whose objects leave the "
+          "room after change_after_loops loops, so the map can be seen forgetting them; empty = the room never "
+          "changes."),
+    Param("change_after_loops", 1, "Loops of the unchanged room before remove_objects takes effect.", minimum=0,
+          maximum=1000000),
     Param("max_loops", 0, "Stop after this many loops of the trajectory (0 = loop forever).", minimum=0),
     Param("color_topic", CAMERA_TOPICS["color"], "Colour image topic."),
     Param("depth_topic", CAMERA_TOPICS["depth"], "Depth image topic (registered to colour)."),
@@ -55,6 +60,8 @@ class SyntheticCameraNode(Node):
         p = self.p
         self.sequence: list = []  # filled by the render thread; the timer publishes once it is ready
         self._depth_images: list = []
+        self.changed: tuple = ()  # (frames, depth images) of the room without remove_objects, when set
+        self.removed = [n.strip() for n in self.p["remove_objects"].split(",") if n.strip()]
         self.ready = threading.Event()
         self.render_error: BaseException | None = None
         # Rendering takes ~0.3-0.5 s per 320x240 frame on a small CPU: do it off the executor so the other nodes
@@ -85,6 +92,10 @@ class SyntheticCameraNode(Node):
         try:
             sequence, cached = load_or_render(p["seed"], p["n_frames"], p["width"], p["height"], p["noise"],
                                               p["cache_dir"])
+            if self.removed:
+                changed, _ = load_or_render(p["seed"], p["n_frames"], p["width"], p["height"], p["noise"],
+                                            p["cache_dir"], removed=self.removed)
+                self.changed = (changed, [self._depth_for_encoding(frame) for frame in changed])
             self._depth_images = [self._depth_for_encoding(frame) for frame in sequence]
             self.sequence = sequence
         except Exception as exc:  # noqa: BLE001 - reported in the log; the node keeps running without frames
@@ -119,6 +130,11 @@ class SyntheticCameraNode(Node):
                 for pub in (self.color_pub, self.depth_pub, self.info_pub, self.pose_pub)):
             return
         index = self.frames_published % len(self.sequence)
+        if self.changed and index == 0 and self.loops_done == self.p["change_after_loops"]:
+            self.sequence, self._depth_images = self.changed
+            self.changed = ()
+            self.get_logger().info(f"after {self.loops_done} loops: the room changes, "
+                                   f"{', '.join(self.removed)} taken away")
         frame = self.sequence[index]
         stamp = self.get_clock().now().to_msg()
         optical = make_header(self.p["frame_id"], stamp)

@@ -16,14 +16,19 @@ from ov3d_ros.fusion import RGBDFrame
 from ov3d_ros.geometry import CameraModel
 
 
-def cache_name(seed: int, n_frames: int, width: int, height: int, noise: bool) -> str:
+def cache_name(seed: int, n_frames: int, width: int, height: int, noise: bool, removed=()) -> str:
     """File name of a rendered sequence: every input of the render, and the renderer's version."""
-    return f"v{RENDER_VERSION}_seed{seed}_{n_frames}f_{width}x{height}_{'noise' if noise else 'clean'}.npz"
+    without = "".join(f"_no-{name}" for name in sorted(removed))
+    return f"v{RENDER_VERSION}_seed{seed}{without}_{n_frames}f_{width}x{height}_{'noise' if noise else 'clean'}.npz"
 
 
-def load_or_render(seed: int, n_frames: int, width: int, height: int, noise: bool, cache_dir: str = ""):
-    """(list of RGBDFrame, loaded_from_cache). Only what the camera publishes is cached: colour, depth, pose, K."""
-    path = Path(os.path.expanduser(cache_dir)) / cache_name(seed, n_frames, width, height, noise) if cache_dir else None
+def load_or_render(seed: int, n_frames: int, width: int, height: int, noise: bool, cache_dir: str = "",
+                   removed=()):
+    """(list of RGBDFrame, loaded_from_cache) of the room of ``seed`` without the objects of the ``removed``
+    classes. Only what the camera publishes is cached: colour, depth, pose, K."""
+    removed = tuple(sorted(set(removed)))
+    path = Path(os.path.expanduser(cache_dir)) / cache_name(seed, n_frames, width, height, noise, removed) \
+        if cache_dir else None
     if path is not None and path.is_file():
         try:
             with np.load(path) as data:
@@ -34,6 +39,8 @@ def load_or_render(seed: int, n_frames: int, width: int, height: int, noise: boo
         except (OSError, KeyError, ValueError):
             pass  # a corrupt or partial cache file: render again and overwrite it
     room = SyntheticRoom.generate(seed)
+    if removed:
+        room = room.without(removed)
     frames = [s.frame for s in render_sequence(room, n_frames=n_frames, width=width, height=height, noise=noise,
                                                seed=seed)]
     if path is not None:

@@ -62,6 +62,18 @@ class SyntheticRoom:
         """The objects other than walls and floor."""
         return [o for o in self.objects if o.class_name not in ("wall", "floor")]
 
+    def without(self, class_names) -> "SyntheticRoom":
+        """The same room with every object of the given classes taken away (a robot's room after someone moved the
+        table out): same walls, camera loop and seed. Refuses names that match no object, walls and floor."""
+        names = {str(n).strip() for n in class_names if str(n).strip()}
+        present = {o.class_name for o in self.furniture}
+        unknown = sorted(names - present)
+        if unknown:
+            raise ValueError(f"SyntheticRoom.without: no {', '.join(unknown)} in this room; its objects are "
+                             f"{', '.join(sorted(present))}")
+        return SyntheticRoom(self.size, self.wall_height, [o for o in self.objects if o.class_name not in names],
+                             self.trajectory, self.seed)
+
     # ------------------------------------------------------------------------------------------------ generation
     @classmethod
     def generate(cls, seed: int = 0, *, min_objects: int = 8, max_objects: int = 20,
