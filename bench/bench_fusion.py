@@ -5,13 +5,17 @@
     python bench/bench_fusion.py --frames 60 --voxel-size 0.05 --threads 2
 
 Pipelines, each fed every frame in order (fresh map per repeat):
-  ours       make_partial_cloud (p = T [d K^-1 (u, v, 1)]) + VoxelMap.integrate
+  ours       make_partial_cloud (p = T [d K^-1 (u, v, 1)]) + VoxelMap.integrate (free-space carving; --surface:
+             surface points too)
   open3d     PointCloud.create_from_rgbd_image + transform, and t.geometry.VoxelBlockGrid integration (TSDF + colour;
              the legacy ScalableTSDFVolume extracts nothing in Open3D 0.20)
 Each stage is also timed alone. Frames come from ov3d_ros.data.synthetic (noisy depth) when it is importable, else
-from an analytic box room made here. Prints frames per second from wall-clock time and from this process's CPU time
-(on a shared machine the CPU-time figure is the one to compare), the ratio ours / Open3D (> 1: ours is faster),
-points per frame and map sizes. Best of --repeats; ours and Open3D alternate so they share the machine's load.
+from an analytic box room made here. On a synthetic room both maps are also scored against the room's true surfaces
+(sampled every 5 mm): the median and 90th percentile distance of the map's points to them, and coverage, the
+share of the observed surface (true points within 3 cm of a back-projected pixel) that has a map point within 3 cm;
+the plain running-mean map (no surface step) is printed beside them. Prints frames per second from wall-clock time
+and from this process's CPU time (on a shared machine the CPU-time figure is the one to compare), the ratio
+Open3D time / our time (> 1: ours is faster), points per frame and map sizes. Best of --repeats; ours and Open3D alternate so they share the machine's load.
 """
 from __future__ import annotations
 
@@ -40,6 +44,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=3, help="runs per pipeline; the best is printed (default 3)")
     parser.add_argument("--seed", type=int, default=0, help="synthetic room seed (default 0)")
     parser.add_argument("--device", default="cpu", help="torch device of our VoxelMap (default cpu)")
+    parser.add_argument("--surface", action="store_true", help="ours with surface points on every frame (the "
+                        "TSDF-like mode, SurfaceConfig(surface=True, every=1)); default: the map's defaults (free-"
+                        "space carving on every 4th frame, running means)")
     parser.add_argument("--analytic", action="store_true", help="use the analytic box room even if "
                         "ov3d_ros.data.synthetic is available")
     args = parser.parse_args()
@@ -97,8 +104,8 @@ def load_frames(args):
             room = SyntheticRoom.generate(args.seed)
             rendered = render_sequence(room, n_frames=args.frames, width=width, height=height, noise=True,
                                        seed=args.seed)
-            return [f.frame for f in rendered], f"ov3d_ros.data.synthetic room seed {args.seed} (noisy depth)"
-    return analytic_frames(args.frames, width, height)
+            return [f.frame for f in rendered], f"ov3d_ros.data.synthetic room seed {args.seed} (noisy depth)", room
+    return analytic_frames(args.frames, width, height) + (None,)
 
 
 class Clock:
@@ -116,10 +123,10 @@ class Clock:
         self.cpu += time.process_time() - self._cpu
 
 
-def run_ours(frames, voxel_size, device):
+def run_ours(frames, voxel_size, device, surface):
     from ov3d_ros.fusion import VoxelMap, make_partial_cloud
 
-    vmap = VoxelMap(voxel_size=voxel_size, capacity=20_000_000, device=device)
+    vmap = VoxelMap(voxel_size=voxel_size, capacity=20_000_000, device=device, surface=surface)
     back, fuse = Clock(), Clock()
     points = 0
     for frame in frames:
@@ -132,7 +139,7 @@ def run_ours(frames, voxel_size, device):
         import torch
 
         torch.cuda.synchronize()
-    return back, fuse, points, {"voxels": len(vmap)}
+    return back, fuse, points, {"voxels": len(vmap), "cloud": vmap.to_cloud().xyz}
 
 
 def run_open3d(frames, voxel_size, o3d):
@@ -165,7 +172,33 @@ def run_open3d(frames, voxel_size, o3d):
             blocks = vbg.compute_unique_block_coordinates(depth_t, intrinsic_t, extrinsic, 1.0, 10.0)
             vbg.integrate(blocks, depth_t, color_t, intrinsic_t, extrinsic, 1.0, 10.0)
     surface = vbg.extract_point_cloud(weight_threshold=1.0)  # every observed surface, like our map
-    return back, fuse, points, {"blocks": int(vbg.hashmap().size()), "surface points": len(surface.point.positions)}
+    return back, fuse, points, {"blocks": int(vbg.hashmap().size()), "surface points": len(surface.point.positions),
+                                "cloud": surface.point.positions.numpy()}
+
+
+def accuracy(frames, room, voxel_size, clouds: dict) -> None:
+    """Distances of each map's points to the room's true surfaces, and coverage of the observed surface."""
+    import numpy as np
+    from scipy.spatial import cKDTree
+
+    from ov3d_ros.fusion import VoxelMap, make_partial_cloud
+
+    plain = VoxelMap(voxel_size=voxel_size, capacity=20_000_000, surface=None)
+    raw = []
+    for frame in frames:
+        partial = make_partial_cloud(frame, min_depth=0.1, max_depth=10.0)
+        plain.integrate(partial)
+        raw.append(partial.xyz[::7])
+    truth = room.ground_truth_cloud(spacing=0.005).xyz
+    observed = truth[cKDTree(np.concatenate(raw)).query(truth, distance_upper_bound=0.03)[0] < 0.03]
+    clouds = dict(clouds, **{"ours, running means": plain.to_cloud().xyz})
+    tree = cKDTree(truth)
+    print(f"\n{'map (same frames)':26s} {'points':>10s} {'median':>9s} {'p90':>9s} {'coverage':>9s}")
+    for name, xyz in clouds.items():
+        dist = tree.query(xyz)[0]
+        covered = cKDTree(xyz).query(observed, distance_upper_bound=0.03)[0] < 0.03
+        print(f"{name:26s} {len(xyz):10,d} {1e3 * np.median(dist):6.2f} mm {1e3 * np.quantile(dist, 0.9):6.1f} mm "
+              f"{100 * covered.mean():8.1f}%")
 
 
 def main() -> None:
@@ -180,15 +213,18 @@ def main() -> None:
     except ImportError as exc:
         sys.exit(f"bench_fusion needs open3d for the reference pipeline (pip install open3d==0.20.0): {exc}")
 
-    frames, source = load_frames(args)
+    from ov3d_ros.fusion import SurfaceConfig
+
+    surface = SurfaceConfig(surface=True, every=1) if args.surface else SurfaceConfig()
+    frames, source, room = load_frames(args)
     width, height = args.size
     n = len(frames)
     print(f"frames: {n} x {width}x{height} from {source}; voxel {args.voxel_size * 100:g} cm; "
-          f"{args.threads} thread(s); device {args.device}; load average {os.getloadavg()[0]:.1f}")
+          f"{args.threads} thread(s); device {args.device}; load average {os.getloadavg()[0]:.1f}; ours: {surface}")
 
     best = {}
     for _ in range(args.repeats):
-        for name, runner in (("ours", lambda: run_ours(frames, args.voxel_size, args.device)),
+        for name, runner in (("ours", lambda: run_ours(frames, args.voxel_size, args.device, surface)),
                              ("open3d", lambda: run_open3d(frames, args.voxel_size, o3d))):
             back, fuse, points, sizes = runner()
             total = back.cpu + fuse.cpu
@@ -217,8 +253,12 @@ def main() -> None:
     print(f"Open3D: {best['open3d'][2] / n:,.0f} points per frame; VoxelBlockGrid {sizes['blocks']:,} blocks of 8^3 "
           f"voxels, {sizes['surface points']:,} surface points (per-frame integration "
           f"{1e3 * best['open3d'][1].cpu / n:.1f} ms CPU)")
-    print("ratio = Open3D time / our time: > 1 means ours is faster. Open3D's map is a TSDF (more work per voxel "
-          "than our running means); its back-projection returns float64 points without pixel indices.")
+    print("ratio = Open3D time / our time: > 1 means ours is faster. Open3D's map is a TSDF; ours is running means "
+          "carved by free space, or with --surface points on the measured surfaces (SurfaceConfig); Open3D's "
+          "back-projection returns float64 points without pixel indices.")
+    if room is not None:
+        accuracy(frames, room, args.voxel_size, {"ours": best["ours"][3]["cloud"],
+                                                 "Open3D TSDF": best["open3d"][3]["cloud"]})
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@
         runs/figures/seed1/cons_on/stage1/model.pt --set data.root=runs/figures/data --max-gap 6
 
 Loads the training scenes of --config, finds their frame pairs up to --max-gap frames apart (stage 1's matching:
-fusion.match_points on stage1.match_voxel, at least stage1.min_pair_matches points), runs every frame through each
+matching.match_points on stage1.match_voxel, at least stage1.min_pair_matches points), runs every frame through each
 checkpoint on its own, and prints per gap:
 
   - the mean cosine between the features of matched points: 1 - this is L_cons on those pairs;

@@ -1,7 +1,9 @@
-"""RGB-D frames -> per-frame partial clouds -> a bounded global voxel map; point matching between partial clouds.
+"""RGB-D frames -> per-frame partial clouds -> a bounded global voxel map that free space carves.
 
-ROS-free (numpy + torch). The voxel map keeps integer running sums so that CPU and GPU give bit-identical maps and
-save/load is lossless; see ``VoxelMap`` for the layout and the eviction policy.
+ROS-free (numpy + torch). The voxel map keeps integer running sums, so CPU and GPU agree on them exactly and
+save/load is lossless; see ``VoxelMap`` for the layout and the eviction policy, ``SurfaceConfig`` for free-space
+carving and surface points. Keys of the voxel grid: ``voxel_grid``; matched points of two partial clouds:
+``matching``.
 """
 from __future__ import annotations
 
@@ -14,18 +16,12 @@ import torch
 
 from .cloud import PointCloud
 from .data.ply import write_ply
-from .geometry import (
-    CameraModel,
-    DTypeError,
-    backproject,
-    check_color,
-    check_finite_positive,
-    check_rigid,
-    depth_to_metres,
-    project,
-)
+from .geometry import CameraModel, DTypeError, backproject, check_color, check_finite_positive, check_rigid, \
+    depth_to_metres
+from .voxel_grid import LOCAL_BITS, VOXELS_PER_BLOCK, block_coords, blocks_in_view, pack_blocks, unpack_keys, \
+    voxel_coords
 
-__all__ = ["RGBDFrame", "PartialCloud", "make_partial_cloud", "VoxelMap", "match_points"]
+__all__ = ["RGBDFrame", "PartialCloud", "make_partial_cloud", "SurfaceConfig", "VoxelMap"]
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -140,89 +136,87 @@ def make_partial_cloud(frame: RGBDFrame, *, min_depth: float = 0.1, max_depth: f
                         T_world_cam=frame.T_world_cam, camera=frame.camera, stride=stride)
 
 
-# ----------------------------------------------------------------------------------------------------------------------
-# Voxel keys
-# ----------------------------------------------------------------------------------------------------------------------
-# A voxel (i, j, k) = floor(p / voxel_size) belongs to the block (i, j, k) >> 2 of 4x4x4 voxels. Its int64 key is the
-# block's coordinates (19 bits per axis, offset 2^18) followed by the voxel's 6-bit place in the block, so sorting keys
-# groups voxels by block. The map covers +-2^20 voxels per axis (+-21 km at 2 cm).
-_BLOCK_BITS = 2
-_LOCAL_MASK = (1 << _BLOCK_BITS) - 1
-_LOCAL_BITS = 3 * _BLOCK_BITS
-_VOXELS_PER_BLOCK = 1 << _LOCAL_BITS
-_BLOCK_AXIS_BITS = 19
-_BLOCK_AXIS_OFFSET = 1 << (_BLOCK_AXIS_BITS - 1)
-_BLOCK_AXIS_MASK = (1 << _BLOCK_AXIS_BITS) - 1
-_AXIS_OFFSET = _BLOCK_AXIS_OFFSET << _BLOCK_BITS
-
 # Positions are summed as whole micrometres (see _VOXEL_ARRAYS for why integers). Rounding each point to 1 um is far
 # below the float32 resolution of the clouds themselves beyond ~8 m and negligible at room scale.
 _UM_PER_M = 1e6
-
-
-def _voxel_coords(xyz: torch.Tensor, voxel_size: float) -> torch.Tensor:
-    """(N, 3) int32 voxel indices floor(p / s), computed in float64 so the result does not depend on the device.
-
-    Raises ValueError for non-finite points and for points beyond the key range.
-    """
-    q = xyz.to(torch.float64, copy=True).div_(voxel_size).floor_()
-    if q.numel():
-        lo, hi = (float(v) for v in torch.aminmax(q))  # NaN or inf anywhere shows up here: no separate pass
-        if not (math.isfinite(lo) and math.isfinite(hi)):
-            bad = int((~torch.isfinite(xyz).all(dim=1)).sum())
-            raise ValueError(f"{bad} of {xyz.shape[0]} points are not finite")
-        if lo < -_AXIS_OFFSET or hi >= _AXIS_OFFSET:
-            raise ValueError(f"voxel index range [{lo:.0f}, {hi:.0f}] exceeds +-{_AXIS_OFFSET} voxels: points are "
-                             f"farther than {_AXIS_OFFSET * voxel_size:.0f} m from the origin at voxel size "
-                             f"{voxel_size} m")
-    return q.to(torch.int32)
-
-
-def _block_coords(ijk: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Voxel indices -> (block indices (N, 3) int32, place of the voxel in its block 0..63 (N,) int32)."""
-    block = ijk >> _BLOCK_BITS  # arithmetic shift: floor division for negative indices too
-    local = ijk & _LOCAL_MASK
-    place = local[:, 0] * (1 << (2 * _BLOCK_BITS)) + local[:, 1] * (1 << _BLOCK_BITS) + local[:, 2]
-    return block, place
-
-
-def _pack_blocks(block: torch.Tensor) -> torch.Tensor:
-    """(N, 3) block indices -> (N,) int64 block keys (lexicographic order of the indices)."""
-    b = block.to(torch.int64) + _BLOCK_AXIS_OFFSET
-    return (b[:, 0] << (2 * _BLOCK_AXIS_BITS)) | (b[:, 1] << _BLOCK_AXIS_BITS) | b[:, 2]
-
-
-def _pack_keys(ijk: torch.Tensor) -> torch.Tensor:
-    block, place = _block_coords(ijk)
-    return (_pack_blocks(block) << _LOCAL_BITS) | place.to(torch.int64)
-
-
-def _unpack_keys(keys: torch.Tensor) -> torch.Tensor:
-    block_key, place = keys >> _LOCAL_BITS, keys & (_VOXELS_PER_BLOCK - 1)
-    block = torch.stack([(block_key >> (2 * _BLOCK_AXIS_BITS)) & _BLOCK_AXIS_MASK,
-                         (block_key >> _BLOCK_AXIS_BITS) & _BLOCK_AXIS_MASK,
-                         block_key & _BLOCK_AXIS_MASK], dim=1) - _BLOCK_AXIS_OFFSET
-    local = torch.stack([(place >> (2 * _BLOCK_BITS)) & _LOCAL_MASK, (place >> _BLOCK_BITS) & _LOCAL_MASK,
-                         place & _LOCAL_MASK], dim=1)
-    return block * (1 << _BLOCK_BITS) + local
 
 
 # ----------------------------------------------------------------------------------------------------------------------
 # Global voxel map
 # ----------------------------------------------------------------------------------------------------------------------
 _MAP_FORMAT = "ov3d_voxel_map"
-_MAP_VERSION = 1
+_MAP_VERSION = 2  # 2: free-space votes and surface offsets per voxel
 
 # Per-voxel arrays (name, dtype, trailing shape). The position sums (micrometres) and colour sums are float64 arrays
 # that only ever hold integers: every partial sum below 2^53 is exact, so additions are order-independent and
 # index_add_ (atomics on GPU) is deterministic. That holds while a voxel's |sum| < 9e15 um, e.g. 9e8 points fused
 # 10 m from the origin. Separate contiguous arrays make index_add_ ~25% faster than columns of one table.
 _VOXEL_ARRAYS = (("keys", torch.int64, ()), ("frames", torch.int64, ()), ("last_seen", torch.int64, ()),
-                 ("count", torch.int64, ()), ("xyz_sum", torch.float64, (3,)), ("rgb_sum", torch.float64, (3,)))
+                 ("count", torch.int64, ()), ("xyz_sum", torch.float64, (3,)), ("rgb_sum", torch.float64, (3,)),
+                 ("free", torch.int64, ()), ("surface_sum", torch.float64, (3,)), ("surface_weight", torch.int64, ()))
+# Arrays a map saved before they existed lacks; it loads with them zero (no evidence yet).
+_ADDED_ARRAYS = ("free", "surface_sum", "surface_weight")
 
 # When the map overflows it evicts down to capacity - capacity // _EVICT_SLACK_DIVISOR (never less than the
 # overflow), so that the O(map) compaction that follows an eviction runs once every several frames, not every frame.
 _EVICT_SLACK_DIVISOR = 32
+
+
+@dataclass(frozen=True)
+class SurfaceConfig:
+    """What a frame's depth image, read along its lines of sight, does to the voxels in its view. After a frame's
+    points are fused, every map voxel whose mean point projects into the frame (within ``max_range`` metres of depth)
+    is compared with the depths of the four pixels around its projection; the noise margin at depth ``d`` is
+    ``margin(d) = voxel_size + carve_margin * d^2`` (the depth noise of stereo and structured-light cameras grows
+    with the square of depth).
+
+    * Free space (``carve_evidence`` > 0): a voxel lying more than the margin in front of all four depths (all
+      valid) gains a vote; a frame whose points fall in it takes one away. With ``carve_evidence`` votes it leaves
+      the map, so a moved object goes once a few views have looked through where it was. A voxel on a surface,
+      even one seen at a grazing angle, lies at the depth of its own pixels and gets no vote.
+    * Surface (``surface``): where the four depths lie on one surface (they differ by no more than the margin plus
+      what a surface at up to 76 degrees to the line of sight spans between pixels) and the voxel lies within the
+      margin of their bilinear mean, the point where the voxel's line of sight meets that measured surface is
+      recorded, weighted by the inverse variance of the depth noise (~ d^-4), over the last ``_SURFACE_VIEWS``
+      views or so (a TSDF's weight cap: a surface that moves is followed). The voxel's exported point is the weighted mean of
+      these surface points, which averages the sensor noise down as a TSDF's signed distances do, where a running
+      mean of noisy points sits up to a voxel off the surface. Voxels whose surface point lies outside their own
+      cell (the noise shell in front of and behind a surface) are kept but not exported, and so are voxels no
+      view measured a surface at, hit by fewer than ``min_views`` frames and seen through by a view (speckle at
+      depth edges; a thin chair leg, seen through by none, stays).
+
+    The step runs on every ``every``-th fused frame: it projects every voxel in view, about 20 ms a frame on one
+    core for a room-sized map, and votes and views add up all the same. Surface points are off by default: on a
+    2-core CPU their cost and the map's slow settling (points leave as evidence gathers) hold up the live answers.
+    Clouds without a camera (anything but a PartialCloud) are fused without this step."""
+
+    carve_margin: float = 0.01
+    carve_evidence: int = 3
+    max_range: float = 5.0
+    surface: bool = False
+    min_views: int = 2
+    every: int = 4
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.carve_margin) and self.carve_margin >= 0):
+            raise ValueError(f"SurfaceConfig: carve_margin must be >= 0, got {self.carve_margin}")
+        if isinstance(self.carve_evidence, bool) or not isinstance(self.carve_evidence, (int, np.integer)) \
+                or self.carve_evidence < 0:
+            raise ValueError(f"SurfaceConfig: carve_evidence must be an integer >= 0, got {self.carve_evidence!r}")
+        if not (math.isfinite(self.max_range) and self.max_range > 0):
+            raise ValueError(f"SurfaceConfig: max_range must be > 0 metres, got {self.max_range}")
+        for name in ("min_views", "every"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+                raise ValueError(f"SurfaceConfig: {name} must be an integer >= 1, got {value!r}")
+
+
+# Surface offsets are weighted by an integer ~ 1/sigma(d)^2 ~ d^-4 (exact integer sums, like the positions):
+# _SURFACE_WEIGHT at 1 m, capped below 0.5 m and never under 1.
+_SURFACE_WEIGHT = 4096.0
+_SURFACE_VIEWS = 16
+_SURFACE_SLOPE = math.tan(math.radians(76.0))
+_SURFACE_WEIGHT_MAX = 16 * 4096
 
 
 class VoxelMap:
@@ -255,7 +249,7 @@ class VoxelMap:
     """
 
     def __init__(self, voxel_size: float = 0.02, capacity: int = 2_000_000, clear_radius: float | None = None,
-                 device: str | torch.device = "cpu") -> None:
+                 device: str | torch.device = "cpu", surface: SurfaceConfig | None = SurfaceConfig()) -> None:
         self.voxel_size = check_finite_positive(voxel_size, "voxel_size", "VoxelMap")
         if isinstance(capacity, bool) or not isinstance(capacity, (int, np.integer)) or capacity < 1:
             raise ValueError(f"VoxelMap: capacity must be an integer >= 1, got {capacity!r}")
@@ -265,6 +259,9 @@ class VoxelMap:
             if not math.isfinite(clear_radius) or clear_radius <= 0.0:
                 raise ValueError(f"VoxelMap: clear_radius must be None or finite and > 0, got {clear_radius}")
         self.clear_radius = clear_radius
+        if surface is not None and not isinstance(surface, SurfaceConfig):
+            raise TypeError(f"VoxelMap: surface must be a SurfaceConfig or None, got {type(surface).__name__}")
+        self.surface = surface
         self.device = torch.device(device)
         self.reset()
 
@@ -275,6 +272,7 @@ class VoxelMap:
                           for name, dtype, shape in _VOXEL_ARRAYS})
         self._tick = 0  # number of integrate() calls so far: the clock of last_seen
         self.evicted = 0  # voxels removed by the capacity bound since the last reset (for logging)
+        self.carved = 0  # voxels removed as free space since the last reset (for logging)
 
     def _set_voxels(self, arrays: dict[str, torch.Tensor]) -> None:
         """Rebuild every structure from per-voxel arrays sorted by key (compact, in key order)."""
@@ -283,12 +281,12 @@ class VoxelMap:
             setattr(self, "_" + name, arrays[name].contiguous())
         keys = self._keys
         self._n_voxels = int(keys.shape[0])
-        self._block_keys, block_index = torch.unique_consecutive(keys >> _LOCAL_BITS, return_inverse=True)
+        self._block_keys, block_index = torch.unique_consecutive(keys >> LOCAL_BITS, return_inverse=True)
         self._n_blocks = int(self._block_keys.shape[0])
         self._block_slots = torch.arange(self._n_blocks, dtype=torch.int64, device=dev)  # table row per sorted block
         self._slot_block_key = self._block_keys.clone()  # block key of each table row
-        self._table = torch.full((self._n_blocks, _VOXELS_PER_BLOCK), -1, dtype=torch.int64, device=dev)
-        self._table[block_index, keys & (_VOXELS_PER_BLOCK - 1)] = torch.arange(self._n_voxels, device=dev)
+        self._table = torch.full((self._n_blocks, VOXELS_PER_BLOCK), -1, dtype=torch.int64, device=dev)
+        self._table[block_index, keys & (VOXELS_PER_BLOCK - 1)] = torch.arange(self._n_voxels, device=dev)
 
     def _order(self) -> torch.Tensor:
         """Voxel numbers sorted by voxel key (blocks in key order, places 0..63 within each)."""
@@ -331,12 +329,15 @@ class VoxelMap:
         """
         xyz, rgb = self._points_of(partial)
         try:  # validates (finite, in range) before anything changes
-            ijk = _voxel_coords(xyz, self.voxel_size) if xyz.shape[0] else None
+            ijk = voxel_coords(xyz, self.voxel_size) if xyz.shape[0] else None
         except ValueError as exc:
             raise ValueError(f"VoxelMap.integrate: {exc}") from None
         self._tick += 1
         if ijk is not None:
             self._accumulate(ijk, xyz, rgb)
+        if self.surface is not None and isinstance(partial, PartialCloud) and len(self) and \
+                self._tick % self.surface.every == 0:
+            self._observe(partial, xyz)
         if self.clear_radius is not None and getattr(partial, "T_world_cam", None) is not None:
             self.clear_around(np.asarray(partial.T_world_cam, dtype=np.float64)[:3, 3], self.clear_radius)
         if len(self) > self.capacity:
@@ -361,8 +362,8 @@ class VoxelMap:
 
     def _accumulate(self, ijk: torch.Tensor, xyz: torch.Tensor, rgb: torch.Tensor) -> None:
         dev = self.device
-        block, place = _block_coords(ijk)
-        cell = self._block_slots_of(block) * _VOXELS_PER_BLOCK + place  # flat index into the (blocks, 64) table
+        block, place = block_coords(ijk)
+        cell = self._block_slots_of(block) * VOXELS_PER_BLOCK + place  # flat index into the (blocks, 64) table
         voxel = self._table.view(-1)[cell]
 
         missing = voxel < 0
@@ -374,9 +375,10 @@ class VoxelMap:
             self._reserve_voxels(first + n_new)
             new_voxels = torch.arange(first, first + n_new, dtype=torch.int64, device=dev)
             self._table.view(-1)[new_cells] = new_voxels
-            self._keys[first:first + n_new] = (self._slot_block_key[new_cells // _VOXELS_PER_BLOCK] << _LOCAL_BITS) \
-                | (new_cells % _VOXELS_PER_BLOCK)
-            for name in ("_frames", "_last_seen", "_count", "_xyz_sum", "_rgb_sum"):
+            self._keys[first:first + n_new] = (self._slot_block_key[new_cells // VOXELS_PER_BLOCK] << LOCAL_BITS) \
+                | (new_cells % VOXELS_PER_BLOCK)
+            for name, _, _ in _VOXEL_ARRAYS[1:]:
+                name = "_" + name
                 getattr(self, name)[first:first + n_new] = 0
             self._n_voxels += n_new
             voxel[missing] = new_voxels[new_of_point]
@@ -390,6 +392,104 @@ class VoxelMap:
         self._count[hit] += count[hit]
         self._frames[hit] += 1
         self._last_seen[hit] = self._tick
+        self._free[hit] = (self._free[hit] - 1).clamp_(min=0)  # seen occupied: one free-space vote less
+
+    def _observe(self, partial: "PartialCloud", xyz: torch.Tensor) -> None:
+        """The projective step of ``SurfaceConfig``: free-space votes and surface offsets for the voxels in view of
+        the frame whose points ``xyz`` (on the map's device) were just fused, then the carving."""
+        cfg, dev, s = self.surface, self.device, self.voxel_size
+        cam, stride = partial.camera, partial.stride
+        T = torch.as_tensor(partial.T_world_cam, dtype=torch.float64, device=dev)
+        R, origin = T[:3, :3], T[:3, 3]
+        # The frame's depth on its pixel grid (every stride-th pixel), 0 where it has no point.
+        gh, gw = -(-cam.height // stride), -(-cam.width // stride)
+        pixels = torch.as_tensor(partial.pixels, device=dev).to(torch.int64) // stride
+        depth = torch.zeros((gh, gw), dtype=torch.float64, device=dev)
+        depth[pixels[:, 1], pixels[:, 0]] = (xyz.to(torch.float64) - origin) @ R[:, 2]
+        cells = self._table[:self._n_blocks][blocks_in_view(self._slot_block_key[:self._n_blocks], s, cam, R, origin,
+                                                            cfg.max_range)].reshape(-1)
+        voxel = cells[cells >= 0]
+        if voxel.numel() == 0:
+            return
+        # (index_select with index lists throughout: several times faster than boolean masks on a CPU)
+        count = self._count.index_select(0, voxel).to(torch.float64)[:, None]
+        ray = (self._xyz_sum.index_select(0, voxel) / (count * _UM_PER_M)).sub_(origin)  # centre -> voxel mean
+        q = ray @ R  # camera coordinates
+        z = q[:, 2]
+        u = (cam.fx * q[:, 0] / z + cam.cx) / stride
+        v = (cam.fy * q[:, 1] / z + cam.cy) / stride
+        seen = torch.nonzero((z > 1e-6) & (z <= cfg.max_range) & (u > -0.5) & (u < gw - 0.5) & (v > -0.5)
+                             & (v < gh - 0.5)).squeeze(1)
+        if seen.numel() == 0:
+            return
+        voxel, ray, z, u, v = (t.index_select(0, seen) for t in (voxel, ray, z, u, v))
+        padded = torch.nn.functional.pad(depth, (1, 1, 1, 1))  # no pixel beyond the image: 0 (invalid)
+        # The four pixels around the projection: all valid, their depths' spread and bilinear mean.
+        u0, v0 = u.floor().clamp_(-1, gw - 1), v.floor().clamp_(-1, gh - 1)
+        fu, fv = u - u0, v - v0
+        at = (v0.to(torch.int64) + 1) * (gw + 2) + u0.to(torch.int64) + 1  # into the padded image
+        c00, c01, c10, c11 = (padded.take(at + step) for step in (0, 1, gw + 2, gw + 3))
+        lo = torch.minimum(torch.minimum(c00, c01), torch.minimum(c10, c11))
+        hi = torch.maximum(torch.maximum(c00, c01), torch.maximum(c10, c11))
+        if cfg.carve_evidence:
+            # Free: in front of the nearest of the four depths by the margin.
+            free = (lo > 0) & (z < lo - (s + cfg.carve_margin * lo * lo)) & \
+                (self._last_seen.index_select(0, voxel) != self._tick)
+            self._free[voxel[free]] += 1
+        if cfg.surface:
+            # Surface: the bilinear depth, where the four lie on one surface -- they differ by no more than the
+            # margin plus what a surface at up to _SURFACE_SLOPE to the line of sight spans between two pixels
+            # (more is a depth edge) -- and the voxel lies within the margin of it.
+            d = torch.lerp(torch.lerp(c00, c01, fu), torch.lerp(c10, c11, fu), fv)
+            margin = s + cfg.carve_margin * d * d
+            pitch = _SURFACE_SLOPE * stride / min(cam.fx, cam.fy)  # per metre of depth
+            near = torch.nonzero((lo > 0) & (hi - lo <= margin + pitch * d) & ((d - z).abs() <= margin)).squeeze(1)
+            if near.numel():
+                d, z, ray, target = (t.index_select(0, near) for t in (d, z, ray, voxel))
+                # Where the line of sight through the voxel's mean meets the measured surface, relative to the
+                # voxel's centre (small numbers: the integer sums stay exact far from the origin).
+                centre = (unpack_keys(self._keys.index_select(0, target)).to(torch.float64) + 0.5) * s
+                crossing = (ray * (d / z)[:, None]).add_(origin).sub_(centre).mul_(_UM_PER_M).round_()
+                weight = (_SURFACE_WEIGHT / d.pow(4)).round_().clamp_(1, _SURFACE_WEIGHT_MAX)
+                self._surface_sum.index_add_(0, target, crossing.mul_(weight[:, None]))
+                self._surface_weight.index_add_(0, target, weight.to(torch.int64))
+                # A moving average over the last ~_SURFACE_VIEWS views (a TSDF's weight cap): a surface that moved
+                # is followed, not outvoted by its past.
+                total = self._surface_weight.index_select(0, target)
+                cap = weight.to(torch.int64) * _SURFACE_VIEWS
+                over = torch.nonzero(total > cap).squeeze(1)
+                if over.numel():
+                    capped, scale = target[over], cap[over].to(torch.float64) / total[over].to(torch.float64)
+                    self._surface_sum[capped] = (self._surface_sum[capped] * scale[:, None]).round_()
+                    self._surface_weight[capped] = cap[over]
+        if cfg.carve_evidence:
+            gone = torch.nonzero(self._free[:self._n_voxels] >= cfg.carve_evidence).squeeze(1)
+            if gone.numel():
+                self._remove(gone)
+                self.carved += int(gone.numel())
+
+    def _cells_of(self, keys: torch.Tensor) -> torch.Tensor:
+        """Flat (blocks, 64) table indices of voxel keys whose blocks are in the map."""
+        rows = self._block_slots[torch.searchsorted(self._block_keys, keys >> LOCAL_BITS)]
+        return rows * VOXELS_PER_BLOCK + (keys & (VOXELS_PER_BLOCK - 1))
+
+    def _remove(self, gone: torch.Tensor) -> None:
+        """Remove the voxels numbered ``gone`` (unique) in O(len(gone)): their table cells empty, and the voxels at
+        the end of the arrays move into their places. Their blocks stay indexed (empty rows cost 512 bytes each)
+        until the next rebuild."""
+        n, k = self._n_voxels, int(gone.numel())
+        table = self._table.view(-1)
+        table[self._cells_of(self._keys[gone])] = -1
+        alive = torch.ones(n, dtype=torch.bool, device=self.device)
+        alive[gone] = False
+        holes = gone[gone < n - k]
+        movers = torch.nonzero(alive[n - k:]).squeeze(1) + (n - k)  # as many as there are holes
+        holes = holes.sort().values
+        for name, _, _ in _VOXEL_ARRAYS:
+            array = getattr(self, "_" + name)
+            array[holes] = array[movers]
+        table[self._cells_of(self._keys[holes])] = holes
+        self._n_voxels = n - k
 
     def _block_slots_of(self, blocks: torch.Tensor) -> torch.Tensor:
         """Table rows of the (N, 3) block indices, allocating rows for blocks not in the map yet."""
@@ -409,9 +509,9 @@ class VoxelMap:
             cells = torch.nonzero(occupied).squeeze(1)
             coords = torch.stack([cells // (dims[1] * dims[2]), (cells // dims[2]) % dims[1], cells % dims[2]], 1)
             slots_of_cell = torch.empty(volume, dtype=torch.int64, device=dev)
-            slots_of_cell[cells] = self._slots_of_sorted_blocks(_pack_blocks(coords + lo.to(torch.int64)))
+            slots_of_cell[cells] = self._slots_of_sorted_blocks(pack_blocks(coords + lo.to(torch.int64)))
             return slots_of_cell[linear]
-        unique_blocks, inverse = torch.unique(_pack_blocks(blocks), sorted=True, return_inverse=True)
+        unique_blocks, inverse = torch.unique(pack_blocks(blocks), sorted=True, return_inverse=True)
         return self._slots_of_sorted_blocks(unique_blocks)[inverse]
 
     def _slots_of_sorted_blocks(self, block_keys: torch.Tensor) -> torch.Tensor:
@@ -487,7 +587,7 @@ class VoxelMap:
     # -- clearing -------------------------------------------------------------------------------------------------
     def voxel_centers(self) -> torch.Tensor:
         """(M, 3) float64 voxel centres on the map's device, in key order."""
-        return (_unpack_keys(self.keys).to(torch.float64) + 0.5) * self.voxel_size
+        return (unpack_keys(self.keys).to(torch.float64) + 0.5) * self.voxel_size
 
     def clear_around(self, center_xyz, radius: float, *, keep_inside: bool = True) -> int:
         """Clear the map outside a ball (default) or inside it (``keep_inside=False``); return how many were removed.
@@ -502,7 +602,7 @@ class VoxelMap:
             raise ValueError(f"VoxelMap.clear_around: radius must be finite and >= 0, got {radius}")
         if len(self) == 0:
             return 0
-        centres = (_unpack_keys(self._keys[:self._n_voxels]).to(torch.float64) + 0.5) * self.voxel_size
+        centres = (unpack_keys(self._keys[:self._n_voxels]).to(torch.float64) + 0.5) * self.voxel_size
         offset = centres - torch.as_tensor(center, device=self.device)
         inside = (offset * offset).sum(dim=1) <= radius * radius
         keep = inside if keep_inside else ~inside
@@ -515,14 +615,29 @@ class VoxelMap:
 
     # -- export ---------------------------------------------------------------------------------------------------
     def to_cloud(self, frame_id: str = "map") -> PointCloud:
-        """One point per voxel, in key order: mean position, running-mean colour (rounded half up).
+        """One point per voxel, in key order, and the running-mean colour (rounded half up). The point is the mean
+        of the fused points, or with ``SurfaceConfig.surface`` the weighted mean of where the frames' lines of
+        sight through the voxel met their measured surfaces; the noise shell and speckle are left out then (see
+        ``SurfaceConfig``).
 
         ``extras`` (per voxel, int64): ``count`` (points fused), ``frames`` (integrations that hit it),
         ``last_seen`` (integration tick). Note ``PointCloud.select`` does not slice ``extras``.
         """
         arrays = self._sorted_arrays()
         count = arrays["count"][:, None]
-        xyz = (arrays["xyz_sum"] / (count.to(torch.float64) * _UM_PER_M)).to(torch.float32)
+        xyz = arrays["xyz_sum"] / (count.to(torch.float64) * _UM_PER_M)
+        weight = arrays["surface_weight"][:, None]
+        if bool((weight > 0).any()):
+            cell = unpack_keys(arrays["keys"])
+            surface = (cell.to(torch.float64) + 0.5) * self.voxel_size + \
+                arrays["surface_sum"] / (weight.clamp(min=1).to(torch.float64) * _UM_PER_M)
+            xyz = torch.where(weight > 0, surface, xyz)
+            measured = weight[:, 0] > 0
+            on_surface = torch.where(measured, (torch.floor(xyz / self.voxel_size).to(torch.int64) == cell).all(dim=1),
+                                     (arrays["frames"] >= self.surface.min_views) | (arrays["free"] == 0))
+            arrays = {name: value[on_surface] for name, value in arrays.items()}
+            xyz, count = xyz[on_surface], count[on_surface]
+        xyz = xyz.to(torch.float32)
         rgb = ((arrays["rgb_sum"].to(torch.int64) + count // 2) // count.clamp(min=1)).clamp(0, 255)
         return PointCloud(xyz=xyz.cpu().numpy(), rgb=rgb.to(torch.uint8).cpu().numpy(), frame_id=frame_id,
                           extras={name: arrays[name].cpu().numpy() for name in ("count", "frames", "last_seen")})
@@ -550,8 +665,9 @@ class VoxelMap:
         return path if path.suffix == ".npz" else path.with_name(path.name + ".npz")
 
     @classmethod
-    def load(cls, path, device: str | torch.device = "cpu") -> "VoxelMap":
-        """Load a map written by ``save`` onto ``device``."""
+    def load(cls, path, device: str | torch.device = "cpu", surface: SurfaceConfig | None = SurfaceConfig()
+             ) -> "VoxelMap":
+        """Load a map written by ``save`` onto ``device``; ``surface`` is how later frames update it."""
         path = Path(path)
         try:
             archive = np.load(path, allow_pickle=False)
@@ -560,14 +676,18 @@ class VoxelMap:
         with archive:
             if "format" not in archive.files or str(archive["format"]) != _MAP_FORMAT:
                 raise ValueError(f"VoxelMap.load: {path} is not a saved VoxelMap (no format '{_MAP_FORMAT}')")
-            if int(archive["version"]) != _MAP_VERSION:
-                raise ValueError(f"VoxelMap.load: {path} has format version {int(archive['version'])}, "
-                                 f"this code reads {_MAP_VERSION}")
-            missing = [name for name, _, _ in _VOXEL_ARRAYS if name not in archive.files]
+            version = int(archive["version"])
+            if version not in (1, _MAP_VERSION):
+                raise ValueError(f"VoxelMap.load: {path} has format version {version}, this code reads 1 to "
+                                 f"{_MAP_VERSION}")
+            added = _ADDED_ARRAYS if version == 1 else ()
+            missing = [name for name, _, _ in _VOXEL_ARRAYS if name not in archive.files and name not in added]
             if missing:
                 raise ValueError(f"VoxelMap.load: {path} lacks {missing} (corrupt file)")
-            arrays = {name: archive[name] for name, _, _ in _VOXEL_ARRAYS}
-            n = len(arrays["keys"])
+            n = len(archive["keys"])
+            arrays = {name: archive[name] if name not in added else
+                      np.zeros((n,) + shape, dtype=str(dtype).replace("torch.", ""))
+                      for name, dtype, shape in _VOXEL_ARRAYS}
             for name, dtype, shape in _VOXEL_ARRAYS:
                 expected = np.dtype(str(dtype).replace("torch.", ""))
                 if arrays[name].dtype != expected or arrays[name].shape != (n,) + shape:
@@ -578,98 +698,10 @@ class VoxelMap:
                 raise ValueError(f"VoxelMap.load: {path}: voxel keys are not strictly increasing (corrupt file)")
             clear_radius = float(archive["clear_radius"])
             vmap = cls(voxel_size=float(archive["voxel_size"]), capacity=int(archive["capacity"]),
-                       clear_radius=None if math.isnan(clear_radius) else clear_radius, device=device)
+                       clear_radius=None if math.isnan(clear_radius) else clear_radius, device=device,
+                       surface=surface)
             vmap._set_voxels({name: torch.from_numpy(np.ascontiguousarray(value)).to(vmap.device)
                               for name, value in arrays.items()})
             vmap._tick = int(archive["tick"])
             vmap.evicted = int(archive["evicted"])
         return vmap
-
-
-# ----------------------------------------------------------------------------------------------------------------------
-# Matching points between partial clouds
-# ----------------------------------------------------------------------------------------------------------------------
-def match_points(a: PartialCloud, b: PartialCloud, *, method: str = "voxel", voxel_size: float = 0.02,
-                 depth_tolerance: float = 0.03) -> tuple[np.ndarray, np.ndarray]:
-    """Pairs (ia, ib) of int64 indices into ``a`` and ``b`` that see the same physical point; one-to-one.
-
-    method="voxel": voxels of ``voxel_size`` occupied by both clouds; in each, the point of ``a`` and the point of
-    ``b`` nearest the voxel centre (lowest index on ties). Paired points are within sqrt(3) * voxel_size.
-
-    method="reprojection": every point of ``a`` is projected into ``b``'s camera, rounded to ``b``'s pixel grid (its
-    stride), and paired with ``b``'s point at that pixel when their depths along ``b``'s optical axis differ by at
-    most ``depth_tolerance`` metres (so occluded points are not paired). Where several points of ``a`` land on one
-    point of ``b``, the one with the smallest depth difference wins (lowest index on ties).
-
-    Pairs are returned sorted by ``ia``.
-    """
-    for name, cloud in (("a", a), ("b", b)):
-        if not isinstance(cloud, PartialCloud):
-            raise TypeError(f"match_points: {name} must be a PartialCloud, got {type(cloud).__name__}")
-    if method == "voxel":
-        ia, ib = _match_voxel(a, b, check_finite_positive(voxel_size, "voxel_size", "match_points"))
-    elif method == "reprojection":
-        depth_tolerance = float(depth_tolerance)
-        if not math.isfinite(depth_tolerance) or depth_tolerance < 0.0:
-            raise ValueError(f"match_points: depth_tolerance must be finite and >= 0, got {depth_tolerance}")
-        ia, ib = _match_reprojection(a, b, depth_tolerance)
-    else:
-        raise ValueError(f"match_points: method must be 'voxel' or 'reprojection', got {method!r}")
-    order = np.argsort(ia, kind="stable")
-    return ia[order].astype(np.int64), ib[order].astype(np.int64)
-
-
-def _voxel_representatives(xyz: np.ndarray, voxel_size: float) -> tuple[np.ndarray, np.ndarray]:
-    """Sorted unique voxel keys of a cloud and, for each, the index of the point nearest the voxel centre."""
-    pts = torch.from_numpy(np.ascontiguousarray(xyz, dtype=np.float32))
-    ijk = _voxel_coords(pts, voxel_size)
-    keys = _pack_keys(ijk).numpy()
-    offset = pts.to(torch.float64).numpy() - (ijk.to(torch.float64).numpy() + 0.5) * voxel_size
-    dist2 = np.einsum("ij,ij->i", offset, offset)
-    # lexsort: last key is primary. Sort by voxel, then distance to its centre, then index (stable).
-    order = np.lexsort((np.arange(len(keys)), dist2, keys))
-    first = np.ones(len(order), dtype=bool)
-    first[1:] = keys[order[1:]] != keys[order[:-1]]
-    rep = order[first]
-    return keys[rep], rep
-
-
-def _match_voxel(a: PartialCloud, b: PartialCloud, voxel_size: float) -> tuple[np.ndarray, np.ndarray]:
-    keys_a, rep_a = _voxel_representatives(a.xyz, voxel_size)
-    keys_b, rep_b = _voxel_representatives(b.xyz, voxel_size)
-    _, in_a, in_b = np.intersect1d(keys_a, keys_b, assume_unique=True, return_indices=True)
-    return rep_a[in_a], rep_b[in_b]
-
-
-def _match_reprojection(a: PartialCloud, b: PartialCloud, depth_tolerance: float) -> tuple[np.ndarray, np.ndarray]:
-    empty = np.empty(0, dtype=np.int64)
-    if len(a) == 0 or len(b) == 0:
-        return empty, empty
-    cam, stride = b.camera, b.stride
-    # Lookup image on b's (strided) pixel grid: grid cell -> index of b's point there, -1 where b has none.
-    grid_h, grid_w = (cam.height + stride - 1) // stride, (cam.width + stride - 1) // stride
-    lookup = np.full((grid_h, grid_w), -1, dtype=np.int64)
-    gu, gv = b.pixels[:, 0] // stride, b.pixels[:, 1] // stride
-    if np.any((gu < 0) | (gu >= grid_w) | (gv < 0) | (gv >= grid_h)):
-        raise ValueError(f"match_points: PartialCloud {b.index} has pixels outside its {cam.width}x{cam.height} camera")
-    lookup[gv, gu] = np.arange(len(b))
-    z_b = (b.xyz.astype(np.float64) - b.T_world_cam[:3, 3]) @ b.T_world_cam[:3, 2]  # depth along b's optical axis
-
-    uv, z_a = project(a.xyz, cam, b.T_world_cam)
-    with np.errstate(invalid="ignore"):  # uv is NaN behind the camera; those fail the bounds test below
-        cu = np.rint(uv[:, 0] / stride)
-        cv = np.rint(uv[:, 1] / stride)
-        inside = (z_a > 0) & (cu >= 0) & (cu < grid_w) & (cv >= 0) & (cv < grid_h)
-    ia = np.nonzero(inside)[0]
-    ib = lookup[cv[ia].astype(np.int64), cu[ia].astype(np.int64)]
-    has_b = ib >= 0
-    ia, ib = ia[has_b], ib[has_b]
-    dz = np.abs(z_a[ia] - z_b[ib])
-    close = dz <= depth_tolerance
-    ia, ib, dz = ia[close], ib[close], dz[close]
-    # One-to-one: per point of b keep the closest-in-depth point of a (lowest index of a on ties).
-    order = np.lexsort((ia, dz, ib))
-    first = np.ones(len(order), dtype=bool)
-    first[1:] = ib[order[1:]] != ib[order[:-1]]
-    keep = order[first]
-    return ia[keep], ib[keep]

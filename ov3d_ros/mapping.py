@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ov3d_ros.fusion import PartialCloud, RGBDFrame, VoxelMap, make_partial_cloud
+from ov3d_ros.fusion import PartialCloud, RGBDFrame, SurfaceConfig, VoxelMap, make_partial_cloud
 
 __all__ = ["MapperConfig", "MapUpdate", "Mapper"]
 
@@ -34,6 +34,7 @@ class MapperConfig:
     stride: int = 1
     keyframe_min_translation: float = 0.0
     keyframe_min_rotation_deg: float = 0.0
+    surface: SurfaceConfig | None = SurfaceConfig()  # free-space carving and surface offsets (None = running means)
 
     def __post_init__(self) -> None:
         if not self.max_depth > self.min_depth >= 0:
@@ -62,7 +63,7 @@ class Mapper:
         self.config = config or MapperConfig()
         c = self.config
         self.map = VoxelMap(voxel_size=c.voxel_size, capacity=c.capacity, clear_radius=c.clear_radius,
-                            device=device)
+                            device=device, surface=c.surface)
         self.lock = threading.RLock()
         self.version = 0
         self.keyframes = 0

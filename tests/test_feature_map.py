@@ -80,7 +80,10 @@ def test_an_unchanged_map_runs_nothing_and_a_local_change_runs_its_tiles(map_ver
     # of the units carry over.
     fm.config = FeatureMapConfig(map_voxel=MAP_VOXEL, tile=1.0, rerun_fraction=0.1)
     moved = cloud.xyz.copy()
-    moved[0] += np.float32(0.4 * MAP_VOXEL) * np.sign(0.5 - (moved[0] / MAP_VOXEL) % 1)  # within its voxel
+    tile = np.floor(moved[:, :2] / 1.0).astype(int)
+    cells, which, sizes = np.unique(tile, axis=0, return_inverse=True, return_counts=True)
+    i = int(np.flatnonzero(which.reshape(-1) == np.argmax(sizes))[0])  # a point of the largest tile
+    moved[i] += np.float32(0.4 * MAP_VOXEL) * np.sign(0.5 - (moved[i] / MAP_VOXEL) % 1)  # within its voxel
     patched = fm.update(moved, cloud.rgb, 2.6)
     assert fm.last_update["changed"] == 1 and fm.last_update["tiles_run"] == 0
     assert patched.units == first.units and patched.drift == 1
@@ -88,6 +91,7 @@ def test_an_unchanged_map_runs_nothing_and_a_local_change_runs_its_tiles(map_ver
     fm.config = FeatureMapConfig(map_voxel=MAP_VOXEL, tile=1.0)
     rerun = fm.update(moved, cloud.rgb, 2.7)  # still moved from its reference: its tile runs now
     assert fm.last_update["tiles_run"] == 1 and rerun.units == rerun.version != first.units and rerun.drift == 0
+    fm.update(cloud.xyz, cloud.rgb, 2.8)  # the point back where it was
     # Recolour the points of one tile and drop those of another: only those two tiles run again.
     tiles = np.floor(first.xyz[:, :2] / 1.0).astype(int)
     a, b = [tuple(t) for t in np.unique(tiles, axis=0)[[0, -1]]]

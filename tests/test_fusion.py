@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from ov3d_ros.cloud import PointCloud
-from ov3d_ros.fusion import PartialCloud, RGBDFrame, VoxelMap, make_partial_cloud, match_points
+from ov3d_ros.fusion import PartialCloud, RGBDFrame, SurfaceConfig, VoxelMap, make_partial_cloud
+from ov3d_ros.matching import match_points
 from ov3d_ros.geometry import CameraModel, project
 
 torch.set_num_threads(1)
@@ -41,8 +42,9 @@ def surface_color(p: np.ndarray) -> np.ndarray:
     return np.clip(np.rint(rgb), 0, 255).astype(np.uint8)
 
 
-def render(T_world_cam: np.ndarray, camera: CameraModel = CAMERA) -> tuple[np.ndarray, np.ndarray]:
-    """Exact depth (float32 metres along the optical axis) and colour of the room seen from ``T_world_cam``."""
+def render(T_world_cam: np.ndarray, camera: CameraModel = CAMERA, box: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """Exact depth (float32 metres along the optical axis) and colour of the room seen from ``T_world_cam``
+    (``box`` False: the room with its box taken away)."""
     v, u = np.mgrid[0:camera.height, 0:camera.width]
     rays = np.stack([(u - camera.cx) / camera.fx, (v - camera.cy) / camera.fy, np.ones(u.shape)], -1).reshape(-1, 3)
     dirs = rays @ T_world_cam[:3, :3].T  # unit optical-axis component, so the ray parameter t is the depth
@@ -53,7 +55,7 @@ def render(T_world_cam: np.ndarray, camera: CameraModel = CAMERA) -> tuple[np.nd
         b_lo, b_hi = (BOX_LO - eye) / dirs, (BOX_HI - eye) / dirs
         t_near = np.max(np.minimum(b_lo, b_hi), axis=1)
         t_far = np.min(np.maximum(b_lo, b_hi), axis=1)
-    hits_box = (t_near <= t_far) & (t_near > 0)
+    hits_box = (t_near <= t_far) & (t_near > 0) & box
     t = np.where(hits_box, np.minimum(t_near, t_room), t_room)
     points = eye + t[:, None] * dirs
     depth = t.reshape(camera.height, camera.width).astype(np.float32)
@@ -61,9 +63,9 @@ def render(T_world_cam: np.ndarray, camera: CameraModel = CAMERA) -> tuple[np.nd
     return depth, color
 
 
-def frame_at(eye, target, index=0, camera: CameraModel = CAMERA) -> RGBDFrame:
+def frame_at(eye, target, index=0, camera: CameraModel = CAMERA, box: bool = True) -> RGBDFrame:
     T = look_at(eye, target)
-    depth, color = render(T, camera)
+    depth, color = render(T, camera, box)
     return RGBDFrame(color=color, depth=depth, camera=camera, T_world_cam=T, index=index, stamp=index / 30)
 
 
@@ -220,7 +222,7 @@ def test_voxel_map_running_mean_colour_and_position():
 def test_voxel_map_integrates_rendered_frames_like_the_reference():
     frames = [frame_at(*VIEW_A, index=0), frame_at(*VIEW_B, index=1)]
     partials = [make_partial_cloud(f, max_depth=20.0, stride=2) for f in frames]
-    vmap = VoxelMap(voxel_size=0.1)
+    vmap = VoxelMap(voxel_size=0.1, surface=None)  # running means (the surface step: the tests further down)
     for p in partials:
         vmap.integrate(p)
     ref = reference_fusion(partials, 0.1)
@@ -538,3 +540,170 @@ def test_match_points_identity_and_errors(two_views):
         match_points(a, a.to_cloud())
     with pytest.raises(ValueError, match="depth_tolerance"):
         match_points(a, a, method="reprojection", depth_tolerance=-1.0)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Free space and surfaces (SurfaceConfig)
+# ----------------------------------------------------------------------------------------------------------------------
+SURFACE = SurfaceConfig(surface=True, every=1)  # the step on every frame, surface points on
+BOX_VIEWS = [((0.4, 0.5, 1.6), (2.1, 1.9, 0.5)), ((0.6, 3.4, 1.5), (2.1, 1.9, 0.5)),
+             ((3.5, 0.6, 1.7), (2.1, 1.9, 0.5)), ((3.4, 3.5, 1.4), (2.1, 1.9, 0.5))]
+
+
+def _inside_box(xyz: np.ndarray, shrink: float) -> np.ndarray:
+    return np.all((xyz >= BOX_LO + shrink) & (xyz <= BOX_HI - shrink), axis=1)
+
+
+def test_carving_removes_a_box_taken_away_and_keeps_the_room():
+    vmap = VoxelMap(voxel_size=0.04, surface=SURFACE)
+    for i, view in enumerate(BOX_VIEWS):
+        vmap.integrate(make_partial_cloud(frame_at(*view, index=i), max_depth=20.0))
+    before = vmap.to_cloud().xyz
+    assert _inside_box(before, 0.05).sum() == 0 and np.sum(np.abs(before - BOX_HI).min(axis=1) < 0.03) > 50
+    on_box = np.all((before >= BOX_LO - 0.03) & (before <= BOX_HI + 0.03), axis=1) & (before[:, 2] > 0.05)
+    assert on_box.sum() > 500  # the box's faces are in the map
+    after = [make_partial_cloud(frame_at(*view, index=4 + i, box=False), max_depth=20.0)
+             for i, view in enumerate(BOX_VIEWS)]
+    for partial in after[:2]:
+        vmap.integrate(partial)
+    # Above the floor by more than its noise margin (voxel_size + carve_margin * d^2 along the line of sight: the
+    # voxels just above a surface cannot be told from its noise).
+    box_left = lambda xyz: np.all((xyz >= BOX_LO - 0.01) & (xyz <= BOX_HI + 0.01), axis=1) & (xyz[:, 2] > 0.1)
+    assert box_left(vmap.to_cloud().xyz).sum() > 100  # two views through it: not yet evidence enough
+    for partial in after[2:]:
+        vmap.integrate(partial)
+    out = vmap.to_cloud()
+    assert box_left(out.xyz).sum() == 0 and vmap.carved > 500
+    keys = vmap.keys.numpy()
+    assert len(keys) == len(vmap) and np.all(keys[1:] > keys[:-1])  # the map's index is whole after removals
+    # The room the box hid and the rest of the room: every point the views without the box saw has a map point.
+    seen = np.concatenate([p.xyz for p in after])
+    from scipy.spatial import cKDTree
+    assert np.mean(cKDTree(out.xyz).query(seen)[0] < 0.05) > 0.99
+
+
+def _plane_frame(T: np.ndarray, normal, point, index: int, noise: float = 0.0, seed: int = 0) -> RGBDFrame:
+    """A depth image of the plane through ``point`` with ``normal`` (0 where the ray misses it or goes past 5 m,
+    the default SurfaceConfig.max_range)."""
+    v, u = np.mgrid[0:CAMERA.height, 0:CAMERA.width]
+    rays = np.stack([(u - CAMERA.cx) / CAMERA.fx, (v - CAMERA.cy) / CAMERA.fy, np.ones(u.shape)], -1)
+    n_cam = T[:3, :3].T @ np.asarray(normal, dtype=np.float64)
+    offset = float(n_cam @ (T[:3, :3].T @ (np.asarray(point, dtype=np.float64) - T[:3, 3])))
+    with np.errstate(divide="ignore"):
+        depth = offset / (rays @ n_cam)
+    depth += noise * np.random.default_rng(seed).standard_normal(depth.shape)
+    depth = np.where((depth > 0.2) & (depth < 5.0), depth, 0.0).astype(np.float32)
+    color = np.full(depth.shape + (3,), 128, np.uint8)
+    return RGBDFrame(color=color, depth=depth, camera=CAMERA, T_world_cam=T, index=index)
+
+
+def test_a_wall_seen_at_80_degrees_is_neither_carved_nor_thinned_away():
+    # The wall x = 1.5 m; the camera looks along it, 80 degrees off its normal, from a few places.
+    tilt = np.deg2rad(80.0)
+    frames = []
+    for i, (dx, dy) in enumerate([(0.0, 0.0), (0.05, 0.1), (-0.05, 0.2), (0.02, -0.1), (0.0, 0.3), (0.04, 0.15)]):
+        eye = np.array([dx, dy, 1.2])
+        target = eye + np.array([np.cos(tilt), np.sin(tilt), 0.0])
+        frames.append(_plane_frame(look_at(eye, target), (1.0, 0.0, 0.0), (1.5, 0.0, 0.0), i, 0.002, seed=i))
+    vmap = VoxelMap(voxel_size=0.02, surface=SURFACE)
+    vmap.integrate(make_partial_cloud(frames[0]))
+    first = set(vmap.keys.tolist())
+    for frame in frames[1:]:
+        vmap.integrate(make_partial_cloud(frame))
+    assert vmap.carved == 0 and first <= set(vmap.keys.tolist())
+    # Exported: points on the wall (noise averaged down) covering all of what the views saw.
+    out = vmap.to_cloud()
+    assert np.median(np.abs(out.xyz[:, 0] - 1.5)) < 0.002
+    from scipy.spatial import cKDTree
+    seen = np.concatenate([make_partial_cloud(f).xyz for f in frames])
+    assert np.mean(cKDTree(out.xyz).query(seen)[0] < 0.03) > 0.99
+
+
+def test_voxels_outside_the_view_or_behind_the_surface_are_untouched():
+    vmap = VoxelMap(voxel_size=0.05, surface=SURFACE)
+    for i, view in enumerate((VIEW_A, VIEW_B)):
+        vmap.integrate(make_partial_cloud(frame_at(*view, index=i), max_depth=20.0))
+    state = lambda: {name: vmap._sorted_arrays()[name].numpy().copy()
+                     for name in ("keys", "free", "surface_sum", "surface_weight")}
+    old = state()
+    far = frame_at(*VIEW_FAR, index=2)
+    vmap.integrate(make_partial_cloud(far, max_depth=20.0))
+    new = state()
+    kept = np.isin(new["keys"], old["keys"])
+    assert kept.sum() == len(old["keys"])  # nothing removed: the far view sees no free space in front of them
+    centres = (voxel_indices(vmap) + 0.5) * 0.05
+    uv, z = project(centres, CAMERA, far.T_world_cam)
+    depth = far.depth_metres()
+    # Clear of the view (3 pixels off the image, its voxel's mean can lie half a voxel off the centre) or behind
+    # the farthest depth of the 7x7 pixels around the projection by more than the margin.
+    with np.errstate(invalid="ignore"):
+        iu, iv = np.rint(uv[:, 0]).astype(np.int64), np.rint(uv[:, 1]).astype(np.int64)
+        in_image = (z > 0) & (iu >= -3) & (iu < CAMERA.width + 3) & (iv >= -3) & (iv < CAMERA.height + 3)
+    farthest = np.pad(depth, 3, mode="edge")
+    farthest = np.max([farthest[dv:dv + CAMERA.height, du:du + CAMERA.width] for dv in range(7) for du in range(7)],
+                      axis=0)
+    behind = np.zeros(len(z), bool)
+    inside = in_image & (iu >= 0) & (iu < CAMERA.width) & (iv >= 0) & (iv < CAMERA.height)
+    far_depth = farthest[iv[inside], iu[inside]]
+    behind[inside] = z[inside] > far_depth + 0.05 + 0.01 * far_depth ** 2 + 0.05
+    untouched = kept & ((~in_image) | behind)
+    assert untouched.sum() > 200
+    before = {name: value[np.searchsorted(old["keys"], new["keys"][untouched])] for name, value in old.items()}
+    for name in ("free", "surface_sum", "surface_weight"):
+        np.testing.assert_array_equal(new[name][untouched], before[name])
+
+
+def test_surface_point_is_the_noise_weighted_mean_of_the_measured_surface():
+    """A wall at z = 1.005 m seen head-on from 1.005 m (exact) and from 2.005 m by a camera that measures 1 cm too
+    far: the voxel's point is (w1 * 1.005 + w2 * 1.015) / (w1 + w2), w = round(4096 / d^4)."""
+    eye_near, eye_far = np.eye(4), np.eye(4)
+    eye_far[2, 3] = -1.0
+    near = _plane_frame(eye_near, (0, 0, 1), (0, 0, 1.005), 0)
+    far = _plane_frame(eye_far, (0, 0, 1), (0, 0, 1.015), 1)
+    vmap = VoxelMap(voxel_size=0.02, surface=SURFACE)
+    vmap.integrate(make_partial_cloud(near))
+    np.testing.assert_allclose(vmap.to_cloud().xyz[:, 2], 1.005, atol=2e-6)
+    vmap.integrate(make_partial_cloud(far))
+    out = vmap.to_cloud()
+    w1, w2 = round(4096 / 1.005 ** 4), round(4096 / 2.015 ** 4)
+    central = np.hypot(out.xyz[:, 0], out.xyz[:, 1]) < 0.2
+    np.testing.assert_allclose(out.xyz[central, 2], (w1 * 1.005 + w2 * 1.015) / (w1 + w2), atol=3e-6)
+
+
+def test_running_means_without_the_surface_step_and_maps_saved_before_it(tmp_path):
+    partials = [make_partial_cloud(frame_at(*view, index=i), max_depth=20.0) for i, view in enumerate(BOX_VIEWS)]
+    plain = VoxelMap(voxel_size=0.05, surface=None)
+    for p in partials:
+        plain.integrate(p)
+    ref = reference_fusion(partials, 0.05)
+    assert len(plain.to_cloud()) == len(ref) and plain.carved == 0
+    # A map saved by format version 1 (no surface arrays) loads with no evidence yet.
+    path = plain.save(tmp_path / "map.npz")
+    with np.load(path) as archive:
+        v1 = {k: archive[k] for k in archive.files if k not in ("free", "surface_sum", "surface_weight")}
+    v1["version"] = np.array(1)
+    np.savez(tmp_path / "v1.npz", **v1)
+    loaded = VoxelMap.load(tmp_path / "v1.npz", surface=None)
+    np.testing.assert_array_equal(loaded.to_cloud().xyz, plain.to_cloud().xyz)
+    assert int(loaded._surface_weight[:len(loaded)].sum()) == 0
+
+
+def test_the_default_map_carves_every_second_frame_and_keeps_running_means():
+    """SurfaceConfig(): free-space votes on every 4th frame, points are the running means (no surface step)."""
+    vmap = VoxelMap(voxel_size=0.05)
+    partials = [make_partial_cloud(frame_at(*view, index=i), max_depth=20.0) for i, view in enumerate(BOX_VIEWS)]
+    for p in partials:
+        vmap.integrate(p)
+    ref = reference_fusion(partials, 0.05)
+    out = vmap.to_cloud()
+    keys = voxel_indices(vmap)
+    assert len(out) == len(ref) == len(vmap)
+    np.testing.assert_allclose(out.xyz, [ref[tuple(k)]["p"] / ref[tuple(k)]["n"] for k in keys], atol=2e-6)
+    after = [make_partial_cloud(frame_at(*view, index=4 + i, box=False), max_depth=20.0)
+             for i, view in enumerate(BOX_VIEWS * 3)]
+    for p in after:  # twelve frames, three of them observed (every 4th: the same view each time)
+        vmap.integrate(p)
+    left = vmap.to_cloud().xyz
+    assert vmap.carved > 300 and np.sum(np.all((left >= BOX_LO) & (left <= BOX_HI), axis=1) & (left[:, 2] > 0.1)) == 0
+    with pytest.raises(ValueError, match="every"):
+        SurfaceConfig(every=0)

@@ -21,7 +21,7 @@ from sensor_msgs.msg import CameraInfo, Image, PointCloud2
 from std_srvs.srv import Trigger
 
 from ov3d_interfaces.srv import SaveMap
-from ov3d_ros.fusion import RGBDFrame
+from ov3d_ros.fusion import RGBDFrame, SurfaceConfig
 from ov3d_ros.geometry import rigid_from_quaternion
 from ov3d_ros.mapping import Mapper, MapperConfig
 from ov3d_ros.messages import CAMERA_TOPICS, camera_from_info, decode_color, decode_depth, pose_matrix, stamp_seconds, \
@@ -70,6 +70,19 @@ FUSION_PARAMS = [
     Param("map_capacity", 2_000_000, "Max voxels in the global map (stalest evicted first).", minimum=1),
     Param("clear_radius", 0.0, "If > 0, keep only voxels within this distance [m] of the camera (0 = keep all).",
           minimum=0.0),
+    Param("carve_evidence", 3, "Free-space votes that remove a voxel: each fused frame whose depth lies beyond it "
+          "(by the margin, in a 3x3 pixel window) votes, each frame that sees it occupied takes a vote back; so a "
+          "moved or removed object leaves the map after this many views through it (0 = never remove).", minimum=0,
+          maximum=1000),
+    Param("carve_margin", 0.01, "Depth noise margin [m] at 1 m: a voxel must lie voxel_size + carve_margin * d^2 in "
+          "front of the measured depth d to get a free-space vote, and within it to count as surface.",
+          minimum=0.0, maximum=1.0),
+    Param("carve_max_range", 5.0, "Frames vote on and measure surfaces only up to this depth [m].", minimum=0.01),
+    Param("surface_refine", False, "Put each voxel's point on the surface the frames measured along their lines "
+          "of sight (weighted by depth noise) and leave out the noise shell around surfaces: TSDF-like accuracy at "
+          "about 3x the fusion time; false = running means of the fused points."),
+    Param("observe_every", 4, "The free-space (and surface) step runs on every N-th fused frame: it projects every "
+          "voxel in view.", minimum=1, maximum=1000),
     Param("process_rate", 30.0, "Rate [Hz] of the timer that fuses queued frames.", minimum=0.1, maximum=1000.0),
     Param("global_rate", 1.0, "Max rate [Hz] of ~/global_cloud; it is sent when the map changed (0 = never).",
           minimum=0.0, maximum=100.0),
@@ -106,7 +119,10 @@ class FusionNode(Node):
             voxel_size=p["voxel_size"], capacity=p["map_capacity"], clear_radius=p["clear_radius"] or None,
             min_depth=p["min_depth"], max_depth=p["max_depth"], stride=p["stride"],
             keyframe_min_translation=p["keyframe_min_translation"],
-            keyframe_min_rotation_deg=p["keyframe_min_rotation_deg"]))
+            keyframe_min_rotation_deg=p["keyframe_min_rotation_deg"],
+            surface=SurfaceConfig(carve_margin=p["carve_margin"], carve_evidence=p["carve_evidence"],
+                                  max_range=p["carve_max_range"], surface=p["surface_refine"],
+                                  every=p["observe_every"])))
         self.map = self.mapper.map
         self.sync = ApproximateTimeSync(("color", "depth", "info"), slop=p["sync_slop"],
                                         queue_size=p["sync_queue_size"])
@@ -361,6 +377,7 @@ class FusionNode(Node):
         out.update(self.sync.counters())
         out.update({f"frames_{k}": v for k, v in self.frames.counters().items()})
         out["map_voxels"] = len(self.map)
+        out["map_carved"] = self.map.carved
         return out
 
     def _log_stats(self) -> None:

@@ -38,14 +38,15 @@ def summaries(found: InstanceSet, queries: list[str], best_scores: np.ndarray) -
 
 
 def summarise_queries(xyz: np.ndarray, label: np.ndarray, queries: list[str], best_scores: np.ndarray,
-                      cluster_voxel: float = 0.05) -> list[ObjectSummary]:
+                      cluster_voxel: float = 0.05, core_neighbours: int = 6) -> list[ObjectSummary]:
     """One ObjectSummary per query of a cloud labelled point by point (``label`` (N,) indexes ``queries``, -1 =
-    unlabelled; ``best_scores`` (Q,))."""
+    unlabelled; ``best_scores`` (Q,); ``core_neighbours`` as ``extract_instances``)."""
     xyz = np.asarray(xyz, dtype=np.float64).reshape(-1, 3)
     label = np.asarray(label).reshape(-1)
     if len(label) != len(xyz):
         raise ValueError(f"summarise_queries: {len(label)} labels for {len(xyz)} points")
-    found = extract_instances(cluster_grid(xyz, cluster_voxel), label, np.zeros(len(label)), len(queries))
+    found = extract_instances(cluster_grid(xyz, cluster_voxel), label, np.zeros(len(label)), len(queries),
+                              core_neighbours=core_neighbours)
     return summaries(found, queries, best_scores)
 
 

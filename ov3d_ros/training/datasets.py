@@ -22,7 +22,8 @@ from ..data.ply import read_ply
 from ..data.pseudo_labels import read_frame_labels
 from ..data.scannet import ScanNetScene
 from ..data.scenes import open_scene, read_frames
-from ..fusion import make_partial_cloud, match_points
+from ..fusion import make_partial_cloud
+from ..matching import match_points
 from ..mapping import Mapper, MapperConfig
 
 log = logging.getLogger("ov3d.train")
@@ -45,7 +46,7 @@ class FrameData:
 
 @dataclass
 class FramePair:
-    """Two overlapping frames of one scene and their matched points (fusion.match_points)."""
+    """Two overlapping frames of one scene and their matched points (matching.match_points)."""
 
     a: int  # positions in SceneData.frames
     b: int
@@ -162,9 +163,11 @@ def load_training_scenes(paths: list[str], data_cfg: dict, *, pair_max_gap: int,
 
 
 def fuse_global_cloud(frames: list[FrameData], voxel_size: float):
-    """The scene's global cloud: every partial cloud integrated by a Mapper (voxel-mean xyz, mean rgb)."""
+    """The scene's global cloud: every partial cloud integrated by a Mapper (voxel-mean xyz, mean rgb). Stage 2
+    trains on running means, without the free-space and surface step of the live map (``SurfaceConfig``): the
+    curriculum's recorded figures (training/README.md) were measured on such clouds."""
 
-    mapper = Mapper(MapperConfig(voxel_size=voxel_size, capacity=50_000_000))
+    mapper = Mapper(MapperConfig(voxel_size=voxel_size, capacity=50_000_000, surface=None))
     for frame in frames:
         mapper.integrate(frame.partial)
     return mapper.cloud()[0]

@@ -73,9 +73,9 @@ def test_query_objects_labels_match_ground_truth(run_nodes, wait_until, tmp_path
         wait_until(fusion.idle, what="fusion to finish")
         assert fusion.counters["integrated"] == N_FRAMES
         fusion.publish_global()
-        n_voxels = len(fusion.map)
+        n_points = len(fusion.map.to_cloud())  # the map's surface points, as published
         last_stamp = fusion.mapper.last_keyframe_stamp
-        wait_until(lambda: len(segmenter.map_snapshot) == n_voxels, timeout=120,
+        wait_until(lambda: len(segmenter.map_snapshot) == n_points, timeout=120,
                    what="the feature map of the final global map")
         request = make_request(list(CLASS_NAMES), min_score=0.0, cloud="global", return_cloud=True)
         response = call_service(client, QueryObjects, "/query_objects", request, timeout=120.0)
@@ -88,7 +88,7 @@ def test_query_objects_labels_match_ground_truth(run_nodes, wait_until, tmp_path
     assert stamps, "no feature map while the camera was streaming (4 s)"
     assert stamps == sorted(stamps) and final_stamp > stamps[0], (stamps, final_stamp)
     cloud = pointcloud2_to_cloud(response.labelled_cloud)
-    assert len(cloud) == n_voxels and list(response.queries) == list(CLASS_NAMES)
+    assert len(cloud) == n_points and list(response.queries) == list(CLASS_NAMES)
 
     # Ground truth: the class of the nearest ground-truth surface point (within 5 cm) of the same room.
     gt = SyntheticRoom.generate(SEED).ground_truth_cloud(spacing=0.02)

@@ -56,7 +56,10 @@ def test_partial_and_global_clouds_match_the_core_fusion(run_nodes, wait_until, 
         reference_map.integrate(ref)
     wait_until(fusion.idle, what="fusion idle")
     assert len(fusion.map) == pytest.approx(len(reference_map), rel=0.002)
-    wait_until(lambda: globals_ and globals_[-1].width == len(fusion.map), what="the global cloud")
+    wait_until(lambda: globals_ and globals_[-1].width == len(fusion.map.to_cloud()), what="the global cloud")
+    # The global cloud is the map's surface points: the reference's, to the pose's float rounding.
+    expected = reference_map.to_cloud()
+    assert globals_[-1].width == pytest.approx(len(expected), rel=0.002)
 
     client = Node("fusion_test_client")
     try:

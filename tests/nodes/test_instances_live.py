@@ -20,14 +20,19 @@ MIN_POINTS = 150  # a chair seen on one loop of 16 frames holds 300-400 map voxe
 P = Parameter
 
 
+def looping_fusion_params(n_frames: int) -> list:
+    """Fusion node parameters for a synthetic camera looping ``n_frames``: every frame fused (no keyframe gate, room
+    to queue a loop), the camera's poses, maps sent 4 times a second."""
+    return [P("pose_source", value="pose"), P("qos", value="reliable"), P("global_rate", value=4.0),
+            P("keyframe_min_translation", value=0.0), P("keyframe_min_rotation_deg", value=0.0),
+            P("stats_period", value=0.0), P("frame_queue_size", value=4 * n_frames), P("pose_timeout", value=60.0)]
+
+
 def test_chairs_are_instances_with_true_boxes_and_lasting_ids(run_nodes, wait_until, tmp_path):
     camera_params = [P("seed", value=SEED), P("n_frames", value=N_FRAMES), P("rate", value=8.0),
                      P("max_loops", value=0), P("wait_for_subscribers", value=True),
                      P("cache_dir", value=str(tmp_path))]
-    fusion_params = [P("pose_source", value="pose"), P("qos", value="reliable"), P("global_rate", value=4.0),
-                     P("keyframe_min_translation", value=0.0), P("keyframe_min_rotation_deg", value=0.0),
-                     P("stats_period", value=0.0), P("frame_queue_size", value=4 * N_FRAMES),
-                     P("pose_timeout", value=60.0)]
+    fusion_params = looping_fusion_params(N_FRAMES)
     segmenter_params = [P("checkpoint", value=str(default_checkpoint())), P("device", value="cpu"),
                         P("queries", value=list(CLASS_NAMES)), P("stats_period", value=0.0),
                         P("superpoint_refine_points", value=0)]

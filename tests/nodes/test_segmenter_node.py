@@ -109,7 +109,8 @@ def test_query_service_matches_the_core_segmenter_and_caches_features(checkpoint
         with torch.inference_mode():
             sims = reference.features(scene.xyz, scene.rgb) @ reference.embed(QUERIES).T
         np.testing.assert_allclose(response.best_scores, sims.amax(dim=0).numpy(), atol=1e-4)
-        ref_summary = summarise_queries(scene.xyz, expected.label, QUERIES, sims.amax(dim=0).numpy())
+        ref_summary = summarise_queries(scene.xyz, expected.label, QUERIES, sims.amax(dim=0).numpy(),
+                                        core_neighbours=segmenter.p["instance_core_neighbours"])
         assert list(response.point_counts) == [s.point_count for s in ref_summary]
         for c, s in zip(response.centroids, ref_summary):
             if s.point_count:

@@ -1,0 +1,87 @@
+"""Integer voxel coordinates and their packed int64 keys: the grid VoxelMap stores and match_points pairs on.
+
+A voxel (i, j, k) = floor(p / voxel_size) belongs to the block (i, j, k) >> 2 of 4x4x4 voxels. Its int64 key is the
+block's coordinates (19 bits per axis, offset 2^18) followed by the voxel's 6-bit place in the block, so sorting keys
+groups voxels by block. The keys cover +-2^20 voxels per axis (+-21 km at 2 cm).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+BLOCK_BITS = 2
+LOCAL_MASK = (1 << BLOCK_BITS) - 1
+LOCAL_BITS = 3 * BLOCK_BITS
+VOXELS_PER_BLOCK = 1 << LOCAL_BITS
+BLOCK_AXIS_BITS = 19
+BLOCK_AXIS_OFFSET = 1 << (BLOCK_AXIS_BITS - 1)
+BLOCK_AXIS_MASK = (1 << BLOCK_AXIS_BITS) - 1
+AXIS_OFFSET = BLOCK_AXIS_OFFSET << BLOCK_BITS
+
+
+def voxel_coords(xyz: torch.Tensor, voxel_size: float) -> torch.Tensor:
+    """(N, 3) int32 voxel indices floor(p / s), computed in float64 so the result does not depend on the device.
+
+    Raises ValueError for non-finite points and for points beyond the key range.
+    """
+    q = xyz.to(torch.float64, copy=True).div_(voxel_size).floor_()
+    if q.numel():
+        lo, hi = (float(v) for v in torch.aminmax(q))  # NaN or inf anywhere shows up here: no separate pass
+        if not (math.isfinite(lo) and math.isfinite(hi)):
+            bad = int((~torch.isfinite(xyz).all(dim=1)).sum())
+            raise ValueError(f"{bad} of {xyz.shape[0]} points are not finite")
+        if lo < -AXIS_OFFSET or hi >= AXIS_OFFSET:
+            raise ValueError(f"voxel index range [{lo:.0f}, {hi:.0f}] exceeds +-{AXIS_OFFSET} voxels: points are "
+                             f"farther than {AXIS_OFFSET * voxel_size:.0f} m from the origin at voxel size "
+                             f"{voxel_size} m")
+    return q.to(torch.int32)
+
+
+def block_coords(ijk: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Voxel indices -> (block indices (N, 3) int32, place of the voxel in its block 0..63 (N,) int32)."""
+    block = ijk >> BLOCK_BITS  # arithmetic shift: floor division for negative indices too
+    local = ijk & LOCAL_MASK
+    place = local[:, 0] * (1 << (2 * BLOCK_BITS)) + local[:, 1] * (1 << BLOCK_BITS) + local[:, 2]
+    return block, place
+
+
+def pack_blocks(block: torch.Tensor) -> torch.Tensor:
+    """(N, 3) block indices -> (N,) int64 block keys (lexicographic order of the indices)."""
+    b = block.to(torch.int64) + BLOCK_AXIS_OFFSET
+    return (b[:, 0] << (2 * BLOCK_AXIS_BITS)) | (b[:, 1] << BLOCK_AXIS_BITS) | b[:, 2]
+
+
+def pack_keys(ijk: torch.Tensor) -> torch.Tensor:
+    block, place = block_coords(ijk)
+    return (pack_blocks(block) << LOCAL_BITS) | place.to(torch.int64)
+
+
+def unpack_keys(keys: torch.Tensor) -> torch.Tensor:
+    block_key, place = keys >> LOCAL_BITS, keys & (VOXELS_PER_BLOCK - 1)
+    block = torch.stack([(block_key >> (2 * BLOCK_AXIS_BITS)) & BLOCK_AXIS_MASK,
+                         (block_key >> BLOCK_AXIS_BITS) & BLOCK_AXIS_MASK,
+                         block_key & BLOCK_AXIS_MASK], dim=1) - BLOCK_AXIS_OFFSET
+    local = torch.stack([(place >> (2 * BLOCK_BITS)) & LOCAL_MASK, (place >> BLOCK_BITS) & LOCAL_MASK,
+                         place & LOCAL_MASK], dim=1)
+    return block * (1 << BLOCK_BITS) + local
+
+
+def blocks_in_view(block_keys: torch.Tensor, voxel_size: float, camera, R: torch.Tensor, origin: torch.Tensor,
+                   max_range: float) -> torch.Tensor:
+    """Which blocks (their keys, without the voxel place) reach into the view of a camera at ``origin`` with
+    rotation ``R`` (camera to world, float64) up to ``max_range`` metres of depth: the sphere around each block
+    against the frustum's four side planes and its depth range. A superset of the blocks the camera sees."""
+    coords = torch.stack([(block_keys >> (2 * BLOCK_AXIS_BITS)) & BLOCK_AXIS_MASK,
+                          (block_keys >> BLOCK_AXIS_BITS) & BLOCK_AXIS_MASK,
+                          block_keys & BLOCK_AXIS_MASK], dim=1) - BLOCK_AXIS_OFFSET
+    side = voxel_size * (1 << BLOCK_BITS)
+    x, y, z = (((coords.to(torch.float64) + 0.5) * side - origin) @ R).unbind(1)
+    r = side * math.sqrt(3) / 2
+    fx, fy, cx, cy, w, h = camera.fx, camera.fy, camera.cx, camera.cy, float(camera.width), float(camera.height)
+    inside = (z >= -r) & (z <= max_range + r)
+    inside &= (fx * x + cx * z) >= -r * math.hypot(fx, cx)
+    inside &= ((w - cx) * z - fx * x) >= -r * math.hypot(fx, w - cx)
+    inside &= (fy * y + cy * z) >= -r * math.hypot(fy, cy)
+    inside &= ((h - cy) * z - fy * y) >= -r * math.hypot(fy, h - cy)
+    return inside
