@@ -164,31 +164,24 @@ _EVICT_SLACK_DIVISOR = 32
 
 @dataclass(frozen=True)
 class SurfaceConfig:
-    """What a frame's depth image, read along its lines of sight, does to the voxels in its view. After a frame's
-    points are fused, every map voxel whose mean point projects into the frame (within ``max_range`` metres of depth)
-    is compared with the depths of the four pixels around its projection; the noise margin at depth ``d`` is
-    ``margin(d) = voxel_size + carve_margin * d^2`` (the depth noise of stereo and structured-light cameras grows
-    with the square of depth).
+    """What a frame's depth image, read along its lines of sight, does to the voxels in its view. After every
+    ``every``-th frame is fused, each map voxel whose mean projects into it (up to ``max_range`` metres of depth) is
+    compared with the four depths around its projection; the margin at depth d is ``voxel_size + carve_margin *
+    d^2`` (stereo and structured-light depth noise grows with d^2). The step projects every voxel in view (~20 ms a
+    frame on one core for a room), so it runs on every 4th frame by default; votes and views add up all the same.
 
-    * Free space (``carve_evidence`` > 0): a voxel lying more than the margin in front of all four depths (all
-      valid) gains a vote; a frame whose points fall in it takes one away. With ``carve_evidence`` votes it leaves
-      the map, so a moved object goes once a few views have looked through where it was. A voxel on a surface,
-      even one seen at a grazing angle, lies at the depth of its own pixels and gets no vote.
-    * Surface (``surface``): where the four depths lie on one surface (they differ by no more than the margin plus
-      what a surface at up to 76 degrees to the line of sight spans between pixels) and the voxel lies within the
-      margin of their bilinear mean, the point where the voxel's line of sight meets that measured surface is
-      recorded, weighted by the inverse variance of the depth noise (~ d^-4), over the last ``_SURFACE_VIEWS``
-      views or so (a TSDF's weight cap: a surface that moves is followed). The voxel's exported point is the weighted mean of
-      these surface points, which averages the sensor noise down as a TSDF's signed distances do, where a running
-      mean of noisy points sits up to a voxel off the surface. Voxels whose surface point lies outside their own
-      cell (the noise shell in front of and behind a surface) are kept but not exported, and so are voxels no
-      view measured a surface at, hit by fewer than ``min_views`` frames and seen through by a view (speckle at
-      depth edges; a thin chair leg, seen through by none, stays).
-
-    The step runs on every ``every``-th fused frame: it projects every voxel in view, about 20 ms a frame on one
-    core for a room-sized map, and votes and views add up all the same. Surface points are off by default: on a
-    2-core CPU their cost and the map's slow settling (points leave as evidence gathers) hold up the live answers.
-    Clouds without a camera (anything but a PartialCloud) are fused without this step."""
+    * Free space (``carve_evidence`` > 0): a voxel in front of all four (valid) depths by more than the margin gains
+      a vote, a frame whose points fall in it takes one back, and ``carve_evidence`` votes remove it. A voxel on a
+      surface, even one seen at a grazing angle, lies at the depth of its own pixels and gets no vote.
+    * Surface (``surface``, off by default: on 2 cores its cost and the map's settling hold up live answers): where
+      the four depths lie on one surface (they differ by at most the margin plus what a surface at 76 degrees to
+      the line of sight spans between pixels) and the voxel is within the margin of their bilinear mean, the point
+      where its line of sight meets that surface is recorded, weighted ~d^-4 (inverse depth-noise variance) over
+      about the last ``_SURFACE_VIEWS`` views (a TSDF's weight cap: a moved surface is followed). The exported
+      point is their weighted mean, averaging the noise down as a TSDF does. Voxels whose surface point lies in
+      another cell (the noise shell around a surface) are kept but not exported, and so are voxels no view measured
+      that fewer than ``min_views`` frames hit and a view saw through (speckle; a thin leg, seen through by none,
+      stays). Clouds without a camera (anything but a PartialCloud) skip the step."""
 
     carve_margin: float = 0.01
     carve_evidence: int = 3
@@ -200,15 +193,12 @@ class SurfaceConfig:
     def __post_init__(self) -> None:
         if not (math.isfinite(self.carve_margin) and self.carve_margin >= 0):
             raise ValueError(f"SurfaceConfig: carve_margin must be >= 0, got {self.carve_margin}")
-        if isinstance(self.carve_evidence, bool) or not isinstance(self.carve_evidence, (int, np.integer)) \
-                or self.carve_evidence < 0:
-            raise ValueError(f"SurfaceConfig: carve_evidence must be an integer >= 0, got {self.carve_evidence!r}")
         if not (math.isfinite(self.max_range) and self.max_range > 0):
             raise ValueError(f"SurfaceConfig: max_range must be > 0 metres, got {self.max_range}")
-        for name in ("min_views", "every"):
+        for name, least in (("carve_evidence", 0), ("min_views", 1), ("every", 1)):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-                raise ValueError(f"SurfaceConfig: {name} must be an integer >= 1, got {value!r}")
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < least:
+                raise ValueError(f"SurfaceConfig: {name} must be an integer >= {least}, got {value!r}")
 
 
 # Surface offsets are weighted by an integer ~ 1/sigma(d)^2 ~ d^-4 (exact integer sums, like the positions):

@@ -2,7 +2,8 @@
 
 A thin adapter over ``ov3d_ros.fusion``. Callbacks only decode and enqueue; a timer drains the frame queue when a
 frame's pose is available (from TF, an Odometry topic or a PoseStamped topic), applies keyframe gating, builds the
-partial cloud and integrates it into the VoxelMap. Every bad message is logged (rate-limited) and counted; the node
+partial cloud and integrates it into the VoxelMap, which free space carves (``SurfaceConfig``: carve_*,
+observe_every, surface_refine). Every bad message is logged (rate-limited) and counted; the node
 never stops because of one.
 """
 from __future__ import annotations
