@@ -71,17 +71,17 @@ FUSION_PARAMS = [
     Param("map_capacity", 2_000_000, "Max voxels in the global map (stalest evicted first).", minimum=1),
     Param("clear_radius", 0.0, "If > 0, keep only voxels within this distance [m] of the camera (0 = keep all).",
           minimum=0.0),
-    Param("carve_evidence", 3, "Free-space votes that remove a voxel: each fused frame whose depth lies beyond it "
-          "(by the margin, in a 3x3 pixel window) votes, each frame that sees it occupied takes a vote back; so a "
-          "moved or removed object leaves the map after this many views through it (0 = never remove).", minimum=0,
+    Param("carve_evidence", 3, "Free-space votes that remove a voxel: each observed frame whose depth lies beyond it "
+          "(by the margin, at all four pixels around its projection) votes, each frame that sees it occupied takes "
+          "a vote back; what views see through leaves the map after this many (0 = never remove).", minimum=0,
           maximum=1000),
     Param("carve_margin", 0.01, "Depth noise margin [m] at 1 m: a voxel must lie voxel_size + carve_margin * d^2 in "
           "front of the measured depth d to get a free-space vote, and within it to count as surface.",
           minimum=0.0, maximum=1.0),
     Param("carve_max_range", 5.0, "Frames vote on and measure surfaces only up to this depth [m].", minimum=0.01),
     Param("surface_refine", False, "Put each voxel's point on the surface the frames measured along their lines "
-          "of sight (weighted by depth noise) and leave out the noise shell around surfaces: TSDF-like accuracy at "
-          "about 3x the fusion time; false = running means of the fused points."),
+          "of sight (weighted by depth noise) and leave out the noise shell around surfaces: TSDF-like accuracy "
+          "with observe_every 1, at about twice the fusion time; false = running means of the fused points."),
     Param("observe_every", 4, "The free-space (and surface) step runs on every N-th fused frame: it projects every "
           "voxel in view.", minimum=1, maximum=1000),
     Param("process_rate", 30.0, "Rate [Hz] of the timer that fuses queued frames.", minimum=0.1, maximum=1000.0),
