@@ -135,8 +135,9 @@ class FeatureSnapshot:
     unit across the tiles (tile by tile, in ``tiles`` order: the rows of ``label_units``). ``tile_of``, ``ref_xyz``
     and ``ref_rgb`` give each point its tile and the position and colour its features were computed on (the next
     update's reference). ``units`` is the version since which the units are numbered and featured alike (labels of
-units carry over between snapshots with equal ``units``), and ``drift`` counts the points new, gone, moved or
-recoloured since that version (it only grows while ``units`` stays)."""
+units carry over between snapshots with equal ``units``), and ``drift`` adds up, over the updates since that
+version, the points each one found new, gone, or moved or recoloured from their features' reference (a point
+that stays moved counts in every update, so drift over-counts rather than under-counts)."""
 
     xyz: np.ndarray
     rgb: np.ndarray
@@ -243,7 +244,6 @@ class FeatureMap:
         with self._update_lock:
             old = self.snapshot
             keys = voxel_keys(xyz, self.config.map_voxel)
-            order = np.argsort(keys, kind="stable")
             tile_of = self._tile_ids(xyz)
             changed, present = self._changes(old, keys, xyz, rgb, tile_of)
             if len(old) == len(keys) and not changed.any() and present.all() and \
@@ -254,6 +254,7 @@ class FeatureMap:
                                     "tiles_patched": 0, "tiles_refined": 0, "tiles": len(old.tiles),
                                     "seconds": time.perf_counter() - started}
                 return snapshot
+            order = np.argsort(keys, kind="stable")
             # Per tile: its points now, and its changes since its features were computed.
             tiles_now, count = np.unique(tile_of, return_counts=True)
             points_in = dict(zip(tiles_now.tolist(), count.tolist()))

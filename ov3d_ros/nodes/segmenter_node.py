@@ -86,9 +86,9 @@ SEGMENTER_PARAMS = [
           "changed (new, gone, moved or recoloured) since it last ran; below it, new points take their nearest "
           "point's features (0 = every change runs the tile).", minimum=0.0, maximum=1.0),
     Param("objects_refresh_fraction", 0.01, "The map's objects (instances, counts, centroids) are found again "
-          "when a map update changed the feature map's units (a tile ran or got its superpoints) or once this "
-          "fraction of the map's points changed since they were found; a smaller change keeps them, at the new "
-          "map's stamp (0 = after every change).", minimum=0.0, maximum=1.0),
+          "when a map update changed the feature map's units (a tile ran or got its superpoints) or once the points "
+          "each update since found changed add up to this fraction of the map; a smaller change keeps them, at "
+          "the new map's stamp (0 = after every change).", minimum=0.0, maximum=1.0),
     Param("partial_queue_size", 2, "Partial clouds waiting for the network (oldest dropped).", minimum=1,
           maximum=100),
     Param("cluster_voxel", 0.05, "Voxel [m] of the connected-component clustering behind each query's centroid.",
