@@ -1,9 +1,11 @@
 """ros2 launch ov3d_ros segment.launch.py [use_sim_camera:=true] [checkpoint:=/path/model.pt] [device:=cuda]
     [config:=/path/params.yaml] [color_topic:=...] [depth_topic:=...] [camera_info_topic:=...] [rviz:=true]
+    [map_file:=/path/room.npz]
 
 Starts fusion_node and segmenter_node (and synthetic_camera_node with use_sim_camera:=true) with the parameters of
 config/ov3d.yaml (plus config/sim_camera.yaml for the synthetic camera). Arguments given here override the YAML.
-rviz:=true also opens RViz2 with rviz/ov3d.rviz. The files are found next to this one (share/ov3d_ros of an install,
+map_file:= starts both nodes from a map saved by /segmenter_node/save_map. rviz:=true also opens RViz2 with
+rviz/ov3d.rviz. The files are found next to this one (share/ov3d_ros of an install,
 or the source tree), so `ros2 launch launch/segment.launch.py` works by path too.
 Without ros2 launch (pip-only ROS): `ov3d-run [--sim-camera]` starts the same nodes with the same YAML.
 """
@@ -30,6 +32,7 @@ def generate_launch_description():
     color_topic = LaunchConfiguration("color_topic")
     depth_topic = LaunchConfiguration("depth_topic")
     camera_info_topic = LaunchConfiguration("camera_info_topic")
+    map_file = {"map_file": LaunchConfiguration("map_file")}
 
     topics = {"color_topic": color_topic, "depth_topic": depth_topic, "camera_info_topic": camera_info_topic}
 
@@ -47,6 +50,9 @@ def generate_launch_description():
         DeclareLaunchArgument("rviz", default_value="false", description="also open RViz2 with rviz/ov3d.rviz"),
         DeclareLaunchArgument("camera_info_topic", default_value="/camera/camera/color/camera_info",
                               description="CameraInfo of the colour images"),
+        DeclareLaunchArgument("map_file", default_value="",
+                              description="start from a map file saved by /segmenter_node/save_map (.npz); empty = "
+                                          "an empty map"),
         Node(
             package="ov3d_ros",
             executable="synthetic_camera_node",
@@ -61,7 +67,7 @@ def generate_launch_description():
             executable="fusion_node",
             name="fusion_node",
             output="screen",
-            parameters=[config, sim_config, topics],
+            parameters=[config, sim_config, topics, map_file],
             condition=IfCondition(use_sim_camera),
         ),
         Node(
@@ -69,7 +75,7 @@ def generate_launch_description():
             executable="fusion_node",
             name="fusion_node",
             output="screen",
-            parameters=[config, topics],
+            parameters=[config, topics, map_file],
             condition=UnlessCondition(use_sim_camera),
         ),
         Node(
@@ -77,7 +83,7 @@ def generate_launch_description():
             executable="segmenter_node",
             name="segmenter_node",
             output="screen",
-            parameters=[config, {"checkpoint": checkpoint, "device": device}],
+            parameters=[config, {"checkpoint": checkpoint, "device": device}, map_file],
         ),
         Node(
             package="rviz2",

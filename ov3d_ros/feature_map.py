@@ -173,6 +173,59 @@ that stays moved counts in every update, so drift over-counts rather than under-
     def __len__(self) -> int:
         return len(self.keys)
 
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        """The snapshot as plain arrays, lossless (``from_arrays`` rebuilds it): its points, and tile by tile the
+        tile's id, points (keys, unit rows, reference positions and colours), unit features and bookkeeping."""
+        tiles = list(self.tiles.items())
+        if not tiles:
+            raise ValueError("FeatureSnapshot.to_arrays: the snapshot is empty (no map has features yet)")
+        return {"xyz": self.xyz, "rgb": self.rgb, "keys": self.keys, "tile_of": self.tile_of,
+                "tile_id": np.array([t for t, _ in tiles], dtype=np.int64),
+                "tile_points": np.array([len(tile.keys) for _, tile in tiles], dtype=np.int64),
+                "tile_units": np.array([len(tile.features) for _, tile in tiles], dtype=np.int64),
+                "tile_patched": np.array([tile.patched for _, tile in tiles], dtype=np.int64),
+                "tile_refined": np.array([tile.refined for _, tile in tiles], dtype=bool),
+                "tile_keys": np.concatenate([tile.keys for _, tile in tiles]),
+                "tile_unit": torch.cat([tile.unit for _, tile in tiles]).cpu().numpy(),
+                "tile_ref_xyz": np.concatenate([tile.ref_xyz for _, tile in tiles]),
+                "tile_ref_rgb": np.concatenate([tile.ref_rgb for _, tile in tiles]),
+                "features": torch.cat([tile.features for _, tile in tiles]).cpu().numpy(),
+                "stamp": np.array(self.stamp, dtype=np.float64),
+                "counters": np.array([self.version, self.units, self.drift], dtype=np.int64)}
+
+    @classmethod
+    def from_arrays(cls, arrays: dict, device: str | torch.device = "cpu") -> "FeatureSnapshot":
+        """The snapshot ``to_arrays`` gave, its features on ``device``; ValueError when the arrays do not fit
+        together (a damaged or edited file)."""
+        try:
+            xyz, rgb, keys, tile_of = (np.asarray(arrays[k]) for k in ("xyz", "rgb", "keys", "tile_of"))
+            points, units = arrays["tile_points"].astype(np.int64), arrays["tile_units"].astype(np.int64)
+            ids, unit, features = arrays["tile_id"], arrays["tile_unit"], arrays["features"]
+            tile_keys, ref_xyz, ref_rgb = arrays["tile_keys"], arrays["tile_ref_xyz"], arrays["tile_ref_rgb"]
+            stamp, (version, since, drift) = float(arrays["stamp"]), arrays["counters"].tolist()
+            patched, refined = arrays["tile_patched"], arrays["tile_refined"]
+        except KeyError as exc:
+            raise ValueError(f"feature map: no '{exc.args[0]}' array") from None
+        n = len(keys)
+        fits = xyz.shape == (n, 3) and rgb.shape == (n, 3) and tile_of.shape == (n,) and \
+            len(ids) == len(points) == len(units) == len(patched) == len(refined) and \
+            int(points.sum()) == n == len(tile_keys) == len(unit) == len(ref_xyz) == len(ref_rgb) and \
+            features.ndim == 2 and int(units.sum()) == len(features) and (points > 0).all() and \
+            np.array_equal(np.sort(tile_keys), np.sort(keys))
+        point_end, unit_end = np.cumsum(points), np.cumsum(units)
+        fits = fits and all(0 <= unit[p - k:p].min() and unit[p - k:p].max() < u
+                            for p, k, u in zip(point_end, points, units))
+        if not fits:
+            raise ValueError("feature map: its arrays do not fit together (a damaged or edited file)")
+        tiles = {}
+        for t, p, k, u, nu, pa, re in zip(ids.tolist(), point_end, points, unit_end, units, patched, refined):
+            tiles[t] = _Tile(keys=tile_keys[p - k:p], unit=torch.from_numpy(unit[p - k:p].astype(np.int64)).to(device),
+                             features=torch.from_numpy(np.ascontiguousarray(features[u - nu:u])).to(device),
+                             ref_xyz=ref_xyz[p - k:p], ref_rgb=ref_rgb[p - k:p], patched=int(pa), refined=bool(re))
+        return cls.build(xyz.astype(np.float32), rgb.astype(np.uint8), keys.astype(np.int64),
+                         np.argsort(keys, kind="stable"), tile_of.astype(np.int64), tiles, stamp, int(version),
+                         int(since), int(drift))
+
     def index_of(self, keys: np.ndarray) -> np.ndarray:
         """Positions of ``keys`` (all present) in the snapshot's point arrays."""
         return self.order[np.searchsorted(self.sorted_keys, keys)]
@@ -290,6 +343,17 @@ class FeatureMap:
                                 "tiles_patched": len(set(patch) - set(run)), "tiles_refined": refined,
                                 "tiles": len(tiles), "seconds": time.perf_counter() - started}
             return snapshot
+
+    def restore(self, snapshot: FeatureSnapshot) -> None:
+        """Serve ``snapshot`` (from a map file) as the current features; ValueError when its points were keyed or
+        tiled with another ``map_voxel`` or ``tile`` than this map's."""
+        if not np.array_equal(voxel_keys(snapshot.xyz, self.config.map_voxel), snapshot.keys) or \
+                not np.array_equal(self._tile_ids(snapshot.xyz), snapshot.tile_of):
+            raise ValueError(f"the feature map's points were not keyed with map_voxel {self.config.map_voxel} m "
+                             f"and tile {self.config.tile} m")
+        with self._update_lock:
+            self.snapshot = snapshot
+            self.last_update = {}
 
     def unrefined_points(self) -> int:
         """Points of the current snapshot whose tiles still wait for their superpoints."""

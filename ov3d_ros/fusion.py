@@ -8,6 +8,7 @@ carving and surface points. Keys of the voxel grid: ``voxel_grid``; matched poin
 from __future__ import annotations
 
 import math
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -640,8 +641,8 @@ class VoxelMap:
         write_ply(path, cloud, {"count": count})
         return path
 
-    def save(self, path) -> Path:
-        """Save the whole state losslessly to a .npz file (keys, sums, counts, ticks and settings).
+    def save(self, path, **extra) -> Path:
+        """Save the whole state losslessly to a .npz file (keys, sums, counts, ticks, settings and ``extra`` arrays).
 
         Returns the path written (numpy appends ``.npz`` when missing).
         """
@@ -651,7 +652,7 @@ class VoxelMap:
                  voxel_size=np.array(self.voxel_size, dtype=np.float64),
                  capacity=np.array(self.capacity, dtype=np.int64),
                  clear_radius=np.array(np.nan if self.clear_radius is None else self.clear_radius, dtype=np.float64),
-                 tick=np.array(self._tick, dtype=np.int64), evicted=np.array(self.evicted, dtype=np.int64))
+                 tick=np.array(self._tick, dtype=np.int64), evicted=np.array(self.evicted, dtype=np.int64), **extra)
         return path if path.suffix == ".npz" else path.with_name(path.name + ".npz")
 
     @classmethod
@@ -659,39 +660,39 @@ class VoxelMap:
              ) -> "VoxelMap":
         """Load a map written by ``save`` onto ``device``; ``surface`` is how later frames update it."""
         path = Path(path)
-        try:
-            archive = np.load(path, allow_pickle=False)
-        except (OSError, ValueError) as exc:
+        try:  # every array is read here, so a truncated file fails here and nothing is half loaded
+            with np.load(path, allow_pickle=False) as npz:
+                archive = {name: npz[name] for name in npz.files}
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
             raise ValueError(f"VoxelMap.load: cannot read {path} as .npz: {exc}") from exc
-        with archive:
-            if "format" not in archive.files or str(archive["format"]) != _MAP_FORMAT:
-                raise ValueError(f"VoxelMap.load: {path} is not a saved VoxelMap (no format '{_MAP_FORMAT}')")
-            version = int(archive["version"])
-            if version not in (1, _MAP_VERSION):
-                raise ValueError(f"VoxelMap.load: {path} has format version {version}, this code reads 1 to "
-                                 f"{_MAP_VERSION}")
-            added = _ADDED_ARRAYS if version == 1 else ()
-            missing = [name for name, _, _ in _VOXEL_ARRAYS if name not in archive.files and name not in added]
-            if missing:
-                raise ValueError(f"VoxelMap.load: {path} lacks {missing} (corrupt file)")
-            n = len(archive["keys"])
-            arrays = {name: archive[name] if name not in added else
-                      np.zeros((n,) + shape, dtype=str(dtype).replace("torch.", ""))
-                      for name, dtype, shape in _VOXEL_ARRAYS}
-            for name, dtype, shape in _VOXEL_ARRAYS:
-                expected = np.dtype(str(dtype).replace("torch.", ""))
-                if arrays[name].dtype != expected or arrays[name].shape != (n,) + shape:
-                    raise ValueError(f"VoxelMap.load: {path}: '{name}' is {arrays[name].dtype} "
-                                     f"{arrays[name].shape}, expected {expected} {(n,) + shape}")
-            keys = arrays["keys"]
-            if n > 1 and not np.all(keys[1:] > keys[:-1]):
-                raise ValueError(f"VoxelMap.load: {path}: voxel keys are not strictly increasing (corrupt file)")
-            clear_radius = float(archive["clear_radius"])
-            vmap = cls(voxel_size=float(archive["voxel_size"]), capacity=int(archive["capacity"]),
-                       clear_radius=None if math.isnan(clear_radius) else clear_radius, device=device,
-                       surface=surface)
-            vmap._set_voxels({name: torch.from_numpy(np.ascontiguousarray(value)).to(vmap.device)
-                              for name, value in arrays.items()})
-            vmap._tick = int(archive["tick"])
-            vmap.evicted = int(archive["evicted"])
+        if "format" not in archive or str(archive["format"]) != _MAP_FORMAT:
+            raise ValueError(f"VoxelMap.load: {path} is not a saved VoxelMap (no format '{_MAP_FORMAT}')")
+        version = int(archive["version"])
+        if version not in (1, _MAP_VERSION):
+            raise ValueError(f"VoxelMap.load: {path} has format version {version}, this code reads 1 to "
+                             f"{_MAP_VERSION}")
+        added = _ADDED_ARRAYS if version == 1 else ()
+        missing = [name for name, _, _ in _VOXEL_ARRAYS if name not in archive and name not in added]
+        if missing:
+            raise ValueError(f"VoxelMap.load: {path} lacks {missing} (corrupt file)")
+        n = len(archive["keys"])
+        arrays = {name: archive[name] if name not in added else
+                  np.zeros((n,) + shape, dtype=str(dtype).replace("torch.", ""))
+                  for name, dtype, shape in _VOXEL_ARRAYS}
+        for name, dtype, shape in _VOXEL_ARRAYS:
+            expected = np.dtype(str(dtype).replace("torch.", ""))
+            if arrays[name].dtype != expected or arrays[name].shape != (n,) + shape:
+                raise ValueError(f"VoxelMap.load: {path}: '{name}' is {arrays[name].dtype} "
+                                 f"{arrays[name].shape}, expected {expected} {(n,) + shape}")
+        keys = arrays["keys"]
+        if n > 1 and not np.all(keys[1:] > keys[:-1]):
+            raise ValueError(f"VoxelMap.load: {path}: voxel keys are not strictly increasing (corrupt file)")
+        clear_radius = float(archive["clear_radius"])
+        vmap = cls(voxel_size=float(archive["voxel_size"]), capacity=int(archive["capacity"]),
+                   clear_radius=None if math.isnan(clear_radius) else clear_radius, device=device,
+                   surface=surface)
+        vmap._set_voxels({name: torch.from_numpy(np.ascontiguousarray(value)).to(vmap.device)
+                          for name, value in arrays.items()})
+        vmap._tick = int(archive["tick"])
+        vmap.evicted = int(archive["evicted"])
         return vmap

@@ -292,3 +292,22 @@ class InstanceTracker:
                 self._next += 1
             inst.last_seen = float(stamp)
             known[inst.id] = np.asarray(inst.box.center, dtype=np.float64)
+
+    def state(self) -> dict[str, np.ndarray]:
+        """The known objects as plain arrays (query text, id, box centre) and the next free id, for a map file;
+        ``restore`` takes them back."""
+        tracks = [(query, i, centre) for query, known in self._known.items() for i, centre in known.items()]
+        return {"query": np.array([t[0] for t in tracks], dtype=str),
+                "id": np.array([t[1] for t in tracks], dtype=np.int64),
+                "center": np.array([t[2] for t in tracks], dtype=np.float64).reshape(-1, 3),
+                "next": np.array(self._next, dtype=np.int64)}
+
+    def restore(self, state: dict) -> None:
+        """Know the objects of ``state`` (``state()``'s arrays) instead of the current ones."""
+        query, ids, center = state["query"], state["id"], state["center"]
+        if not len(query) == len(ids) == len(center) or np.asarray(center).shape[1:] != (3,):
+            raise ValueError("instance tracks: query, id and center must have one row per object")
+        self._known = {}
+        for q, i, c in zip(query.tolist(), ids.tolist(), np.asarray(center, dtype=np.float64)):
+            self._known.setdefault(str(q), {})[int(i)] = c
+        self._next = max(int(state["next"]), max(ids.tolist(), default=-1) + 1)

@@ -121,17 +121,41 @@ class Mapper:
             return self.map.to_cloud(frame_id), self.version
 
     def save(self, path, frame_id: str = "map") -> tuple[Path, int]:
-        """Write the map as ``.npz`` (lossless, loadable) or ``.ply`` (a plain cloud); returns (path, voxels)."""
+        """Write the map as ``.npz`` (lossless, with the newest keyframe's stamp: ``load`` reads it back) or
+        ``.ply`` (a plain cloud); returns (path, voxels)."""
         path = Path(path)
         with self.lock:
             n = len(self.map)
             if path.suffix.lower() == ".npz":
-                self.map.save(path)
+                stamp = math.nan if self.last_keyframe_stamp is None else self.last_keyframe_stamp
+                self.map.save(path, keyframe_stamp=np.array(stamp, dtype=np.float64))
             elif path.suffix.lower() == ".ply":
                 self.map.write_ply(path, frame_id=frame_id)
             else:
                 raise ValueError(f"map path must end in .npz or .ply, got '{path}'")
         return path, n
+
+    def load(self, path) -> int:
+        """Replace the map with the one ``save`` wrote to ``path`` (the next frame is a keyframe); returns its
+        voxels. ValueError, with the map untouched, for an unreadable file or one of another voxel size or more
+        voxels than ``capacity``: its voxels would not be this map's."""
+        c = self.config
+        loaded = VoxelMap.load(path, device=self.map.device, surface=c.surface)
+        if not math.isclose(loaded.voxel_size, c.voxel_size, rel_tol=1e-9):
+            raise ValueError(f"map file {path} has {loaded.voxel_size} m voxels, this map {c.voxel_size} m: set "
+                             f"voxel_size to {loaded.voxel_size} to load it")
+        if len(loaded) > c.capacity:
+            raise ValueError(f"map file {path} holds {len(loaded)} voxels, more than this map's capacity "
+                             f"{c.capacity}")
+        loaded.capacity, loaded.clear_radius = c.capacity, c.clear_radius
+        with np.load(path, allow_pickle=False) as archive:
+            stamp = float(archive["keyframe_stamp"]) if "keyframe_stamp" in archive.files else math.nan
+        with self.lock:
+            self.map = loaded
+            self.version += 1
+            self._last_keyframe_T = None
+            self.last_keyframe_stamp = None if math.isnan(stamp) else stamp
+            return len(loaded)
 
     def __len__(self) -> int:
         return len(self.map)

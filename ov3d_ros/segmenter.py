@@ -22,6 +22,7 @@ classification chunk by chunk, so memory stays O(N) whatever the embedding size.
 """
 from __future__ import annotations
 
+import functools
 import logging
 import numbers
 from dataclasses import dataclass
@@ -33,7 +34,7 @@ import torch.nn.functional as F
 from .cloud import PointCloud
 from .grid_sampling import sample_one_per_voxel, turn_about_gravity
 from .model.backend import resolve_device
-from .model.checkpoint import check_embed_dim, load_checkpoint
+from .model.checkpoint import check_embed_dim, load_checkpoint, model_fingerprint
 from .model.unet import SpUNet
 from .model.voxelize import as_points
 from .superpoints import SuperpointConfig, superpoints as compute_superpoints
@@ -200,6 +201,11 @@ class Segmenter:
     @property
     def embed_dim(self) -> int:
         return self.model.embed_dim
+
+    @functools.cached_property
+    def fingerprint(self) -> str:
+        """The model's ``model_fingerprint``: what a saved feature map is checked against before it is used."""
+        return model_fingerprint(self.model)
 
     # -- queries ------------------------------------------------------------------------------------------------
     def check_queries(self, queries) -> list[str]:

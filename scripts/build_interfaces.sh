@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Build the ov3d_interfaces package (QueryObjects.srv, SaveMap.srv) with plain cmake into a Python venv that holds
+# Build the ov3d_interfaces package (its .srv and .msg files) with plain cmake into a Python venv that holds
 # ROS 2 from pip wheels, for machines without a ROS distro or colcon. On a real ROS 2 install use colcon instead
 # (see README: "Building in a colcon workspace").
 #
@@ -48,7 +48,7 @@ cmake --install "$BUILD" >"$BUILD.install.log" 2>&1 \
 
 # Installed into the venv prefix, the generated Python package lands in lib/pythonX.Y/site-packages and its C
 # libraries in lib/, which the venv's rclpy finds at run time without sourcing anything. Check it.
-"$VENV/bin/python" -c 'from ov3d_interfaces.msg import ObjectInstance; from ov3d_interfaces.srv import QueryObjects, SaveMap; ObjectInstance(); QueryObjects.Request(); SaveMap.Request()' \
+"$VENV/bin/python" -c 'from ov3d_interfaces.msg import ObjectInstance; from ov3d_interfaces.srv import LoadMap, QueryObjects, SaveMap; ObjectInstance(); QueryObjects.Request(); SaveMap.Request(); LoadMap.Request()' \
   || { echo "build_interfaces: installed, but 'from ov3d_interfaces.srv import QueryObjects' fails" >&2; exit 1; }
 touch "$STAMP"
 log "ov3d_interfaces installed into $VENV"

@@ -10,6 +10,7 @@ loads with ``torch.load(weights_only=True)`` (no pickled code runs when a checkp
 """
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 import tempfile
@@ -121,6 +122,17 @@ def save_checkpoint(path, model: SpUNet, text_encoder, *, vocabulary=(), meta: d
         if os.path.exists(tmp):
             os.unlink(tmp)
     return path
+
+
+def model_fingerprint(model: torch.nn.Module) -> str:
+    """sha256 (hex) of a model's weights and buffers: names, dtypes, shapes and values. Features of two models are
+    comparable only when their fingerprints agree, wherever and however often their checkpoints were copied."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        tensor = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
 
 
 def read_checkpoint(path) -> dict:

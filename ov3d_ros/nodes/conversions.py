@@ -7,18 +7,21 @@ these itself rather than using cv_bridge or sensor_msgs_py, which pip-only ROS i
 """
 from __future__ import annotations
 
+import math
 import sys
 
 import numpy as np
 from builtin_interfaces.msg import Time
 from geometry_msgs.msg import Point, Pose, Quaternion, Transform, Vector3
 from sensor_msgs.msg import CameraInfo, Image, PointCloud2, PointField
-from std_msgs.msg import Header
+from std_msgs.msg import ColorRGBA, Header
+from visualization_msgs.msg import Marker, MarkerArray
 
 from ov3d_interfaces.msg import ObjectInstance
 from ov3d_ros.cloud import PointCloud
 from ov3d_ros.geometry import matrix_to_quaternion
 from ov3d_ros.messages import IMAGE_ENCODINGS, UnsupportedEncodingError
+from ov3d_ros.viz import label_palette
 
 #: label value of unlabelled points in PointCloud2 (uint32 cannot hold -1).
 UNLABELLED = np.uint32(0xFFFFFFFF)
@@ -192,3 +195,35 @@ def instance_message(instance, queries: list[str]) -> ObjectInstance:
         box_center=Point(x=float(b.center[0]), y=float(b.center[1]), z=float(b.center[2])),
         box_size=Vector3(x=float(b.size[0]), y=float(b.size[1]), z=float(b.size[2])), box_yaw=float(b.yaw),
         last_observed=sec_to_stamp(instance.last_seen))
+
+
+def instance_markers(instances: list, queries: list[str], header, frame_id: str, text_size: float) -> MarkerArray:
+    """RViz markers of object instances in ``frame_id``: a DELETEALL, then each instance's box (translucent, in its
+    query's colour) and its query text, mean score and id ``text_size`` metres above it."""
+    markers = MarkerArray()
+    clear = Marker(action=Marker.DELETEALL)
+    clear.header.frame_id = frame_id
+    markers.markers.append(clear)
+    palette = label_palette(max(1, len(queries)))
+    for k, inst in enumerate(instances):
+        r, g, b = (float(v) for v in palette[inst.query])
+        box, text = Marker(), Marker()
+        for marker in (box, text):
+            marker.header.frame_id = frame_id
+            marker.header.stamp = header.stamp
+            marker.action = Marker.ADD
+        centre, size = inst.box.center, np.maximum(inst.box.size, 0.01)
+        box.ns, box.id, box.type = "ov3d_instances", k, Marker.CUBE
+        box.pose.position = Point(x=float(centre[0]), y=float(centre[1]), z=float(centre[2]))
+        box.pose.orientation = Quaternion(z=math.sin(inst.box.yaw / 2), w=math.cos(inst.box.yaw / 2))
+        box.scale = Vector3(x=float(size[0]), y=float(size[1]), z=float(size[2]))
+        box.color = ColorRGBA(r=r, g=g, b=b, a=0.35)
+        text.ns, text.id, text.type = "ov3d_labels", k, Marker.TEXT_VIEW_FACING
+        top = centre[2] + inst.box.size[2] / 2 + text_size
+        text.pose.position = Point(x=float(centre[0]), y=float(centre[1]), z=float(top))
+        text.pose.orientation.w = 1.0
+        text.scale.z = float(text_size)
+        text.color = ColorRGBA(r=r, g=g, b=b, a=1.0)
+        text.text = f"{queries[inst.query]} {inst.score_mean:.2f} #{inst.id}"
+        markers.markers.extend([box, text])
+    return markers

@@ -21,7 +21,7 @@ from rclpy.qos import QoSProfile, ReliabilityPolicy, HistoryPolicy, DurabilityPo
 from sensor_msgs.msg import CameraInfo, Image, PointCloud2
 from std_srvs.srv import Trigger
 
-from ov3d_interfaces.srv import SaveMap
+from ov3d_interfaces.srv import LoadMap, SaveMap
 from ov3d_ros.fusion import RGBDFrame, SurfaceConfig
 from ov3d_ros.geometry import rigid_from_quaternion
 from ov3d_ros.mapping import Mapper, MapperConfig
@@ -87,6 +87,8 @@ FUSION_PARAMS = [
     Param("process_rate", 30.0, "Rate [Hz] of the timer that fuses queued frames.", minimum=0.1, maximum=1000.0),
     Param("global_rate", 1.0, "Max rate [Hz] of ~/global_cloud; it is sent when the map changed (0 = never).",
           minimum=0.0, maximum=100.0),
+    Param("map_file", "", "Map file (.npz, from ~/save_map of this node or the segmenter node) to start from; its "
+          "voxel_size must be this node's. Empty = start with an empty map."),
     Param("stats_period", 10.0, "Period [s] of the counters log line (0 = never).", minimum=0.0),
 ]
 
@@ -124,7 +126,9 @@ class FusionNode(Node):
             surface=SurfaceConfig(carve_margin=p["carve_margin"], carve_evidence=p["carve_evidence"],
                                   max_range=p["carve_max_range"], surface=p["surface_refine"],
                                   every=p["observe_every"])))
-        self.map = self.mapper.map
+        if p["map_file"]:
+            n = self.mapper.load(Path(os.path.expanduser(p["map_file"])))
+            self.get_logger().info(f"map of {n} voxels loaded from {p['map_file']}")
         self.sync = ApproximateTimeSync(("color", "depth", "info"), slop=p["sync_slop"],
                                         queue_size=p["sync_queue_size"])
         self.frames = BoundedQueue(p["frame_queue_size"], name="frames")
@@ -170,6 +174,7 @@ class FusionNode(Node):
                                                       durability=DurabilityPolicy.TRANSIENT_LOCAL))
         self._published_version = -1  # the mapper's version last sent on ~/global_cloud
         self.create_service(SaveMap, "~/save_map", self._on_save_map)
+        self.create_service(LoadMap, "~/load_map", self._on_load_map)
         self.create_service(Trigger, "~/reset_map", self._on_reset_map)
         self.create_timer(1.0 / p["process_rate"], self._process_frames)
         if p["global_rate"] > 0:
@@ -181,6 +186,11 @@ class FusionNode(Node):
             f"fusing {p['color_topic']} + {p['depth_topic']} + {p['camera_info_topic']} "
             f"(qos {p['qos']}), poses from {p['pose_source']}"
             f"{'' if p['pose_source'] == 'tf' else ' on ' + p['pose_topic']}, map in '{p['world_frame']}'")
+
+    @property
+    def map(self):
+        """The Mapper's VoxelMap (another object after ~/load_map)."""
+        return self.mapper.map
 
     # ------------------------------------------------------------------ callbacks: decode + enqueue only
     def _on_color(self, msg: Image) -> None:
@@ -356,6 +366,22 @@ class FusionNode(Node):
         response.success = True
         response.point_count = int(n)
         response.message = f"saved {n} voxels to {path}"
+        self.get_logger().info(response.message)
+        return response
+
+    def _on_load_map(self, request: LoadMap.Request, response: LoadMap.Response) -> LoadMap.Response:
+        path = Path(os.path.expanduser(request.path.strip()))
+        try:
+            response.point_count = self.mapper.load(path)
+        except ValueError as exc:
+            response.success, response.message = False, f"load_map: {exc}"
+            self.get_logger().error(response.message)
+            return response
+        self.sync.reset()
+        self.frames.clear()
+        self.publish_global()
+        response.success = True
+        response.message = f"loaded {response.point_count} voxels from {path}"
         self.get_logger().info(response.message)
         return response
 

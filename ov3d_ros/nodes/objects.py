@@ -13,7 +13,7 @@ import numpy as np
 
 from ov3d_ros.instances import InstanceSet, cluster_grid, extract_instances
 
-__all__ = ["ObjectSummary", "summaries", "summarise_queries", "format_table"]
+__all__ = ["ObjectSummary", "summaries", "summarise_queries", "format_table", "select_instances"]
 
 
 @dataclass
@@ -64,3 +64,15 @@ def format_table(summaries: list[ObjectSummary]) -> str:
     for r in rows:
         lines.append("  ".join(v.ljust(w) for v, w in zip(r, widths)))
     return "\n".join(lines)
+
+
+def select_instances(instances: list, min_points: int, max_instances: int) -> list:
+    """The instances a request asks for: at least ``min_points`` points (0: all given), at most ``max_instances``
+    per query (0: all), each query's largest first (the order extraction gives)."""
+    chosen, per_query = [], {}
+    for inst in instances:
+        if inst.points < min_points or (max_instances and per_query.get(inst.query, 0) >= max_instances):
+            continue
+        per_query[inst.query] = per_query.get(inst.query, 0) + 1
+        chosen.append(inst)
+    return chosen

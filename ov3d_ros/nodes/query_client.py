@@ -2,6 +2,8 @@
 
     ov3d-query chair "office chair" lamp
     ov3d-query --cloud partial --min-score 0.3 --save-ply out/labelled.ply chair
+    ov3d-query --save-map ~/maps/room.npz      # /segmenter_node/save_map: voxels, features and object ids
+    ov3d-query --load-map ~/maps/room.npz      # /segmenter_node/load_map
 """
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ import rclpy
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
 
-from ov3d_interfaces.srv import QueryObjects
+from ov3d_interfaces.srv import LoadMap, QueryObjects, SaveMap
 from ov3d_ros.data.ply import write_ply
 from ov3d_ros.messages import stamp_seconds
 from ov3d_ros.nodes.conversions import pointcloud2_to_cloud
@@ -112,7 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "of points, the best score and the centroid of the largest object, then every object instance "
                     "(id, score, points, box).",
         epilog='example: ov3d-query chair "office chair" lamp --min-score 0.2')
-    parser.add_argument("queries", nargs="+", help="text queries (quote multi-word ones)")
+    parser.add_argument("queries", nargs="*", help="text queries (quote multi-word ones)")
     parser.add_argument("--min-score", type=float, default=0.0,
                         help="points scoring below this for every query stay unlabelled (default 0.0)")
     parser.add_argument("--cloud", choices=("global", "partial"), default="global",
@@ -128,6 +130,15 @@ def build_parser() -> argparse.ArgumentParser:
                         help="also request the labelled cloud and write it as PLY (label, score fields)")
     parser.add_argument("--raw", action="store_true",
                         help="print the response message as `ros2 service call` does, instead of a table")
+    maps = parser.add_argument_group("map files (instead of queries)")
+    maps.add_argument("--save-map", metavar="FILE",
+                      help="ask the segmenter node to save the map (the fusion node's voxels, the features, object "
+                           "ids) to FILE (.npz, a path on the node's machine)")
+    maps.add_argument("--load-map", metavar="FILE",
+                      help="ask the segmenter node to load a map file saved with --save-map (and the fusion node "
+                           "its voxels); refused when another checkpoint or voxel size made it")
+    maps.add_argument("--node", default="/segmenter_node",
+                      help="the node whose ~/save_map or ~/load_map is called (default /segmenter_node)")
     return parser
 
 
@@ -137,8 +148,13 @@ def main(argv: list[str] | None = None) -> int:
     if "--ros-args" in argv:  # let users pass remappings/domain settings like any ROS tool
         i = argv.index("--ros-args")
         argv, ros_args = argv[:i], argv[i:]
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if bool(args.queries) + bool(args.save_map) + bool(args.load_map) != 1:
+        parser.error("give text queries, or one of --save-map and --load-map")
     logging.basicConfig(level=logging.INFO, format="[%(name)s] %(message)s")
+    if not args.queries:
+        return call_map_service(args, ros_args)
     try:
         request = make_request(args.queries, min_score=args.min_score, cloud=args.cloud,
                                return_cloud=bool(args.save_ply), max_instances=args.max_instances,
@@ -146,29 +162,21 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         log.error("%s", exc)
         return 2
-    # A context of its own, so main() also works inside a process that already runs rclpy (tests, notebooks).
-    context = rclpy.Context()
-    rclpy.init(args=["ov3d-query", *ros_args], context=context)
-    node = Node("ov3d_query_client", context=context)
+    print(f"requester: making request: queries={request.queries} min_score={request.min_score} "
+          f"cloud={args.cloud}")
     try:
-        print(f"requester: making request: queries={request.queries} min_score={request.min_score} "
-              f"cloud={args.cloud}")
-        with ServiceCaller(node, QueryObjects, args.service) as caller:
-            response = caller.call(request, args.timeout)
-        age = node.get_clock().now().nanoseconds * 1e-9 - stamp_seconds(response.map_stamp)
+        response, latency, now = call_once(QueryObjects, args.service, request, ros_args, args.timeout)
     except ServiceTimeout as exc:
         log.error("%s", exc)
         return 2
-    finally:
-        node.destroy_node()
-        rclpy.try_shutdown(context=context)
+    age = now - stamp_seconds(response.map_stamp)
     if args.raw:
         print("response:")
         print(response)
     else:
         print(f"response: success={response.success} message='{response.message}'")
         if response.success:
-            print(f"answered in {1e3 * caller.last_latency:.0f} ms from the map of "
+            print(f"answered in {1e3 * latency:.0f} ms from the map of "
                   f"t={stamp_seconds(response.map_stamp):.2f} s ({age:.1f} s old)")
             print(format_table(summaries_from_response(response)))
             print()
@@ -176,6 +184,35 @@ def main(argv: list[str] | None = None) -> int:
     if response.success and args.save_ply:
         path = write_ply(args.save_ply, pointcloud2_to_cloud(response.labelled_cloud))
         print(f"labelled cloud written to {path}")
+    return 0 if response.success else 1
+
+
+def call_once(srv_type, name: str, request, ros_args: list[str], timeout: float):
+    """(response, latency in seconds, the client's clock at the answer) of one call, from a node in an rclpy
+    context of its own, so this also works inside a process that already runs rclpy (tests, notebooks)."""
+    context = rclpy.Context()
+    rclpy.init(args=["ov3d-query", *ros_args], context=context)
+    node = Node("ov3d_query_client", context=context)
+    try:
+        with ServiceCaller(node, srv_type, name) as caller:
+            response = caller.call(request, timeout)
+        return response, caller.last_latency, node.get_clock().now().nanoseconds * 1e-9
+    finally:
+        node.destroy_node()
+        rclpy.try_shutdown(context=context)
+
+
+def call_map_service(args, ros_args: list[str]) -> int:
+    """``--save-map`` / ``--load-map``: one call of ``--node``'s ~/save_map or ~/load_map; prints its answer."""
+    srv_type, name, path = (SaveMap, "save_map", args.save_map) if args.save_map else \
+        (LoadMap, "load_map", args.load_map)
+    try:
+        response, _, _ = call_once(srv_type, f"{args.node.rstrip('/')}/{name}", srv_type.Request(path=path),
+                                   ros_args, args.timeout)
+    except ServiceTimeout as exc:
+        log.error("%s", exc)
+        return 2
+    print(f"response: success={response.success} message='{response.message}'")
     return 0 if response.success else 1
 
 

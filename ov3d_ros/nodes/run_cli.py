@@ -9,6 +9,7 @@ fusion node share this process.
     ov3d-run --bag RECORDING        # a rosbag2 recording replayed through the same nodes, then the same outputs
     ov3d-run --sim-camera           # the same pipeline, running until Ctrl-C
     ov3d-run                        # fusion + segmenter on a real camera's topics (config/ov3d.yaml)
+    ov3d-run --map room.npz         # the same, starting from a map saved by /segmenter_node/save_map
 """
 from __future__ import annotations
 
@@ -310,12 +311,25 @@ def run_bag(args) -> int:
     return code
 
 
+def map_file_args(path: Path | None) -> list[str]:
+    """ROS arguments that start both nodes from a map file (``--map``): the fusion node's voxels, the segmenter
+    node's features."""
+    if path is None:
+        return []
+    path = path.expanduser().resolve()
+    if not path.is_file():
+        raise FileNotFoundError(f"map file not found: {path}")
+    return ["-p", f"fusion_node:map_file:={path}", "-p", f"segmenter_node:map_file:={path}"]
+
+
 def run_nodes(args) -> int:
     stop = stop_on_signals()
     files = args.config or default_config_files(sim_camera=args.sim_camera)
     log.info("parameters from %s; Ctrl-C to stop", ", ".join(map(str, files)))
-    ros_args = params_file_args(files) + args.ros_args
+    ros_args = params_file_args(files) + args.ros_args + map_file_args(args.map)
     segmenter = start_segmenter(ros_args, checkpoint=args.checkpoint, device=args.device, num_threads=args.threads)
+    # The segmenter exits on its own only when it cannot start (a missing checkpoint, a refused map file): stop too.
+    threading.Thread(target=lambda: (segmenter.wait(), stop.set()), name="segmenter-watch", daemon=True).start()
     runner = None
     try:
         runner = NodeRunner(make_factories(sim_camera=args.sim_camera, camera_rate=args.rate), ros_args=ros_args)
@@ -324,7 +338,10 @@ def run_nodes(args) -> int:
     finally:
         if runner is not None:
             runner.close()
-        stop_segmenter(segmenter)
+        code = stop_segmenter(segmenter)
+    if code not in (0, -signal.SIGINT):
+        log.error("segmenter_node exited with code %s", code)
+        return 2
     return 0
 
 
@@ -348,6 +365,10 @@ def build_parser() -> argparse.ArgumentParser:
                                              f"{default_checkpoint()})")
     parser.add_argument("--device", help="torch device: auto, cpu, cuda (default from the YAML: auto)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads of the segmenter")
+    parser.add_argument("--map", type=Path, metavar="FILE",
+                        help="start from a map file saved by /segmenter_node/save_map (.npz): the nodes answer "
+                             "queries from it before the first new frame and keep mapping on top of it; refused "
+                             "when another checkpoint or voxel size made it")
     parser.add_argument("--camera-rate", dest="rate", type=float, default=None,
                         help="synthetic camera rate in Hz (default from YAML)")
     bag = parser.add_argument_group("bag replay (--bag)")
@@ -375,6 +396,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     args.ros_args = ros_args
     logging.basicConfig(level=logging.INFO, format="[%(name)s] %(message)s")
+    if args.map is not None and (args.demo or args.bag is not None):
+        build_parser().error("--map continues a live map: use it without --demo and --bag")
     try:
         if args.bag is not None:
             return run_bag(args)

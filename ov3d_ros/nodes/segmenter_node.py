@@ -10,36 +10,37 @@ The network passes run in a thread of the node's own; the executor's callbacks o
 from __future__ import annotations
 
 import math
+import os
 import threading
 import time
 import traceback
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
-from geometry_msgs.msg import Point, Quaternion, Vector3
+from geometry_msgs.msg import Point
 from rcl_interfaces.msg import SetParametersResult
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
 from rclpy.node import Node
 from sensor_msgs.msg import PointCloud2
-from std_msgs.msg import ColorRGBA
-from visualization_msgs.msg import Marker, MarkerArray
+from visualization_msgs.msg import MarkerArray
 
-from ov3d_interfaces.srv import QueryObjects
+from ov3d_interfaces.srv import LoadMap, QueryObjects, SaveMap
 from ov3d_ros.cloud import PointCloud
 from ov3d_ros.feature_map import FeatureMap, FeatureMapConfig
+from ov3d_ros.map_file import read_features, write_features
 from ov3d_ros.messages import stamp_seconds
-from ov3d_ros.instances import InstanceTracker, extract_instances
-from ov3d_ros.nodes.conversions import cloud_to_pointcloud2, instance_message, make_header, pointcloud2_to_cloud, \
-    sec_to_stamp
-from ov3d_ros.instances import cluster_grid
-from ov3d_ros.nodes.objects import summaries as object_summaries
+from ov3d_ros.instances import InstanceTracker, cluster_grid, extract_instances
+from ov3d_ros.nodes.conversions import cloud_to_pointcloud2, instance_markers, instance_message, make_header, \
+    pointcloud2_to_cloud, sec_to_stamp
+from ov3d_ros.nodes.objects import select_instances, summaries as object_summaries
 from ov3d_ros.nodes.params import Param, declare_all, node_help
 from ov3d_ros.nodes.runner import spin_nodes
 from ov3d_ros.nodes.sync import BoundedQueue
 from ov3d_ros.resources import default_checkpoint
 from ov3d_ros.segmenter import CloudFeatures, Segmenter
 from ov3d_ros.superpoints import SuperpointConfig
-from ov3d_ros.viz import label_palette
 
 DEVICE_CHOICES = ("auto", "cpu", "cuda")
 PARTIAL_DEMAND_S = 60.0  # a CLOUD_PARTIAL query keeps the partial clouds coming for this long
@@ -104,8 +105,14 @@ SEGMENTER_PARAMS = [
     Param("max_points", 3_000_000, "Clouds with more points are refused (memory guard).", minimum=1),
     Param("marker_frame", "", "Frame of the markers; empty = the cloud's frame."),
     Param("marker_text_size", 0.15, "Height [m] of the marker text.", minimum=0.001, read_only=False),
+    Param("map_file", "", "Map file (.npz from ~/save_map) whose features to start from, so queries are answered "
+          "before the first new map arrives; it must come from this checkpoint, map_voxel and feature_tile (the "
+          "fusion node loads the voxels beside them with its own map_file). Empty = start with no map."),
+    Param("fusion_node", "/fusion_node", "The fusion node whose ~/save_map and ~/load_map this node's ~/save_map "
+          "and ~/load_map call, so that one file holds the voxel map and its features (empty = features only)."),
     Param("stats_period", 10.0, "Period [s] of the counters log line (0 = never).", minimum=0.0),
 ]
+MAP_CALL_TIMEOUT_S = 120.0  # how long ~/save_map and ~/load_map wait for the fusion node's part
 
 
 @dataclass
@@ -163,6 +170,17 @@ class SegmenterNode(Node):
         self.labelled_map_pub = self.create_publisher(PointCloud2, "~/labelled_map", 2)
         self.markers_pub = self.create_publisher(MarkerArray, "~/markers", 2)
         self.create_service(QueryObjects, p["query_service"], self._on_query)
+        # Saving and loading wait for the fusion node's answer: their services and clients are in callback groups of
+        # their own, so that meanwhile the executor keeps answering queries and taking maps.
+        files, calls = MutuallyExclusiveCallbackGroup(), ReentrantCallbackGroup()
+        self.create_service(SaveMap, "~/save_map", self._on_save_map, callback_group=files)
+        self.create_service(LoadMap, "~/load_map", self._on_load_map, callback_group=files)
+        self._fusion_calls = calls
+        self._fusion_save = self._fusion_load = None
+        if p["fusion_node"]:
+            fusion = p["fusion_node"].rstrip("/")
+            self._fusion_save = self.create_client(SaveMap, f"{fusion}/save_map", callback_group=calls)
+            self._fusion_load = self.create_client(LoadMap, f"{fusion}/load_map", callback_group=calls)
         self.create_timer(1.0, self._follow_partial_demand)
         self._follow_partial_demand()
         if p["stats_period"] > 0:
@@ -174,6 +192,15 @@ class SegmenterNode(Node):
         self._wake = threading.Event()
         self._stopping = threading.Event()
         self._worker = threading.Thread(target=self._work, name="segmenter-network", daemon=True)
+        if p["map_file"]:
+            try:
+                saved = self._read_map_file(p["map_file"])
+            except ValueError:
+                super().destroy_node()  # a refused map file leaves nothing of the node on the graph
+                raise
+            self._install(saved)
+            self.get_logger().info(f"feature map of {len(saved.snapshot)} points at t={saved.snapshot.stamp:.2f} s "
+                                   f"loaded from {p['map_file']}")
         self._worker.start()
         self.get_logger().info(f"loaded {checkpoint} on {getattr(self.segmenter, 'device', p['device'])}; "
                                f"serving {p['query_service']}; default queries {list(p['queries'])}")
@@ -294,14 +321,14 @@ class SegmenterNode(Node):
 
     def _refine_map(self) -> None:
         """Superpoints for some more of the map's tiles (idle time of the network thread)."""
-        try:
-            with self._network_lock:
+        with self._network_lock:  # held while serving, so a map loaded meanwhile is not served over (_install)
+            try:
                 self.feature_map.refine(self.p["superpoint_refine_points"])
-        except (ValueError, TypeError, RuntimeError) as exc:
-            self._refine_failed = self.feature_map.snapshot.version  # not again on this map version
-            self.get_logger().error(f"refining the feature map failed: {exc}", throttle_duration_sec=5.0)
-            return
-        self._serve(self.feature_map.snapshot)
+            except (ValueError, TypeError, RuntimeError) as exc:
+                self._refine_failed = self.feature_map.snapshot.version  # not again on this map version
+                self.get_logger().error(f"refining the feature map failed: {exc}", throttle_duration_sec=5.0)
+                return
+            self._serve(self.feature_map.snapshot)
 
     def _serve(self, snapshot):
         """Prepare a new snapshot's cluster grid and its answer to the node's own ``queries`` (labels and instances,
@@ -367,25 +394,26 @@ class SegmenterNode(Node):
     def destroy_node(self) -> None:
         self._stopping.set()
         self._wake.set()
-        self._worker.join(timeout=30.0)
+        if self._worker.ident is not None:
+            self._worker.join(timeout=30.0)
         super().destroy_node()
 
     def _update_map(self, cloud: PointCloud, stamp: float) -> None:
         """Bring a global cloud into the feature map (re-running only what changed), then publish the labelled map
         and markers to whoever subscribes."""
-        try:
-            with self._network_lock:
+        with self._network_lock:  # held while serving, so a map loaded meanwhile is not served over (_install)
+            try:
                 snapshot = self.feature_map.update(cloud.xyz, cloud.rgb, stamp)
-        except (ValueError, TypeError, RuntimeError) as exc:
-            self.counters["bad_cloud"] += 1
-            self.get_logger().error(f"updating the feature map failed: {exc}", throttle_duration_sec=5.0)
-            return
-        self.map_frame = cloud.frame_id
-        self.counters["map_updates"] += 1
-        if self.feature_map.last_update.get("tiles_run"):
-            self.counters["feature_passes"] += 1
-        self.get_logger().debug(f"feature map: {self.feature_map.last_update}")
-        answer = self._serve(snapshot)
+            except (ValueError, TypeError, RuntimeError) as exc:
+                self.counters["bad_cloud"] += 1
+                self.get_logger().error(f"updating the feature map failed: {exc}", throttle_duration_sec=5.0)
+                return
+            self.map_frame = cloud.frame_id
+            self.counters["map_updates"] += 1
+            if self.feature_map.last_update.get("tiles_run"):
+                self.counters["feature_passes"] += 1
+            self.get_logger().debug(f"feature map: {self.feature_map.last_update}")
+            answer = self._serve(snapshot)
         if answer is None:
             return
         units, found = answer
@@ -398,7 +426,7 @@ class SegmenterNode(Node):
                 units.label[unit].astype(np.int32), units.score[unit])
             self.labelled_map_pub.publish(cloud_to_pointcloud2(labelled, header, with_labels=True))
         if self.markers_pub.get_subscription_count() > 0:
-            self.markers_pub.publish(self.make_markers(found.instances, queries, header))
+            self.markers_pub.publish(self._markers(found.instances, queries, header))
 
     def _map_grid(self, snapshot):
         """The cluster grid of a feature-map snapshot's units at the current ``cluster_voxel``."""
@@ -505,7 +533,7 @@ class SegmenterNode(Node):
             label, score = point_labels()
             response.labelled_cloud = cloud_to_pointcloud2(cloud.with_labels(label.astype(np.int32), score), header,
                                                            with_labels=True)
-        self.markers_pub.publish(self.make_markers(chosen, queries, header))
+        self.markers_pub.publish(self._markers(chosen, queries, header))
         labelled = sum(s.point_count for s in summaries)
         age = self.get_clock().now().nanoseconds * 1e-9 - stamp
         missing = [s.query for s in summaries if s.point_count == 0]
@@ -514,6 +542,92 @@ class SegmenterNode(Node):
                             f"{1e3 * (time.perf_counter() - started):.1f} ms, {len(chosen)} instances"
                             + (f"; not found: {', '.join(missing)}" if missing else ""))
         self.get_logger().info(f"query_objects {queries}: {response.message}")
+        return response
+
+    # ------------------------------------------------------------------ map files
+    def _read_map_file(self, path: str):
+        """The features saved in a map file, checked against this node's model, map_voxel and feature_tile."""
+        return read_features(Path(os.path.expanduser(path.strip())), fingerprint=self.segmenter.fingerprint,
+                             map_voxel=self.p["map_voxel"], tile=self.p["feature_tile"], device=self.segmenter.device)
+
+    def _install(self, saved) -> None:
+        """Answer from a feature map read from a map file, with its object ids, in place of the current one."""
+        with self._network_lock:
+            self.feature_map.restore(saved.snapshot)
+            with self._lock:
+                self._pending_map = None  # a map from before the load
+            tracker = InstanceTracker(self.p["instance_track_radius"])
+            if saved.tracks:
+                tracker.restore(saved.tracks)
+            with self._tracker_lock:
+                self._trackers = {"global": tracker}
+            self.map_frame = saved.frame_id
+            self._prepared = self._asked = None
+            self._served = (saved.snapshot, None, None)
+            self._serve(saved.snapshot)
+
+    async def _call_fusion(self, client, request, what: str):
+        """The fusion node's answer to ``request`` on ``client``; RuntimeError when it is not there or is silent
+        for MAP_CALL_TIMEOUT_S (the caller's answer says so)."""
+        if not client.service_is_ready():
+            raise RuntimeError(f"{client.srv_name} is not available: is the fusion node running? (set fusion_node "
+                               f"to '' to {what} the features alone)")
+        future = client.call_async(request)
+        timer = self.create_timer(MAP_CALL_TIMEOUT_S, future.cancel, callback_group=self._fusion_calls)
+        try:
+            answer = await future
+        finally:
+            self.destroy_timer(timer)
+        if answer is None:
+            raise RuntimeError(f"{client.srv_name} did not answer within {MAP_CALL_TIMEOUT_S:.0f} s")
+        if not answer.success:
+            raise RuntimeError(f"{client.srv_name}: {answer.message}")
+        return answer
+
+    async def _on_save_map(self, request: SaveMap.Request, response: SaveMap.Response) -> SaveMap.Response:
+        path = Path(os.path.expanduser(request.path.strip()))
+        snapshot = self.map_snapshot
+        try:
+            if path.suffix != ".npz":
+                raise ValueError(f"path must end in .npz, got '{request.path}' (the fusion node's ~/save_map "
+                                 "writes .ply clouds)")
+            if len(snapshot) == 0:
+                raise ValueError(f"no map yet: no global map from {self.p['global_topic']} has features")
+            path.parent.mkdir(parents=True, exist_ok=True)
+            voxels = ""
+            if self._fusion_save is not None:
+                answer = await self._call_fusion(self._fusion_save, SaveMap.Request(path=str(path)), "save")
+                voxels = f"{answer.point_count} voxels and "
+            with self._tracker_lock:
+                tracks = self._trackers.get("global", InstanceTracker()).state()
+            write_features(path, snapshot, fingerprint=self.segmenter.fingerprint, map_voxel=self.p["map_voxel"],
+                           tile=self.p["feature_tile"], frame_id=self.map_frame, tracks=tracks)
+        except (OSError, ValueError, RuntimeError) as exc:
+            response.success, response.message = False, f"save_map: {exc}"
+            self.get_logger().error(response.message)
+            return response
+        response.success, response.point_count = True, len(snapshot)
+        response.message = (f"saved {voxels}the features of {len(snapshot)} map points (t={snapshot.stamp:.2f} s, "
+                            f"{len(tracks['id'])} objects) to {path}")
+        self.get_logger().info(response.message)
+        return response
+
+    async def _on_load_map(self, request: LoadMap.Request, response: LoadMap.Response) -> LoadMap.Response:
+        try:
+            saved = self._read_map_file(request.path)  # checked before the fusion node replaces its map
+            voxels = ""
+            if self._fusion_load is not None:
+                answer = await self._call_fusion(self._fusion_load, LoadMap.Request(path=request.path), "load")
+                voxels = f"{answer.point_count} voxels and "
+            self._install(saved)
+        except (OSError, ValueError, RuntimeError) as exc:
+            response.success, response.message = False, f"load_map: {exc}"
+            self.get_logger().error(response.message)
+            return response
+        response.success, response.point_count = True, len(saved.snapshot)
+        response.message = (f"loaded {voxels}the features of {len(saved.snapshot)} map points "
+                            f"(t={saved.snapshot.stamp:.2f} s) from {request.path.strip()}")
+        self.get_logger().info(response.message)
         return response
 
     def _instances(self, grid, unit_label, unit_score, queries, stamp: float, which: str, min_points: int = 0):
@@ -533,37 +647,9 @@ class SegmenterNode(Node):
                 tracker.assign(query, [i for i in found.instances if i.query == q], stamp)
         return found
 
-    def make_markers(self, instances: list, queries: list[str], header) -> MarkerArray:
-        """Each instance's box (translucent, in its query's colour) and its query text, score and id above it."""
-        markers = MarkerArray()
-        frame = self.p["marker_frame"] or header.frame_id
-        clear = Marker(action=Marker.DELETEALL)
-        clear.header.frame_id = frame
-        markers.markers.append(clear)
-        palette = label_palette(max(1, len(queries)))
-        for k, inst in enumerate(instances):
-            r, g, b = (float(v) for v in palette[inst.query])
-            box, text = Marker(), Marker()
-            for marker in (box, text):
-                marker.header.frame_id = frame
-                marker.header.stamp = header.stamp
-                marker.action = Marker.ADD
-            box.ns, box.id, box.type = "ov3d_instances", k, Marker.CUBE
-            box.pose.position = Point(x=float(inst.box.center[0]), y=float(inst.box.center[1]),
-                                      z=float(inst.box.center[2]))
-            box.pose.orientation = Quaternion(z=math.sin(inst.box.yaw / 2), w=math.cos(inst.box.yaw / 2))
-            size = np.maximum(inst.box.size, 0.01)
-            box.scale = Vector3(x=float(size[0]), y=float(size[1]), z=float(size[2]))
-            box.color = ColorRGBA(r=r, g=g, b=b, a=0.35)
-            text.ns, text.id, text.type = "ov3d_labels", k, Marker.TEXT_VIEW_FACING
-            top = inst.box.center[2] + inst.box.size[2] / 2 + self.p["marker_text_size"]
-            text.pose.position = Point(x=float(inst.box.center[0]), y=float(inst.box.center[1]), z=float(top))
-            text.pose.orientation.w = 1.0
-            text.scale.z = float(self.p["marker_text_size"])
-            text.color = ColorRGBA(r=r, g=g, b=b, a=1.0)
-            text.text = f"{queries[inst.query]} {inst.score_mean:.2f} #{inst.id}"
-            markers.markers.extend([box, text])
-        return markers
+    def _markers(self, instances: list, queries: list[str], header) -> MarkerArray:
+        return instance_markers(instances, queries, header, self.p["marker_frame"] or header.frame_id,
+                                self.p["marker_text_size"])
 
     def stats(self) -> dict:
         out = dict(self.counters)
@@ -576,18 +662,6 @@ class SegmenterNode(Node):
     def _log_stats(self) -> None:
         self.get_logger().info("counters: " + ", ".join(f"{k}={v}" for k, v in self.stats().items())
                                + f", last partial latency {1e3 * self.last_partial_latency:.0f} ms")
-
-
-def select_instances(instances: list, min_points: int, max_instances: int) -> list:
-    """The instances a request asks for: at least ``min_points`` points (0: all given), at most ``max_instances``
-    per query (0: all), each query's largest first (the order extraction gives)."""
-    chosen, per_query = [], {}
-    for inst in instances:
-        if inst.points < min_points or (max_instances and per_query.get(inst.query, 0) >= max_instances):
-            continue
-        per_query[inst.query] = per_query.get(inst.query, 0) + 1
-        chosen.append(inst)
-    return chosen
 
 
 def main(args=None) -> None:
