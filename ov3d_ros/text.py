@@ -248,7 +248,7 @@ def build_text_encoder(spec: dict | None = None, *, device="cpu", cache_size: in
     kind = spec.get("kind")
     if kind not in KINDS:
         raise ValueError(f"unknown text encoder kind {kind!r}; known kinds: {list(KINDS)}")
-    unknown = set(spec) - _SPEC_KEYS[kind]
+    unknown = {key for key in set(spec) - _SPEC_KEYS[kind] if spec[key] is not None}  # None: a key left unset
     if unknown:
         raise ValueError(f"unknown keys {sorted(unknown)} in {kind} text encoder spec; allowed: "
                          f"{sorted(_SPEC_KEYS[kind])}")

@@ -264,29 +264,31 @@ class ScanNetScene:
         found = sorted(self.path.glob("*_vh_clean_2.labels.ply"))
         return found[0] if found else None
 
-    def ground_truth(self) -> PointCloud | None:
+    def ground_truth(self, raw: bool = False) -> PointCloud | None:
         """The labelled ground-truth cloud, or None when the scene has none.
 
         label = index into ``class_names`` (-1 = unannotated). For a real ScanNet scene (no classes.json) the
-        stored NYU40 ids 1..40 become 0..39 and 0 (unannotated) becomes -1. ``instance`` comes from the PLY, else
-        from ScanNet's segs.json + aggregation.json when both are there (-1 = a vertex of no object).
+        stored NYU40 ids 1..40 become 0..39 and 0 (unannotated) becomes -1; ``raw`` keeps the labels as stored (for
+        a class table, ``data.class_tables``). ``instance`` comes from the PLY, else from ScanNet's segs.json +
+        aggregation.json when both are there (-1 = a vertex of no object).
         """
         path = self.ground_truth_path()
         if path is None:
             return None
         cloud, _ = read_ply(path)
-        if cloud.label is not None and not (self.path / CLASSES_FILE).is_file():
+        if cloud.label is not None and not raw and not (self.path / CLASSES_FILE).is_file():
             label = cloud.label.astype(np.int32) - 1
             label[(label < 0) | (label >= len(NYU40_CLASS_NAMES))] = -1
             cloud = cloud.with_labels(label, cloud.score)
         if cloud.instance is None:
-            instance = self._scannet_instances(len(cloud))
-            if instance is not None:
-                cloud = replace(cloud, instance=instance)
+            annotations = self.annotations(len(cloud))
+            if annotations is not None:
+                cloud = replace(cloud, instance=annotations[0])
         return cloud
 
-    def _scannet_instances(self, n_vertices: int) -> np.ndarray | None:
-        """Per-vertex objectId from ScanNet's over-segmentation and its aggregation, or None when absent."""
+    def annotations(self, n_vertices: int) -> tuple[np.ndarray, dict[int, str]] | None:
+        """ScanNet's object annotations: (each vertex's objectId, -1 = none; each object's raw category name),
+        from the over-segmentation (segs.json) and its aggregation (aggregation.json); None when absent."""
         segs = sorted(self.path.glob("*_vh_clean_2.0.010000.segs.json"))
         aggregation = sorted(self.path.glob("*.aggregation.json"))
         if not (segs and aggregation):
@@ -294,16 +296,17 @@ class ScanNetScene:
         try:
             seg_of_vertex = np.asarray(json.loads(segs[0].read_text())["segIndices"], dtype=np.int64)
             groups = json.loads(aggregation[0].read_text())["segGroups"]
-        except (json.JSONDecodeError, KeyError, TypeError) as exc:
+            object_of_segment = {int(s): int(g["objectId"]) for g in groups for s in g["segments"]}
+            category = {int(g["objectId"]): str(g.get("label", "")) for g in groups}
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"ScanNetScene {self.path}: unreadable instance files ({segs[0].name}, "
                              f"{aggregation[0].name}): {exc}") from None
         if len(seg_of_vertex) != n_vertices:
             raise ValueError(f"ScanNetScene {self.path}: {segs[0].name} has {len(seg_of_vertex)} vertices, the labels "
                              f"PLY {n_vertices}")
-        object_of_segment = {int(s): int(g["objectId"]) for g in groups for s in g["segments"]}
         segments, inverse = np.unique(seg_of_vertex, return_inverse=True)
         objects = np.array([object_of_segment.get(int(s), -1) for s in segments], dtype=np.int32)
-        return objects[inverse]
+        return objects[inverse], category
 
     def ground_truth_maps(self, i: int) -> tuple[np.ndarray, np.ndarray] | None:
         """Per-pixel (class index, instance id) int32 maps, -1 = none, when the scene has them (synthetic export)."""

@@ -97,18 +97,28 @@ def _resolve_paths(recipe: dict, folder: Path) -> None:
     fix(vocab.get("fixed"), "names")
 
 
+def _read_recipe(path: Path, seen: tuple = ()) -> dict:
+    """A label recipe merged over the recipe its ``base:`` names (relative to it), paths resolved per file."""
+    if not path.is_file():
+        raise FileNotFoundError(f"label recipe not found: {path}")
+    if path.resolve() in seen:
+        raise ConfigError(f"label recipe base cycle: {' -> '.join(map(str, seen + (path.resolve(),)))}")
+    recipe = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(recipe, dict):
+        raise ConfigError(f"label recipe {path} must be a YAML mapping, got {type(recipe).__name__}")
+    _resolve_paths(recipe, path.resolve().parent)
+    base = recipe.pop("base", None)
+    if base is None:
+        return recipe
+    base_path = Path(base) if Path(base).is_absolute() else path.resolve().parent / base
+    return deep_merge(_read_recipe(base_path, seen + (path.resolve(),)), recipe, strict=False)
+
+
 def load_label_config(path: str | os.PathLike | None = None, overrides: list[str] | None = None) -> dict:
     """Defaults, then the YAML recipe at ``path``, then ``key.sub=value`` overrides; validated."""
     config = copy.deepcopy(LABEL_DEFAULTS)
     if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"label recipe not found: {path}")
-        recipe = yaml.safe_load(path.read_text()) or {}
-        if not isinstance(recipe, dict):
-            raise ConfigError(f"label recipe {path} must be a YAML mapping, got {type(recipe).__name__}")
-        _resolve_paths(recipe, path.resolve().parent)
-        config = deep_merge(config, recipe)
+        config = deep_merge(config, _read_recipe(Path(path)))
     config = apply_overrides(config, overrides)
     check_types(config, LABEL_DEFAULTS, kinds=_FLEXIBLE, allow_empty=False, free_form=("rosbag",))
     return config

@@ -16,15 +16,16 @@ from __future__ import annotations
 
 import logging
 import re
-from importlib import resources
 from pathlib import Path
 from typing import Iterable, Protocol, Sequence
 
 import numpy as np
 
+from ..data.class_tables import class_table
+
 log = logging.getLogger(__name__)
 
-BUILTIN_VOCABULARIES = {"scannet200": "scannet200.txt"}
+BUILTIN_VOCABULARIES = ("scannet200",)  # the class names of the built-in class table of that name
 
 
 class VocabularySource(Protocol):
@@ -167,9 +168,7 @@ def builtin_vocabulary(name: str) -> list[str]:
     """A vocabulary shipped with the package: ``"scannet200"`` (the 200 ScanNet200 benchmark class names)."""
     if name not in BUILTIN_VOCABULARIES:
         raise ValueError(f"unknown built-in vocabulary '{name}' (known: {', '.join(BUILTIN_VOCABULARIES)})")
-    text = resources.files(__package__).joinpath(BUILTIN_VOCABULARIES[name]).read_text(encoding="utf-8")
-    lines = [line.strip() for line in text.splitlines()]
-    return clean_names([line for line in lines if line and not line.startswith("#")], where=name)
+    return clean_names(class_table(name).names, where=name)
 
 
 def resolve_names(spec: str | Sequence[str]) -> list[str]:

@@ -585,7 +585,7 @@ class SegmenterNode(Node):
         return answer
 
     async def _on_save_map(self, request: SaveMap.Request, response: SaveMap.Response) -> SaveMap.Response:
-        path = Path(os.path.expanduser(request.path.strip()))
+        path = Path(os.path.expanduser(request.path.strip())).absolute()  # the fusion node writes the same file
         snapshot = self.map_snapshot
         try:
             if path.suffix != ".npz":
@@ -613,11 +613,12 @@ class SegmenterNode(Node):
         return response
 
     async def _on_load_map(self, request: LoadMap.Request, response: LoadMap.Response) -> LoadMap.Response:
+        path = str(Path(os.path.expanduser(request.path.strip())).absolute())  # the fusion node reads the same file
         try:
-            saved = self._read_map_file(request.path)  # checked before the fusion node replaces its map
+            saved = self._read_map_file(path)  # checked before the fusion node replaces its map
             voxels = ""
             if self._fusion_load is not None:
-                answer = await self._call_fusion(self._fusion_load, LoadMap.Request(path=request.path), "load")
+                answer = await self._call_fusion(self._fusion_load, LoadMap.Request(path=path), "load")
                 voxels = f"{answer.point_count} voxels and "
             self._install(saved)
         except (OSError, ValueError, RuntimeError) as exc:
@@ -626,7 +627,7 @@ class SegmenterNode(Node):
             return response
         response.success, response.point_count = True, len(saved.snapshot)
         response.message = (f"loaded {voxels}the features of {len(saved.snapshot)} map points "
-                            f"(t={saved.snapshot.stamp:.2f} s) from {request.path.strip()}")
+                            f"(t={saved.snapshot.stamp:.2f} s) from {path}")
         self.get_logger().info(response.message)
         return response
 

@@ -4,6 +4,7 @@
     ov3d-train stage1 --config training/stage1.yaml --set stage1.steps=500
     ov3d-train stage2 --config training/stage2.yaml
     ov3d-train eval   --config training/eval.yaml --checkpoint runs/demo/stage2/model.pt
+    ov3d-train eval   --checkpoint model.pt --scenes scans/* --classes labels.tsv   # your own class table
     ov3d-train prepare --config training/synthetic_data.yaml
     ov3d-train label  ...                                    # 2D pseudo labels (ov3d_ros.labelling)
 
@@ -67,6 +68,13 @@ def build_parser() -> argparse.ArgumentParser:
                                         "stage2 then stage1 model.pt)")
     p.add_argument("--scenes", nargs="+", help="labelled scene folders or labels PLYs (default: data.val)")
     p.add_argument("--json", action="store_true", help="print the metrics as JSON")
+    p.add_argument("--classes", metavar="TABLE",
+                   help="what the scenes' stored labels mean (eval.class_table): a built-in table (nyu40, scannet20, "
+                        "scannet200), a labels.tsv (value<TAB>name a line) or a JSON list of names; labels it does not "
+                        "list are refused. Default: each scene's classes.json, else ScanNet's NYU40 ids")
+    p.add_argument("--label-map", metavar="TSV",
+                   help="ScanNet's scannetv2-labels.combined.tsv: score the labels of the scenes' object annotations "
+                        "through it (eval.label_map; ScanNet200 is scored this way)")
     p = sub.add_parser("all", help="prepare (synthetic) + stage1 + stage2 + eval of both; writes results.json")
     _add_common(p)
     _add_train(p)
@@ -97,6 +105,9 @@ def main(argv: list[str] | None = None) -> int:
         cfg = load_config(args.config, args.overrides + (["data.strict=true"] if args.strict else []))
     except (ConfigError, FileNotFoundError) as exc:
         parser.error(str(exc))
+    for option, key in (("classes", "class_table"), ("label_map", "label_map")):
+        if getattr(args, option, None):
+            cfg["eval"][key] = getattr(args, option)
     progress = not args.no_progress
     resume = not getattr(args, "restart", False)
     if int(cfg["workers"]) > 1 and env_world_size() <= 1:

@@ -38,7 +38,10 @@ class TrainingContext:
     @property
     def text_encoder(self):
         if self._text_encoder is None:
-
+            if self.text_spec.get("kind") == "open_clip" and not self.text_spec.get("pretrained"):
+                raise ValueError(f"text_encoder {self.text_spec}: pretrained is not set; without its weights an "
+                                 "open_clip model gives random text embeddings to train against. Set "
+                                 "text_encoder.pretrained to the local weights file (open_clip_pytorch_model.bin)")
             self._text_encoder = build_text_encoder(self.text_spec)
         return self._text_encoder
 

@@ -46,6 +46,9 @@ DEFAULTS: dict[str, Any] = {
         "min_depth": 0.1,
         "max_depth": 10.0,
         "max_frames_per_scene": 0,  # 0 = all
+        # ScanNet's official split (kind scannet, when data.train / data.val are empty): scene names read from the
+        # split files (scannetv2_train.txt, scannetv2_val.txt), their folders under root
+        "scannet": {"root": None, "train_split": None, "val_split": None},
         "strict": False,  # stop at an unreadable frame (or bag message) instead of skipping it with a warning
         "rosbag": {  # keyword arguments of data.rosbag.RosbagScene (topics, fixed_frame, camera_frame, ...)
             "color_topic": None,  # None: found in the bag (realsense2_camera names first)
@@ -137,6 +140,10 @@ DEFAULTS: dict[str, Any] = {
         # the nearest scene class
         "vocabulary_guard": True,
         "steps": 300,
+        "scenes_per_step": 1,  # crops of global scenes per optimiser step (the batch), each of a scene drawn at random
+        # texts of the scenes that have no pseudo labels of their own (no per-frame vocabularies): a list, a names file
+        # (one per line) or a built-in class table (scannet20, scannet200); null = every scene must have pseudo labels
+        "vocabulary": None,
         # > 1: train this many replicas from the stage-1 weights, each on its own crops and augmentations, and
         # write the mean of their weights as model.pt (each replica's run is under replica<k>/); costs k x the steps
         "replicas": 1,
@@ -173,7 +180,14 @@ DEFAULTS: dict[str, Any] = {
     "superpoints": {"voxel_size": 0.02, "k": 1.0, "colour_weight": 2.0, "min_size": 20},
     "eval": {
         "checkpoint": None,  # default: output_dir/stage2/model.pt, else stage1
-        "classes": [],  # text queries; default the class names stored with the labelled scenes
+        "classes": [],  # text queries; default the class table's names, else those stored with the scenes
+        # what the stored ground-truth labels mean (data.class_tables): a built-in table (nyu40, scannet20,
+        # scannet200), a labels.tsv (value<TAB>name) or a JSON list of names; values it does not list are refused.
+        # null: the scenes' classes.json, else ScanNet's NYU40 ids
+        "class_table": None,
+        # ScanNet's scannetv2-labels.combined.tsv: labels from the scenes' object annotations (raw categories) through
+        # it, as ScanNet200 is scored (the `id` column; `nyu40id` for the nyu40 and scannet20 tables). null: labels PLY
+        "label_map": None,
         "base_classes": [],  # with novel_classes: report base/novel mIoU and their harmonic mean
         "novel_classes": [],
         "small_instance_points": 2000,  # instances below this many points count as "small"
@@ -194,7 +208,8 @@ DEFAULTS: dict[str, Any] = {
 
 # Sections whose keys are passed through to another API (so any key is allowed there). "rosbag" is the label
 # recipe's copy of data.rosbag: labelling and training read a bag with the same keys.
-FREE_FORM = ("model.overrides", "data.synthetic.label_noise", "stage2.global_ply", "data.rosbag", "rosbag")
+FREE_FORM = ("model.overrides", "data.synthetic.label_noise", "stage2.global_ply", "data.rosbag", "rosbag",
+             "text_encoder")  # a text_encoder spec is checked by text.build_text_encoder
 
 
 class ConfigError(ValueError):

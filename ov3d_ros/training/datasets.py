@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..data.class_tables import ClassTable
 from ..data.ply import read_ply
 from ..data.pseudo_labels import read_frame_labels
 from ..data.scannet import ScanNetScene
@@ -120,8 +121,11 @@ def load_scene_frames(path: str | Path, data_cfg: dict) -> tuple[list[tuple[str,
 
 
 def load_training_scenes(paths: list[str], data_cfg: dict, *, pair_max_gap: int, min_pair_matches: int,
-                         match_voxel: float, progress: bool = True) -> tuple[list[SceneData], list[str]]:
-    """Scenes with their labelled frames and consistency pairs, and the merged training vocabulary."""
+                         match_voxel: float, progress: bool = True, vocabulary: list[str] | None = None
+                         ) -> tuple[list[SceneData], list[str]]:
+    """Scenes with their labelled frames and consistency pairs, and the merged training vocabulary. A scene whose
+    frames have no pseudo labels takes ``vocabulary`` as its own (stage 2 from a class list); without it, such a
+    scene has an empty vocabulary."""
 
     if not paths:
         raise ValueError("no training scenes given (data.train is empty)")
@@ -133,17 +137,26 @@ def load_training_scenes(paths: list[str], data_cfg: dict, *, pair_max_gap: int,
             try:
                 label_image, entities = read_frame_labels(str(label_root), frame_id)
             except FileNotFoundError:
-                log.warning("%s: no pseudo labels for frame %s; it is used for consistency only", path, frame_id)
+                if vocabulary is None:
+                    log.warning("%s: no pseudo labels for frame %s; it is used for consistency only", path, frame_id)
                 label_image, entities = None, []
             labelled.append((frame_id, partial, label_image, list(entities)))
         raw.append((Path(path), labelled))
-    vocabulary = sorted({t for _, labelled in raw for *_, ents in labelled for t in ents})
+    given = list(vocabulary or [])
+    scene_texts = [sorted({t for *_, ents in labelled for t in ents}) or given for _, labelled in raw]
+    if vocabulary is not None:
+        unlabelled = [path.name for (path, _), texts in zip(raw, scene_texts) if texts is given]
+        if unlabelled:
+            log.info("%d scenes without pseudo labels take the given vocabulary of %d texts: %s", len(unlabelled),
+                     len(given), ", ".join(unlabelled[:5]) + (" ..." if len(unlabelled) > 5 else ""))
+    vocabulary = sorted({t for texts in scene_texts for t in texts})
     if not vocabulary:
         raise ValueError(f"no pseudo labels found in any training scene ({', '.join(map(str, paths))}); run "
-                         "`ov3d-train label` or `ov3d-train prepare` first")
+                         "`ov3d-train label` or `ov3d-train prepare` first (stage 2 alone can also take a class "
+                         "list: stage2.vocabulary)")
     text_index = {t: i for i, t in enumerate(vocabulary)}
     scenes = []
-    for path, labelled in raw:
+    for (path, labelled), scene_vocab in zip(raw, scene_texts):
         frames = []
         for frame_id, partial, label_image, entities in labelled:
             if label_image is None:
@@ -152,7 +165,6 @@ def load_training_scenes(paths: list[str], data_cfg: dict, *, pair_max_gap: int,
                 label = label_points_from_image(partial.pixels, label_image, entities, text_index)
             frame_vocab = np.array(sorted({text_index[t] for t in entities}), dtype=np.int64)
             frames.append(FrameData(partial.xyz, partial.rgb, label, int(partial.index), partial, frame_vocab))
-        scene_vocab = sorted({t for *_, ents in labelled for t in ents})
         scene = SceneData(name=path.name, path=str(path), frames=frames, vocabulary=scene_vocab,
                           vocab_ids=np.array([text_index[t] for t in scene_vocab], dtype=np.int64))
         scene.pairs = find_pairs(frames, max_gap=pair_max_gap, min_matches=min_pair_matches, voxel_size=match_voxel)
@@ -182,29 +194,93 @@ class LabelledScene:
     class_names: list[str]
 
 
-def load_labelled_scene(path: str | Path) -> LabelledScene:
-    """Ground-truth labelled global cloud of a ScanNet-layout scene (labels PLY or exported synthetic GT)."""
+def load_labelled_scene(path: str | Path, classes: ClassTable | None = None,
+                        category_ids: dict[str, int] | None = None) -> LabelledScene:
+    """Ground-truth labelled global cloud of a ScanNet-layout scene (labels PLY or exported synthetic GT) or of a
+    labels PLY.
 
+    ``classes``: the class table the stored labels were written with (``data.class_tables``); the labels are read
+    through it, and values it does not list are refused. Without it: the scene's classes.json, else ScanNet's NYU40
+    ids (a PLY: the names in ``<stem>.classes.txt``). ``category_ids``: ScanNet's raw category -> label id
+    (``class_tables.read_category_ids``): the labels then come from the scene's object annotations
+    (aggregation.json), as ScanNet200 is scored. A per-vertex mask, ``*_mask.npy`` beside the labels (one bool or
+    0/1 per vertex) or a PLY vertex property ``mask``, scores only the vertices it marks."""
     path = Path(path)
     if path.suffix == ".ply":
-        return _labelled_ply(path)
-    scene = ScanNetScene(str(path))
-    gt = scene.ground_truth()
-    if gt is None or gt.label is None:
-        raise ValueError(f"scene {path} has no labelled ground-truth cloud to evaluate on")
-    names = getattr(scene, "class_names", None)
-    if callable(names):
-        names = names()
-    return LabelledScene(name=path.name, cloud=gt, class_names=list(names) if names else [])
-
-
-def _labelled_ply(path: Path) -> LabelledScene:
-    cloud, extras = read_ply(str(path))
+        cloud, extras = read_ply(str(path))
+        names_file = path.with_suffix(".classes.txt")
+        names = [n for n in names_file.read_text().split("\n") if n] if names_file.exists() else []
+        masks = [path.with_name(path.stem + "_mask.npy")]
+    else:
+        scene = ScanNetScene(str(path))
+        cloud = scene.ground_truth(raw=classes is not None)
+        if cloud is None:
+            raise ValueError(f"scene {path} has no labelled ground-truth cloud to evaluate on")
+        extras = cloud.extras or {}
+        names = list(scene.class_names)
+        if classes is None and not (path / "classes.json").is_file():
+            log.warning("scene %s has no classes.json: its labels are read as ScanNet's NYU40 ids; give the class "
+                        "table they were written with (ov3d-train eval --classes) if they are not", path.name)
+        masks = sorted(path.glob("*_mask.npy"))
+        if category_ids is not None:
+            cloud = cloud.with_labels(_annotation_labels(scene, len(cloud), category_ids), cloud.score)
     if cloud.label is None:
         raise ValueError(f"{path} has no 'label' field to evaluate against")
-    names_file = path.with_suffix(".classes.txt")
-    names = names_file.read_text().split("\n") if names_file.exists() else []
-    return LabelledScene(name=path.stem, cloud=cloud, class_names=[n for n in names if n])
+    if classes is not None:
+        label = classes.indices(cloud.label, where=f"the ground truth of {path}")
+        if names and path.suffix != ".ply" and (path / "classes.json").is_file():
+            _check_same_names(path, names, classes, cloud.label)
+        cloud, names = cloud.with_labels(label, cloud.score), list(classes.names)
+    mask = _vertex_mask(path, masks, extras, len(cloud))
+    if mask is not None:
+        cloud = cloud.with_labels(np.where(mask, cloud.label, -1).astype(np.int32), cloud.score)
+    return LabelledScene(name=path.stem if path.suffix == ".ply" else path.name, cloud=cloud, class_names=names)
+
+
+def _annotation_labels(scene: ScanNetScene, n: int, category_ids: dict[str, int]) -> np.ndarray:
+    """Per-vertex label ids of a ScanNet scene's object annotations through its raw-category map (0 = none)."""
+    annotations = scene.annotations(n)
+    if annotations is None:
+        raise ValueError(f"scene {scene.path}: a label map needs the object annotations (*.aggregation.json and "
+                         "*_vh_clean_2.0.010000.segs.json)")
+    objects, category = annotations
+    unknown = sorted({c for c in category.values() if c not in category_ids})
+    if unknown:
+        log.warning("scene %s: %d annotated categories are not in the label map (left unannotated): %s",
+                    scene.name, len(unknown), ", ".join(unknown[:5]))
+    label_of = {o: category_ids.get(c, 0) for o, c in category.items()}
+    return np.array([label_of.get(int(o), 0) for o in objects], dtype=np.int64) if len(objects) else \
+        np.zeros(0, np.int64)
+
+
+def _check_same_names(path: Path, names: list[str], classes: ClassTable, labels: np.ndarray) -> None:
+    """A scene that names its labels (classes.json) must name them as the class table does."""
+    table = dict(zip(classes.values, classes.names))
+    for value in np.unique(labels[labels >= 0]).tolist():
+        if value in table and value < len(names) and names[value] != table[value]:
+            raise ValueError(f"scene {path}: its classes.json calls label {value} '{names[value]}', class table "
+                             f"{classes.source} calls it '{table[value]}'")
+
+
+def _vertex_mask(path: Path, candidates: list[Path], extras: dict, n: int) -> np.ndarray | None:
+    """The scored vertices: a ``*_mask.npy`` file or a ``mask`` PLY property; None = all."""
+    files = [p for p in candidates if p.is_file()]
+    if len(files) > 1:
+        raise ValueError(f"scene {path}: more than one vertex mask ({', '.join(p.name for p in files)})")
+    if files:
+        try:
+            mask = np.load(files[0], allow_pickle=False)
+        except (OSError, ValueError) as exc:
+            raise ValueError(f"vertex mask {files[0]}: {exc}") from None
+        where = files[0]
+    elif "mask" in extras:
+        mask, where = extras["mask"], f"{path}: vertex property 'mask'"
+    else:
+        return None
+    mask = np.asarray(mask).reshape(-1)
+    if len(mask) != n:
+        raise ValueError(f"vertex mask {where} has {len(mask)} entries for {n} vertices")
+    return mask.astype(bool)
 
 
 def _progress(items, desc: str, enabled: bool):

@@ -20,7 +20,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..data.class_tables import BUILTIN_TABLES, class_table, read_category_ids
 from ..data.pseudo_labels import write_synthetic_pseudo_labels
+from ..labelling.vocabulary import resolve_names
 from ..data.scannet import write_scannet_scene
 from ..data.synthetic import CLASS_NAMES, SyntheticRoom, ViewVariation, labelled_reconstruction, render_sequence
 from ..superpoints import SuperpointConfig
@@ -122,7 +124,8 @@ def synthetic_ground_truth(room, syn: dict):
 
 
 def resolve_scenes(cfg: dict, *, progress: bool = True) -> tuple[list[str], list[str]]:
-    """(train, val) scene paths: from the recipe, or generated for data.kind=synthetic."""
+    """(train, val) scene paths: from the recipe, from ScanNet's split files (data.scannet), or generated for
+    data.kind=synthetic."""
     kind = cfg["data"]["kind"]
     if kind == "synthetic":
         if cfg["data"]["train"] or cfg["data"]["val"]:
@@ -130,14 +133,52 @@ def resolve_scenes(cfg: dict, *, progress: bool = True) -> tuple[list[str], list
         return prepare_synthetic(cfg, progress=progress)
     if kind not in ("scannet", "rosbag"):
         raise ValueError(f"data.kind must be 'synthetic', 'scannet' or 'rosbag', got {kind!r}")
-    return list(cfg["data"]["train"]), list(cfg["data"]["val"])
+    split = cfg["data"]["scannet"]
+    train, val = list(cfg["data"]["train"]), list(cfg["data"]["val"])
+    if kind == "scannet":
+        train = train or split_scenes(split["root"], split["train_split"], "train")
+        val = val or split_scenes(split["root"], split["val_split"], "val")
+    return train, val
 
 
-def load_train_data(cfg: dict, train_paths: list[str], *, progress: bool = True):
+def split_scenes(root, split_file, which: str) -> list[str]:
+    """The scene folders that a ScanNet split file (scannetv2_train.txt: one scene name a line) names under
+    ``root``; [] when no split file is set. A named scene missing under root is an error naming it."""
+    if not split_file:
+        return []
+    if not root:
+        raise ValueError(f"data.scannet.{which}_split is set but data.scannet.root (the folder of the scenes) is not")
+    split_file, root = Path(split_file).expanduser(), Path(root).expanduser()
+    try:
+        names = [line.strip() for line in split_file.read_text().splitlines() if line.strip()]
+    except OSError as exc:
+        raise FileNotFoundError(f"ScanNet split file {split_file}: {exc.strerror}") from None
+    missing = [n for n in names if not (root / n).is_dir()]
+    if missing:
+        raise FileNotFoundError(f"{len(missing)} of the {len(names)} scenes of {split_file} are not under {root}: "
+                                + ", ".join(missing[:5]) + (" ..." if len(missing) > 5 else ""))
+    return [str(root / n) for n in names]
+
+
+def load_train_data(cfg: dict, train_paths: list[str], *, progress: bool = True, vocabulary=None):
+    """The training scenes; ``vocabulary`` (texts) is given to scenes without pseudo labels (stage 2 only)."""
     s1 = cfg["stage1"]
     return load_training_scenes(train_paths, cfg["data"], pair_max_gap=int(s1["pair_max_gap"]),
                                 min_pair_matches=int(s1["min_pair_matches"]), match_voxel=float(s1["match_voxel"]),
-                                progress=progress)
+                                progress=progress, vocabulary=vocabulary)
+
+
+def stage2_vocabulary(cfg: dict) -> list[str] | None:
+    """``stage2.vocabulary`` as texts: a list, a names file, or a built-in class table's names; None when unset."""
+    spec = cfg["stage2"]["vocabulary"]
+    if spec is None or spec == []:
+        return None
+    if isinstance(spec, str) and spec in BUILTIN_TABLES:
+        spec = list(class_table(spec).names)
+    try:
+        return resolve_names(spec)
+    except (FileNotFoundError, TypeError) as exc:
+        raise ValueError(f"stage2.vocabulary: {exc}") from None
 
 
 # -- stages ---------------------------------------------------------------------------------------------------------
@@ -174,7 +215,8 @@ def run_stage2(cfg: dict, *, scenes=None, vocabulary=None, resume: bool = True, 
                                 "`ov3d-train stage1` first or set stage2.init")
     if scenes is None:
         train_paths, _ = resolve_scenes(cfg, progress=progress)
-        scenes, vocabulary = load_train_data(cfg, train_paths, progress=progress)
+        scenes, vocabulary = load_train_data(cfg, train_paths, progress=progress,
+                                             vocabulary=stage2_vocabulary(cfg))
     out = output_dir(cfg) / "stage2"
     if world.main:
         save_resolved_config(cfg, out)
@@ -208,15 +250,16 @@ def run_eval(cfg: dict, *, checkpoint: str | None = None, scenes: list[str] | No
         _, scenes = resolve_scenes(cfg, progress=progress)
     if not scenes:
         raise ValueError("no labelled scenes to evaluate (data.val is empty)")
+    table, category_ids = eval_class_table(cfg["eval"])
+    eval_cfg = dict(cfg["eval"], classes=cfg["eval"]["classes"] or (list(table.names) if table else []))
+    labelled = [load_labelled_scene(scenes[i], table, category_ids) for i in world.share(len(scenes))]
     predict = _predictor_for(cfg, checkpoint, text_encoder)
     if world.size == 1:
-        labelled = [load_labelled_scene(p) for p in scenes]
-        report = evaluate_scenes(predict, labelled, cfg["eval"], progress=progress)
+        report = evaluate_scenes(predict, labelled, eval_cfg, progress=progress)
     else:  # each worker scores its share of the scenes; the metrics are summed
-        labelled = [load_labelled_scene(scenes[i]) for i in world.share(len(scenes))]
         names = distributed.all_gather_objects({i: s.class_names for i, s in zip(world.share(len(scenes)), labelled)})
         scene_classes = [n for _, n in sorted((i, n) for part in names for i, n in part.items())]
-        report = evaluate_scenes(predict, labelled, cfg["eval"], progress=progress and world.main,
+        report = evaluate_scenes(predict, labelled, eval_cfg, progress=progress and world.main,
                                  scene_classes=scene_classes)
     log.info("evaluation of %s on %d scenes:\n%s", checkpoint, len(scenes), report.format_table())
     result = report.as_dict()
@@ -228,6 +271,19 @@ def run_eval(cfg: dict, *, checkpoint: str | None = None, scenes: list[str] | No
         name = Path(checkpoint).parent.name + "_" + Path(checkpoint).stem
         (out / f"{name}.json").write_text(json.dumps(result, indent=2))
     return result
+
+
+def eval_class_table(eval_cfg: dict):
+    """(ClassTable or None, raw category -> label id or None) of ``eval.class_table`` and ``eval.label_map``."""
+    if not eval_cfg["class_table"]:
+        if eval_cfg["label_map"]:
+            raise ValueError("eval.label_map needs eval.class_table: the table of the ids it maps to")
+        return None, None
+    table = class_table(eval_cfg["class_table"])
+    if not eval_cfg["label_map"]:
+        return table, None
+    column = "nyu40id" if table.source in ("nyu40", "scannet20") else "id"
+    return table, read_category_ids(eval_cfg["label_map"], column)
 
 
 def _predictor_for(cfg: dict, checkpoint: str, text_encoder=None):

@@ -158,8 +158,9 @@ def build_global_scenes(ctx: TrainingContext, scenes: list[SceneData], vocabular
 
 def stage2_loss_fn(ctx: TrainingContext, scenes: list[GlobalScene], text: torch.Tensor, cfg: dict,
                    partial_scenes: list[SceneData] | None = None):
-    """Build ``loss_fn(step, rng)`` for train_loop: the cosine (and contrastive) loss on a crop of a pseudo-labelled
-    global scene, plus ``stage2.partial_weight`` x the stage-1 loss on frames of ``partial_scenes`` when it is > 0."""
+    """Build ``loss_fn(step, rng)`` for train_loop: the cosine (and contrastive) loss on crops of
+    ``stage2.scenes_per_step`` pseudo-labelled global scenes (one batch), plus ``stage2.partial_weight`` x the
+    stage-1 loss on frames of ``partial_scenes`` when it is > 0."""
     s2 = cfg["stage2"]
     beta = float(s2["contrastive_weight"])
     radius = float(s2["crop_radius"])
@@ -182,20 +183,29 @@ def stage2_loss_fn(ctx: TrainingContext, scenes: list[GlobalScene], text: torch.
     partial_loss = Stage1Loss(ctx, partial_scenes, text, cfg) if partial > 0 else None
     with_scale = beta > 0 or (partial_loss is not None and partial_loss.with_scale)
 
-    def loss_fn(step: int, rng: np.random.Generator, net: torch.nn.Module) -> dict:
+    per_step = int(s2["scenes_per_step"])
+    if per_step < 1:
+        raise ValueError(f"stage2.scenes_per_step must be >= 1, got {per_step}")
+
+    def draw(rng: np.random.Generator):
+        """A pseudo-labelled scene, cropped and augmented: (xyz, rgb, label) and its vocabulary ids."""
         g = usable[int(rng.integers(len(usable)))]
         idx = np.arange(len(g.xyz))
         if radius > 0:
             centre = g.xyz[int(rng.integers(len(g.xyz)))]
             idx = np.flatnonzero(((g.xyz[:, :2] - centre[:2]) ** 2).sum(axis=1) <= radius ** 2)
         xyz, rgb, _ = augment_points(g.xyz[idx], g.rgb[idx], rng, aug_cfg)
-        crop = voxelize_labelled(model, [(xyz, rgb, g.label[idx])], device)
+        return (xyz, rgb, g.label[idx]), g.vocab_ids
+
+    def loss_fn(step: int, rng: np.random.Generator, net: torch.nn.Module) -> dict:
+        clouds, vocabularies = zip(*(draw(rng) for _ in range(per_step)))
+        crop = voxelize_labelled(model, list(clouds), device)
         frames = partial_loss.draw(rng) if partial_loss is not None else None
         # One network call for the crop and the frames (each encoded with its own batch statistics).
         features, logit_scale = net([crop.vox] + ([frames.batch.vox] if frames is not None else []),
                                     with_scale=with_scale)
         # The class weights go on the contrastive term as in stage 1.
-        terms = text_losses(features[0], crop, text, candidates=[g.vocab_ids], class_weight=class_weight,
+        terms = text_losses(features[0], crop, text, candidates=list(vocabularies), class_weight=class_weight,
                             logit_scale=logit_scale if beta > 0 else None)
         loss = terms["align"]
         out = {k: v.detach() for k, v in terms.items()}
