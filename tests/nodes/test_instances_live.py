@@ -38,14 +38,16 @@ def test_chairs_are_instances_with_true_boxes_and_lasting_ids(run_nodes, wait_un
                         P("superpoint_refine_points", value=0)]
     runner = run_nodes(lambda: FusionNode(parameter_overrides=fusion_params),
                        lambda: SegmenterNode(parameter_overrides=segmenter_params))
-    segmenter = runner.nodes[1]
+    fusion, segmenter = runner.nodes
     camera = run_nodes(lambda: SyntheticCameraNode(parameter_overrides=camera_params)).nodes[0]
     client = Node("instances_client")
     answers = []
     try:
-        wait_until(lambda: camera.loops_done >= 1, timeout=180, what="the camera's first loop")
-        version = segmenter.map_snapshot.version
-        wait_until(lambda: segmenter.map_snapshot.version > version, timeout=120, what="a map of the whole loop")
+        # Answers on maps of the whole loop: features of a map whose newest frame is at least the loop's last one
+        # (a map update that started before the loop ended does not count).
+        wait_until(lambda: fusion.stats()["integrated"] >= N_FRAMES, timeout=180, what="the camera's first loop")
+        whole = fusion.mapper.last_keyframe_stamp
+        wait_until(lambda: segmenter.map_snapshot.stamp >= whole - 1e-6, timeout=120, what="a map of the whole loop")
         request = make_request(list(CLASS_NAMES), min_points=MIN_POINTS)
         while len(answers) < 3:  # three answers on three successive maps, the camera still flying
             answer = call_service(client, QueryObjects, "/query_objects", request, timeout=60.0)
