@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from . import voxel_kernels
 from .cloud import PointCloud
 from .data.ply import write_ply
 from .geometry import CameraModel, DTypeError, backproject, check_color, check_finite_positive, check_rigid, \
@@ -221,7 +222,8 @@ class VoxelMap:
     blocks; a sorted array of block keys gives each block a row of a dense (blocks, 64) table whose entries are voxel
     numbers in per-voxel arrays (-1 = empty). Integrating a frame costs O(points): the frame's blocks are collected
     in a small dense box around the frame and found with ``searchsorted`` on the (small) block index, every point
-    finds its voxel by table lookup, new voxels are appended and ``index_add_`` accumulates the sums. Nothing is
+    finds its voxel by table lookup, new voxels are appended and the sums accumulate (on a CPU in compiled loops,
+    ``voxel_kernels``; on CUDA by ``index_add_``). Nothing is
     re-sorted and no pass over all voxels happens per frame (except for clearing, and evictions, which are
     batched). Maps built on CPU and GPU are identical; every export walks the blocks in key order, so it does not
     depend on the storage layout.
@@ -254,6 +256,7 @@ class VoxelMap:
             raise TypeError(f"VoxelMap: surface must be a SurfaceConfig or None, got {type(surface).__name__}")
         self.surface = surface
         self.device = torch.device(device)
+        self.compiled = True  # on a CPU, integrate with the compiled loops (False: torch's, as on CUDA)
         self.reset()
 
     # -- state ----------------------------------------------------------------------------------------------------
@@ -352,28 +355,32 @@ class VoxelMap:
         return xyz, rgb
 
     def _accumulate(self, ijk: torch.Tensor, xyz: torch.Tensor, rgb: torch.Tensor) -> None:
-        dev = self.device
-        block, place = block_coords(ijk)
-        cell = self._block_slots_of(block) * VOXELS_PER_BLOCK + place  # flat index into the (blocks, 64) table
-        voxel = self._table.view(-1)[cell]
-
-        missing = voxel < 0
-        if bool(missing.any()):
-            # Number new voxels in cell order: deterministic, and the same on every device.
-            new_cells, new_of_point = torch.unique(cell[missing], sorted=True, return_inverse=True)
-            n_new = int(new_cells.shape[0])
-            first = self._n_voxels
+        """Add the points to their voxels (new voxels numbered in cell order: deterministic, the same on every
+        device). On a CPU the compiled loops of ``voxel_kernels`` do it (``compiled``), else torch: the same map."""
+        compiled = self.device.type == "cpu" and self.compiled
+        cell = voxel_kernels.frame_cells(ijk.numpy(), self._slots_of_sorted_blocks) if compiled else None
+        if cell is None:
+            block, place = block_coords(ijk)
+            cell = self._block_slots_of(block) * VOXELS_PER_BLOCK + place  # flat index into the (blocks, 64) table
+        table = self._table.view(-1)
+        new_cells = torch.from_numpy(voxel_kernels.missing_cells(table.numpy(), cell.numpy())) if compiled else \
+            torch.unique(cell[table[cell] < 0], sorted=True)
+        n_new, first = int(new_cells.shape[0]), self._n_voxels
+        if n_new:
             self._reserve_voxels(first + n_new)
-            new_voxels = torch.arange(first, first + n_new, dtype=torch.int64, device=dev)
-            self._table.view(-1)[new_cells] = new_voxels
+            self._table.view(-1)[new_cells] = torch.arange(first, first + n_new, dtype=torch.int64, device=self.device)
             self._keys[first:first + n_new] = (self._slot_block_key[new_cells // VOXELS_PER_BLOCK] << LOCAL_BITS) \
                 | (new_cells % VOXELS_PER_BLOCK)
             for name, _, _ in _VOXEL_ARRAYS[1:]:
-                name = "_" + name
-                getattr(self, name)[first:first + n_new] = 0
+                getattr(self, "_" + name)[first:first + n_new] = 0
             self._n_voxels += n_new
-            voxel[missing] = new_voxels[new_of_point]
-
+        if compiled:
+            voxel_kernels.add_points(self._table.view(-1).numpy(), cell.numpy(), xyz.numpy(), rgb.numpy(),
+                                     *(getattr(self, "_" + n).numpy() for n in ("xyz_sum", "rgb_sum", "count",
+                                                                                "frames", "last_seen", "free")),
+                                     self._tick)
+            return
+        voxel = self._table.view(-1)[cell]
         micrometres = xyz.to(torch.float64, copy=True).mul_(_UM_PER_M).round_()
         self._xyz_sum.index_add_(0, voxel, micrometres)
         self._rgb_sum.index_add_(0, voxel, rgb.to(torch.float64))
@@ -483,25 +490,8 @@ class VoxelMap:
         self._n_voxels = n - k
 
     def _block_slots_of(self, blocks: torch.Tensor) -> torch.Tensor:
-        """Table rows of the (N, 3) block indices, allocating rows for blocks not in the map yet."""
-        dev = self.device
-        lo, hi = torch.aminmax(blocks, dim=0)
-        dims = (hi - lo + 1).tolist()
-        volume = dims[0] * dims[1] * dims[2]
-        # ~40k cells for an indoor 640x480 frame at 2 cm; the bound keeps the box's scratch memory to ~10 MB.
-        if volume <= max(1 << 20, 4 * blocks.shape[0]):
-            # The frame's blocks fit a small dense box: mark them there (linear time) instead of sorting the points.
-            # The box's linear order is the block-key order, so the occupied cells come out sorted. (Collapsing runs
-            # of equal blocks first was measured slower: noisy depth makes the runs short.)
-            rel = (blocks - lo).to(torch.int64)
-            linear = (rel[:, 0] * dims[1] + rel[:, 1]) * dims[2] + rel[:, 2]
-            occupied = torch.zeros(volume, dtype=torch.bool, device=dev)
-            occupied[linear] = True
-            cells = torch.nonzero(occupied).squeeze(1)
-            coords = torch.stack([cells // (dims[1] * dims[2]), (cells // dims[2]) % dims[1], cells % dims[2]], 1)
-            slots_of_cell = torch.empty(volume, dtype=torch.int64, device=dev)
-            slots_of_cell[cells] = self._slots_of_sorted_blocks(pack_blocks(coords + lo.to(torch.int64)))
-            return slots_of_cell[linear]
+        """Table rows of the (N, 3) block indices, allocating rows for blocks not in the map yet (the torch path;
+        on a CPU ``voxel_kernels.frame_cells`` marks the blocks in a dense box instead of sorting them)."""
         unique_blocks, inverse = torch.unique(pack_blocks(blocks), sorted=True, return_inverse=True)
         return self._slots_of_sorted_blocks(unique_blocks)[inverse]
 
