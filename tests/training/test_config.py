@@ -67,6 +67,17 @@ def test_shipped_recipes_load():
         assert cfg["stage1"]["consistency_weight"] == 0.2, name
 
 
+def test_the_scannet_label_recipe_is_label_yaml_with_its_own_frames():
+    from pathlib import Path
+
+    from ov3d_ros.labelling.config import load_label_config
+
+    folder = Path(__file__).resolve().parents[2] / "training"
+    base, scannet = load_label_config(folder / "label.yaml"), load_label_config(folder / "label_scannet.yaml")
+    assert scannet["frames"]["every"] == 100 == load_config(folder / "scannet.yaml")["data"]["frame_stride"]
+    assert scannet["masks"] == base["masks"] and scannet["naming"]["templates"] == base["naming"]["templates"]
+
+
 def test_exponent_without_dot_is_a_number():
     # PyYAML reads 1e-4 as a string (YAML 1.1); the config must still treat it as a number.
     assert load_config(None, ["stage1.lr=1e-4"])["stage1"]["lr"] == 1e-4

@@ -170,6 +170,12 @@ def test_a_vertex_mask_scores_only_its_vertices(scans, random_checkpoint, tmp_pa
     np.save(scene / "scene_mask.npy", mask[:-1])
     with pytest.raises(ValueError, match="entries for"):
         pipeline.run_eval(cfg, checkpoint=str(random_checkpoint), scenes=[str(scene)], progress=False)
+    # The same mask as a vertex property of the labels PLY.
+    (scene / "scene_mask.npy").unlink()
+    ply = next(scene.glob("*_vh_clean_2.labels.ply"))
+    write_ply(ply, cloud, {"mask": mask.astype(np.uint8)})
+    part = pipeline.run_eval(cfg, checkpoint=str(random_checkpoint), scenes=[str(scene)], progress=False)
+    assert part["n_points"] == int((labelled & mask).sum())
 
 
 def test_stage2_from_a_class_list_on_scans_without_2d_labels(scans, random_checkpoint, tmp_path):
