@@ -3,8 +3,8 @@
 A thin adapter over ``ov3d_ros.fusion``. Callbacks only decode and enqueue; a timer drains the frame queue when a
 frame's pose is available (from TF, an Odometry topic or a PoseStamped topic), applies keyframe gating, builds the
 partial cloud and integrates it into the VoxelMap, which free space carves (``SurfaceConfig``: carve_*,
-observe_every, surface_refine). Every bad message is logged (rate-limited) and counted; the node
-never stops because of one.
+observe_every, surface_refine). ~/save_map, ~/load_map and ``map_file`` keep the map across restarts. Every bad
+message is logged (rate-limited) and counted; the node never stops because of one.
 """
 from __future__ import annotations
 

@@ -6,6 +6,8 @@ current feature map without waiting for the network, with the stamp of the map i
 clouds are segmented only for the subscribers of ~/labelled_cloud (at ``partial_rate``) or for a CLOUD_PARTIAL
 query, their per-voxel features kept so a query with new text only embeds the text and takes a matrix product.
 The network passes run in a thread of the node's own; the executor's callbacks only decode, answer and publish.
+~/save_map and ~/load_map keep the map, its features and object ids in one file across restarts, the voxels through
+the fusion node's services of the same names (``ov3d_ros.map_file``).
 """
 from __future__ import annotations
 
