@@ -31,12 +31,9 @@ __all__ = ["RGBDFrame", "PartialCloud", "make_partial_cloud", "SurfaceConfig", "
 # ----------------------------------------------------------------------------------------------------------------------
 @dataclass
 class RGBDFrame:
-    """One registered RGB-D frame.
-
-    color: (H, W, 3) uint8 RGB. depth: (H, W) float32 metres or uint16 (``depth_scale`` units per metre).
-    camera: intrinsics of this image size. T_world_cam: 4x4 camera-to-world pose (REP 103 optical camera frame).
-    index: frame number in its sequence; stamp: seconds.
-    """
+    """One registered RGB-D frame. color: (H, W, 3) uint8 RGB. depth: (H, W) float32 metres or uint16
+    (``depth_scale`` units per metre). camera: intrinsics of this image size. T_world_cam: 4x4 camera-to-world pose
+    (REP 103 optical camera frame). index: frame number in its sequence; stamp: seconds."""
 
     color: np.ndarray
     depth: np.ndarray
@@ -47,10 +44,8 @@ class RGBDFrame:
     depth_scale: float = 1000.0
 
     def validate(self) -> "RGBDFrame":
-        """Raise ValueError (DTypeError, also a TypeError, for dtypes) naming the first problem; return self.
-
-        On success the pose is stored as a float64 array.
-        """
+        """Raise ValueError (DTypeError, also a TypeError, for dtypes) naming the first problem; return self (the
+        pose then stored as a float64 array)."""
         if not isinstance(self.camera, CameraModel):
             raise TypeError(f"RGBDFrame {self.index}: camera must be a CameraModel, got {type(self.camera).__name__}")
         depth = np.asarray(self.depth)
@@ -167,10 +162,9 @@ _EVICT_SLACK_DIVISOR = 32
 @dataclass(frozen=True)
 class SurfaceConfig:
     """What a frame's depth image, read along its lines of sight, does to the voxels in its view. After every
-    ``every``-th frame is fused, each map voxel whose mean projects into it (up to ``max_range`` metres of depth) is
-    compared with the four depths around its projection; the margin at depth d is ``voxel_size + carve_margin *
-    d^2`` (stereo and structured-light depth noise grows with d^2). The step projects every voxel in view (~20 ms a
-    frame on one core for a room), so it runs on every 4th frame by default; votes and views add up all the same.
+    ``every``-th frame (4: the step projects every voxel in view), each voxel whose mean projects into the image up
+    to ``max_range`` metres is compared with the four depths around its projection, with a margin ``voxel_size +
+    carve_margin * d^2`` at depth d (stereo and structured-light depth noise grows with d^2).
 
     * Free space (``carve_evidence`` > 0): a voxel in front of all four (valid) depths by more than the margin gains
       a vote, a frame whose points fall in it takes one back, and ``carve_evidence`` votes remove it. A voxel on a
@@ -218,12 +212,11 @@ class VoxelMap:
     it (``frames``), the integration tick when it was last hit (``last_seen``), and exact integer sums of positions
     (micrometres) and colours, from which ``to_cloud`` derives the mean position and the running-mean colour.
 
-    Layout (a block hash like Open3D's VoxelBlockGrid or nvblox, built from torch ops): voxels are grouped in 4x4x4
-    blocks; a sorted array of block keys gives each block a row of a dense (blocks, 64) table whose entries are voxel
-    numbers in per-voxel arrays (-1 = empty). Integrating a frame costs O(points): the frame's blocks are collected
-    in a small dense box around the frame and found with ``searchsorted`` on the (small) block index, every point
-    finds its voxel by table lookup, new voxels are appended and the sums accumulate (on a CPU in compiled loops,
-    ``voxel_kernels``; on CUDA by ``index_add_``). Nothing is
+    Layout (a block hash like Open3D's VoxelBlockGrid or nvblox): voxels are grouped in 4x4x4 blocks; a sorted array
+    of block keys gives each block a row of a dense (blocks, 64) table of voxel numbers (-1 = empty). Integrating a
+    frame costs O(points): its blocks are found with ``searchsorted`` on the (small) block index, every point finds
+    its voxel in the table, new voxels are appended and the sums accumulate (compiled loops on a CPU,
+    ``voxel_kernels``; torch ops on CUDA). Nothing is
     re-sorted and no pass over all voxels happens per frame (except for clearing, and evictions, which are
     batched). Maps built on CPU and GPU are identical; every export walks the blocks in key order, so it does not
     depend on the storage layout.
@@ -394,25 +387,45 @@ class VoxelMap:
 
     def _observe(self, partial: "PartialCloud", xyz: torch.Tensor) -> None:
         """The projective step of ``SurfaceConfig``: free-space votes and surface offsets for the voxels in view of
-        the frame whose points ``xyz`` (on the map's device) were just fused, then the carving."""
+        the frame whose points ``xyz`` (on the map's device) were just fused, then the carving. On a CPU the voxels
+        go through ``voxel_kernels.observe`` one by one, else through torch; the arithmetic is the same, operation
+        for operation (no fused multiply-adds: products and lerps are spelled out), so the map is too."""
         cfg, dev, s = self.surface, self.device, self.voxel_size
         cam, stride = partial.camera, partial.stride
         T = torch.as_tensor(partial.T_world_cam, dtype=torch.float64, device=dev)
-        R, origin = T[:3, :3], T[:3, 3]
-        # The frame's depth on its pixel grid (every stride-th pixel), 0 where it has no point.
+        R, origin = T[:3, :3].contiguous(), T[:3, 3].contiguous()
+        # The frame's depth on its pixel grid (every stride-th pixel), 0 where it has no point, and a border of 0.
         gh, gw = -(-cam.height // stride), -(-cam.width // stride)
-        pixels = torch.as_tensor(partial.pixels, device=dev).to(torch.int64) // stride
-        depth = torch.zeros((gh, gw), dtype=torch.float64, device=dev)
-        depth[pixels[:, 1], pixels[:, 0]] = (xyz.to(torch.float64) - origin) @ R[:, 2]
+        pixels = torch.as_tensor(partial.pixels, device=dev).to(torch.int64)
+        pixels = pixels // stride if stride > 1 else pixels
+        padded = torch.zeros((gh + 2, gw + 2), dtype=torch.float64, device=dev)
+        padded[pixels[:, 1] + 1, pixels[:, 0] + 1] = (xyz.to(torch.float64) - origin) @ R[:, 2]
         cells = self._table[:self._n_blocks][blocks_in_view(self._slot_block_key[:self._n_blocks], s, cam, R, origin,
                                                             cfg.max_range)].reshape(-1)
         voxel = cells[cells >= 0]
-        if voxel.numel() == 0:
-            return
-        # (index_select with index lists throughout: several times faster than boolean masks on a CPU)
+        pitch = _SURFACE_SLOPE * stride / min(cam.fx, cam.fy)  # depth spread between pixels, per metre of depth
+        if dev.type == "cpu" and self.compiled:
+            arrays = (getattr(self, "_" + n).numpy() for n in ("xyz_sum", "count", "last_seen", "free", "keys",
+                                                                "surface_sum", "surface_weight"))
+            voxel_kernels.observe(voxel.numpy(), *arrays, padded.numpy(), R.numpy(), origin.numpy(),
+                                  np.array([cam.fx, cam.fy, cam.cx, cam.cy]), stride, s, cfg.carve_margin,
+                                  cfg.max_range, bool(cfg.carve_evidence), cfg.surface, pitch, _SURFACE_WEIGHT,
+                                  _SURFACE_WEIGHT_MAX, _SURFACE_VIEWS, self._tick)
+        elif voxel.numel():
+            self._observe_torch(voxel, padded, R, origin, cam, stride, pitch)
+        if cfg.carve_evidence:
+            gone = torch.nonzero(self._free[:self._n_voxels] >= cfg.carve_evidence).squeeze(1)
+            if gone.numel():
+                self._remove(gone)
+                self.carved += int(gone.numel())
+
+    def _observe_torch(self, voxel, padded, R, origin, cam, stride: int, pitch: float) -> None:
+        """``_observe`` for the voxels ``voxel`` in view, in torch operations (CUDA's path; index_select with index
+        lists throughout: several times faster than boolean masks on a CPU)."""
+        cfg, s, gh, gw = self.surface, self.voxel_size, padded.shape[0] - 2, padded.shape[1] - 2
         count = self._count.index_select(0, voxel).to(torch.float64)[:, None]
         ray = (self._xyz_sum.index_select(0, voxel) / (count * _UM_PER_M)).sub_(origin)  # centre -> voxel mean
-        q = ray @ R  # camera coordinates
+        q = ray[:, :1] * R[0] + ray[:, 1:2] * R[1] + ray[:, 2:] * R[2]  # camera coordinates
         z = q[:, 2]
         u = (cam.fx * q[:, 0] / z + cam.cx) / stride
         v = (cam.fy * q[:, 1] / z + cam.cy) / stride
@@ -421,7 +434,6 @@ class VoxelMap:
         if seen.numel() == 0:
             return
         voxel, ray, z, u, v = (t.index_select(0, seen) for t in (voxel, ray, z, u, v))
-        padded = torch.nn.functional.pad(depth, (1, 1, 1, 1))  # no pixel beyond the image: 0 (invalid)
         # The four pixels around the projection: all valid, their depths' spread and bilinear mean.
         u0, v0 = u.floor().clamp_(-1, gw - 1), v.floor().clamp_(-1, gh - 1)
         fu, fv = u - u0, v - v0
@@ -434,37 +446,34 @@ class VoxelMap:
             free = (lo > 0) & (z < lo - (s + cfg.carve_margin * lo * lo)) & \
                 (self._last_seen.index_select(0, voxel) != self._tick)
             self._free[voxel[free]] += 1
-        if cfg.surface:
-            # Surface: the bilinear depth, where the four lie on one surface -- they differ by no more than the
-            # margin plus what a surface at up to _SURFACE_SLOPE to the line of sight spans between two pixels
-            # (more is a depth edge) -- and the voxel lies within the margin of it.
-            d = torch.lerp(torch.lerp(c00, c01, fu), torch.lerp(c10, c11, fu), fv)
-            margin = s + cfg.carve_margin * d * d
-            pitch = _SURFACE_SLOPE * stride / min(cam.fx, cam.fy)  # per metre of depth
-            near = torch.nonzero((lo > 0) & (hi - lo <= margin + pitch * d) & ((d - z).abs() <= margin)).squeeze(1)
-            if near.numel():
-                d, z, ray, target = (t.index_select(0, near) for t in (d, z, ray, voxel))
-                # Where the line of sight through the voxel's mean meets the measured surface, relative to the
-                # voxel's centre (small numbers: the integer sums stay exact far from the origin).
-                centre = (unpack_keys(self._keys.index_select(0, target)).to(torch.float64) + 0.5) * s
-                crossing = (ray * (d / z)[:, None]).add_(origin).sub_(centre).mul_(_UM_PER_M).round_()
-                weight = (_SURFACE_WEIGHT / d.pow(4)).round_().clamp_(1, _SURFACE_WEIGHT_MAX)
-                self._surface_sum.index_add_(0, target, crossing.mul_(weight[:, None]))
-                self._surface_weight.index_add_(0, target, weight.to(torch.int64))
-                # A moving average over the last ~_SURFACE_VIEWS views (a TSDF's weight cap): a surface that moved
-                # is followed, not outvoted by its past.
-                total = self._surface_weight.index_select(0, target)
-                cap = weight.to(torch.int64) * _SURFACE_VIEWS
-                over = torch.nonzero(total > cap).squeeze(1)
-                if over.numel():
-                    capped, scale = target[over], cap[over].to(torch.float64) / total[over].to(torch.float64)
-                    self._surface_sum[capped] = (self._surface_sum[capped] * scale[:, None]).round_()
-                    self._surface_weight[capped] = cap[over]
-        if cfg.carve_evidence:
-            gone = torch.nonzero(self._free[:self._n_voxels] >= cfg.carve_evidence).squeeze(1)
-            if gone.numel():
-                self._remove(gone)
-                self.carved += int(gone.numel())
+        if not cfg.surface:
+            return
+        # Surface: the bilinear depth, where the four lie on one surface -- they differ by no more than the margin
+        # plus what a surface at up to _SURFACE_SLOPE to the line of sight spans between two pixels (more is a depth
+        # edge) -- and the voxel lies within the margin of it. (torch.lerp's two forms, without its fused multiply-add)
+        lerp = lambda a, b, w: torch.where(w.abs() < 0.5, a + w * (b - a), b - (b - a) * (1.0 - w))  # noqa: E731
+        d = lerp(lerp(c00, c01, fu), lerp(c10, c11, fu), fv)
+        margin = s + cfg.carve_margin * d * d
+        near = torch.nonzero((lo > 0) & (hi - lo <= margin + pitch * d) & ((d - z).abs() <= margin)).squeeze(1)
+        if near.numel() == 0:
+            return
+        d, z, ray, target = (t.index_select(0, near) for t in (d, z, ray, voxel))
+        # Where the line of sight through the voxel's mean meets the measured surface, relative to the voxel's centre
+        # (small numbers: the integer sums stay exact far from the origin).
+        centre = (unpack_keys(self._keys.index_select(0, target)).to(torch.float64) + 0.5) * s
+        crossing = (ray * (d / z)[:, None]).add_(origin).sub_(centre).mul_(_UM_PER_M).round_()
+        weight = (_SURFACE_WEIGHT / ((d * d) * (d * d))).round_().clamp_(1, _SURFACE_WEIGHT_MAX)
+        self._surface_sum.index_add_(0, target, crossing.mul_(weight[:, None]))
+        self._surface_weight.index_add_(0, target, weight.to(torch.int64))
+        # A moving average over the last ~_SURFACE_VIEWS views (a TSDF's weight cap): a surface that moved is
+        # followed, not outvoted by its past.
+        total = self._surface_weight.index_select(0, target)
+        cap = weight.to(torch.int64) * _SURFACE_VIEWS
+        over = torch.nonzero(total > cap).squeeze(1)
+        if over.numel():
+            capped, scale = target[over], cap[over].to(torch.float64) / total[over].to(torch.float64)
+            self._surface_sum[capped] = (self._surface_sum[capped] * scale[:, None]).round_()
+            self._surface_weight[capped] = cap[over]
 
     def _cells_of(self, keys: torch.Tensor) -> torch.Tensor:
         """Flat (blocks, 64) table indices of voxel keys whose blocks are in the map."""
