@@ -95,32 +95,33 @@ def add_points(table, cell, xyz, rgb, xyz_sum, rgb_sum, count, frames, last_seen
     vote. Neighbouring pixels mostly share a voxel: a run of points in one cell is summed first and added once
     (the sums are integers, so the order of the additions does not change them)."""
     n = len(cell)
-    run_xyz = np.zeros(3)
-    run_rgb = np.zeros(3)
-    start = 0
-    for i in range(n + 1):
-        if i < n and (i == start or cell[i] == cell[start]):
-            for c in range(3):
-                run_xyz[c] += np.rint(np.float64(xyz[i, c]) * 1e6)
-                run_rgb[c] += rgb[i, c]
-            continue
-        v = table[cell[start]]
-        for c in range(3):
-            xyz_sum[v, c] += run_xyz[c]
-            rgb_sum[v, c] += run_rgb[c]
-            run_xyz[c] = 0.0
-            run_rgb[c] = 0.0
-        count[v] += i - start
+    i = 0
+    while i < n:
+        here = cell[i]
+        x = y = z = r = g = b = 0.0
+        j = i
+        while j < n and cell[j] == here:
+            x += np.rint(np.float64(xyz[j, 0]) * 1e6)
+            y += np.rint(np.float64(xyz[j, 1]) * 1e6)
+            z += np.rint(np.float64(xyz[j, 2]) * 1e6)
+            r += rgb[j, 0]
+            g += rgb[j, 1]
+            b += rgb[j, 2]
+            j += 1
+        v = table[here]
+        xyz_sum[v, 0] += x
+        xyz_sum[v, 1] += y
+        xyz_sum[v, 2] += z
+        rgb_sum[v, 0] += r
+        rgb_sum[v, 1] += g
+        rgb_sum[v, 2] += b
+        count[v] += j - i
         if last_seen[v] != tick:
             last_seen[v] = tick
             frames[v] += 1
             if free[v] > 0:
                 free[v] -= 1
-        if i < n:
-            start = i
-            for c in range(3):
-                run_xyz[c] += np.rint(np.float64(xyz[i, c]) * 1e6)
-                run_rgb[c] += rgb[i, c]
+        i = j
 
 
 @numba.njit(cache=True)
