@@ -176,8 +176,8 @@ class SurfaceConfig:
       about the last ``_SURFACE_VIEWS`` views (a TSDF's weight cap: a moved surface is followed). The exported
       point is their weighted mean, averaging the noise down as a TSDF does. Voxels whose surface point lies in
       another cell (the noise shell around a surface) are kept but not exported, and so are voxels no view measured
-      that fewer than ``min_views`` frames hit and a view saw through (speckle; a thin leg, seen through by none,
-      stays). Clouds without a camera (anything but a PartialCloud) skip the step."""
+      that fewer than ``min_views`` frames hit (speckle: flying pixels at depth edges, which no later view may see
+      through if something hides them then). Clouds without a camera (anything but a PartialCloud) skip the step."""
 
     carve_margin: float = 0.01
     carve_evidence: int = 3
@@ -624,7 +624,7 @@ class VoxelMap:
             xyz = torch.where(weight > 0, surface, xyz)
             measured = weight[:, 0] > 0
             on_surface = torch.where(measured, (torch.floor(xyz / self.voxel_size).to(torch.int64) == cell).all(dim=1),
-                                     (arrays["frames"] >= self.surface.min_views) | (arrays["free"] == 0))
+                                     arrays["frames"] >= self.surface.min_views)
             arrays = {name: value[on_surface] for name, value in arrays.items()}
             xyz, count = xyz[on_surface], count[on_surface]
         xyz = xyz.to(torch.float32)

@@ -691,6 +691,20 @@ def test_surface_point_is_the_noise_weighted_mean_of_the_measured_surface():
     np.testing.assert_allclose(out.xyz[central, 2], (w1 * 1.005 + w2 * 1.015) / (w1 + w2), atol=3e-6)
 
 
+def test_a_point_no_view_measured_is_exported_once_a_second_frame_hits_it():
+    """Speckle (a flying pixel no later view sees through, e.g. because something hides it then) is not exported
+    while one frame alone hit it and no view measured a surface there; a second frame makes it a point."""
+    vmap = VoxelMap(voxel_size=0.02, surface=SURFACE)
+    vmap.integrate(make_partial_cloud(_plane_frame(np.eye(4), (0, 0, 1), (0, 0, 1.005), 0)))  # a measured wall
+    wall = len(vmap.to_cloud())
+    speck = simple_cloud(np.array([[0.3, 0.2, 0.5]]), np.array([[255, 0, 0]]))  # no camera: no surface step
+    vmap.integrate(speck)
+    assert len(vmap.to_cloud()) == wall and len(vmap) == wall + 1  # kept, not exported
+    vmap.integrate(speck)
+    out = vmap.to_cloud()
+    assert len(out) == wall + 1 and np.any(np.all(np.abs(out.xyz - [0.3, 0.2, 0.5]) < 1e-5, axis=1))
+
+
 def test_running_means_without_the_surface_step_and_maps_saved_before_it(tmp_path):
     partials = [make_partial_cloud(frame_at(*view, index=i), max_depth=20.0) for i, view in enumerate(BOX_VIEWS)]
     plain = VoxelMap(voxel_size=0.05, surface=None)
