@@ -23,7 +23,7 @@ from .geometry import CameraModel, DTypeError, backproject, check_color, check_f
 from .voxel_grid import LOCAL_BITS, VOXELS_PER_BLOCK, block_coords, blocks_in_view, pack_blocks, unpack_keys, \
     voxel_coords
 
-__all__ = ["RGBDFrame", "PartialCloud", "make_partial_cloud", "SurfaceConfig", "VoxelMap"]
+__all__ = ["RGBDFrame", "PartialCloud", "make_partial_cloud", "SurfaceConfig", "VoxelMap", "read_npz"]
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -131,6 +131,16 @@ def make_partial_cloud(frame: RGBDFrame, *, min_depth: float = 0.1, max_depth: f
                      min_depth=min_depth, max_depth=max_depth, stride=stride)
     return PartialCloud(xyz=bp.xyz, rgb=bp.rgb, pixels=bp.pixels, index=int(frame.index),
                         T_world_cam=frame.T_world_cam, camera=frame.camera, stride=stride)
+
+
+def read_npz(path) -> dict[str, np.ndarray]:
+    """Every array of the ``.npz`` file ``path``, read at once, so a truncated file fails here and nothing is half
+    loaded; ValueError naming the file when it is missing, damaged or not an ``.npz``."""
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            return {name: npz[name] for name in npz.files}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+        raise ValueError(f"cannot read {path} as .npz: {exc}") from exc
 
 
 # Positions are summed as whole micrometres (see _VOXEL_ARRAYS for why integers). Rounding each point to 1 um is far
@@ -302,11 +312,6 @@ class VoxelMap:
     def keys(self) -> torch.Tensor:
         """(M,) int64 voxel keys, sorted (the export order)."""
         return self._keys[self._order()]
-
-    @property
-    def counts(self) -> torch.Tensor:
-        """(M,) int64 number of points fused per voxel, in key order."""
-        return self._count[self._order()]
 
     # -- integration ----------------------------------------------------------------------------------------------
     def integrate(self, partial) -> int:
@@ -655,15 +660,12 @@ class VoxelMap:
         return path if path.suffix == ".npz" else path.with_name(path.name + ".npz")
 
     @classmethod
-    def load(cls, path, device: str | torch.device = "cpu", surface: SurfaceConfig | None = SurfaceConfig()
-             ) -> "VoxelMap":
-        """Load a map written by ``save`` onto ``device``; ``surface`` is how later frames update it."""
+    def load(cls, path, device: str | torch.device = "cpu", surface: SurfaceConfig | None = SurfaceConfig(),
+             arrays: dict | None = None) -> "VoxelMap":
+        """Load a map written by ``save`` onto ``device``; ``surface`` is how later frames update it. ``arrays``:
+        the file's arrays when the caller has read them already (``read_npz``)."""
         path = Path(path)
-        try:  # every array is read here, so a truncated file fails here and nothing is half loaded
-            with np.load(path, allow_pickle=False) as npz:
-                archive = {name: npz[name] for name in npz.files}
-        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
-            raise ValueError(f"VoxelMap.load: cannot read {path} as .npz: {exc}") from exc
+        archive = read_npz(path) if arrays is None else arrays
         if "format" not in archive or str(archive["format"]) != _MAP_FORMAT:
             raise ValueError(f"VoxelMap.load: {path} is not a saved VoxelMap (no format '{_MAP_FORMAT}')")
         version = int(archive["version"])

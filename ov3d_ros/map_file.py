@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +20,7 @@ import numpy as np
 import torch
 
 from .feature_map import FeatureSnapshot
+from .fusion import read_npz
 
 __all__ = ["FEATURES_FORMAT", "SavedFeatures", "open_map_file", "read_features", "write_features"]
 
@@ -42,16 +42,15 @@ class SavedFeatures:
 
 
 def open_map_file(path) -> dict[str, np.ndarray]:
-    """Every array of the ``.npz`` map file at ``path``; ValueError naming the file when it is missing, truncated
-    or not an ``.npz`` archive (a map file is never half read)."""
+    """Every array of the ``.npz`` map file at ``path`` (``fusion.read_npz``); ValueError naming the file when it is
+    missing, truncated or not an ``.npz`` archive (a map file is never half read)."""
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"map file not found: {path}")
     try:
-        with np.load(path, allow_pickle=False) as archive:
-            return {name: archive[name] for name in archive.files}
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
-        raise ValueError(f"cannot read map file {path}: {exc} (truncated or not an .npz map)") from exc
+        return read_npz(path)
+    except ValueError as exc:
+        raise ValueError(f"map file {path}: {exc} (truncated or not an .npz map)") from None
 
 
 def write_features(path, snapshot: FeatureSnapshot, *, fingerprint: str, map_voxel: float, tile: float,

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ov3d_ros.fusion import PartialCloud, RGBDFrame, SurfaceConfig, VoxelMap, make_partial_cloud
+from ov3d_ros.fusion import PartialCloud, RGBDFrame, SurfaceConfig, VoxelMap, make_partial_cloud, read_npz
 
 __all__ = ["MapperConfig", "MapUpdate", "Mapper"]
 
@@ -140,7 +140,8 @@ class Mapper:
         voxels. ValueError, with the map untouched, for an unreadable file or one of another voxel size or more
         voxels than ``capacity``: its voxels would not be this map's."""
         c = self.config
-        loaded = VoxelMap.load(path, device=self.map.device, surface=c.surface)
+        arrays = read_npz(path)
+        loaded = VoxelMap.load(path, device=self.map.device, surface=c.surface, arrays=arrays)
         if not math.isclose(loaded.voxel_size, c.voxel_size, rel_tol=1e-9):
             raise ValueError(f"map file {path} has {loaded.voxel_size} m voxels, this map {c.voxel_size} m: set "
                              f"voxel_size to {loaded.voxel_size} to load it")
@@ -148,8 +149,7 @@ class Mapper:
             raise ValueError(f"map file {path} holds {len(loaded)} voxels, more than this map's capacity "
                              f"{c.capacity}")
         loaded.capacity, loaded.clear_radius = c.capacity, c.clear_radius
-        with np.load(path, allow_pickle=False) as archive:
-            stamp = float(archive["keyframe_stamp"]) if "keyframe_stamp" in archive.files else math.nan
+        stamp = float(arrays["keyframe_stamp"]) if "keyframe_stamp" in arrays else math.nan
         with self.lock:
             self.map = loaded
             self.version += 1

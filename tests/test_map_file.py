@@ -92,9 +92,9 @@ def test_a_map_file_round_trip_gives_the_same_map_features_answers_and_object_id
         follower.restore(start)
         follower.update(after.xyz, after.rgb, snapshot.stamp + 2.0)
         followers.append(follower)
-    (a, b) = followers
-    assert {k: v for k, v in a.last_update.items() if k != "seconds"} == \
-        {k: v for k, v in b.last_update.items() if k != "seconds"}
+    a, b = followers
+    work = ("points", "changed", "removed", "tiles_run", "tiles_patched", "tiles_refined", "tiles")
+    assert [a.last_update[k] for k in work] == [b.last_update[k] for k in work]
     np.testing.assert_array_equal(a.snapshot.label(segmenter, WORDS).label, b.snapshot.label(segmenter, WORDS).label)
 
 

@@ -34,7 +34,7 @@ LABEL_DEFAULTS: dict[str, Any] = {
     "vocabulary": {
         "source": "fixed",  # fixed | mllm | union
         "fixed": {
-            "names": "scannet200",  # built-in list name, a names file (one per line), or a YAML list
+            "names": "scannet200",  # a built-in class table (scannet200, scannet20, nyu40), a names file (one per line), or a YAML list
             "extra": [],  # the user's own names, added to `names`
         },
         "mllm": {

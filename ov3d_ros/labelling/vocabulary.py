@@ -21,11 +21,11 @@ from typing import Iterable, Protocol, Sequence
 
 import numpy as np
 
-from ..data.class_tables import class_table
+from ..data.class_tables import BUILTIN_TABLES, class_table
 
 log = logging.getLogger(__name__)
 
-BUILTIN_VOCABULARIES = ("scannet200",)  # the class names of the built-in class table of that name
+BUILTIN_VOCABULARIES = tuple(BUILTIN_TABLES)  # the class names of the built-in class table of that name
 
 
 class VocabularySource(Protocol):
@@ -165,7 +165,8 @@ def load_names_file(path: str | Path) -> list[str]:
 
 
 def builtin_vocabulary(name: str) -> list[str]:
-    """A vocabulary shipped with the package: ``"scannet200"`` (the 200 ScanNet200 benchmark class names)."""
+    """A vocabulary shipped with the package: the names of a built-in class table (``"scannet200"``: the 200
+    ScanNet200 benchmark classes; ``"scannet20"``, ``"nyu40"``)."""
     if name not in BUILTIN_VOCABULARIES:
         raise ValueError(f"unknown built-in vocabulary '{name}' (known: {', '.join(BUILTIN_VOCABULARIES)})")
     return clean_names(class_table(name).names, where=name)

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..data.class_tables import BUILTIN_TABLES, class_table, read_category_ids
+from ..data.class_tables import class_table, read_category_ids
 from ..data.pseudo_labels import write_synthetic_pseudo_labels
 from ..labelling.vocabulary import resolve_names
 from ..data.scannet import write_scannet_scene
@@ -173,8 +173,6 @@ def stage2_vocabulary(cfg: dict) -> list[str] | None:
     spec = cfg["stage2"]["vocabulary"]
     if spec is None or spec == []:
         return None
-    if isinstance(spec, str) and spec in BUILTIN_TABLES:
-        spec = list(class_table(spec).names)
     try:
         return resolve_names(spec)
     except (FileNotFoundError, TypeError) as exc:
