@@ -143,8 +143,7 @@ def read_npz(path) -> dict[str, np.ndarray]:
         raise ValueError(f"cannot read {path} as .npz: {exc}") from exc
 
 
-# Positions are summed as whole micrometres (see _VOXEL_ARRAYS for why integers). Rounding each point to 1 um is far
-# below the float32 resolution of the clouds themselves beyond ~8 m and negligible at room scale.
+# Positions are summed as whole micrometres (integers: see _VOXEL_ARRAYS); 1 um is below the clouds' float32 resolution.
 _UM_PER_M = 1e6
 
 
@@ -224,12 +223,10 @@ class VoxelMap:
 
     Layout (a block hash like Open3D's VoxelBlockGrid or nvblox): voxels are grouped in 4x4x4 blocks; a sorted array
     of block keys gives each block a row of a dense (blocks, 64) table of voxel numbers (-1 = empty). Integrating a
-    frame costs O(points): its blocks are found with ``searchsorted`` on the (small) block index, every point finds
-    its voxel in the table, new voxels are appended and the sums accumulate (compiled loops on a CPU,
-    ``voxel_kernels``; torch ops on CUDA). Nothing is
-    re-sorted and no pass over all voxels happens per frame (except for clearing, and evictions, which are
-    batched). Maps built on CPU and GPU are identical; every export walks the blocks in key order, so it does not
-    depend on the storage layout.
+    frame costs O(points): every point finds its voxel in the table, new voxels are appended and the sums accumulate
+    (on a CPU in ``threads`` compiled loops at once, ``voxel_kernels``; torch ops on CUDA). No pass over all voxels
+    happens per frame, except for clearing and evictions (batched). Maps built either way are identical; every
+    export walks the blocks in key order, so it does not depend on the storage layout.
 
     Memory bound: after every ``integrate`` the map holds at most ``capacity`` voxels (``memory_bytes()``: about
     100 bytes per voxel on indoor scans at 2 cm, block table included, plus up to 2x room reserved for growth). Eviction
@@ -259,7 +256,8 @@ class VoxelMap:
             raise TypeError(f"VoxelMap: surface must be a SurfaceConfig or None, got {type(surface).__name__}")
         self.surface = surface
         self.device = torch.device(device)
-        self.compiled = True  # on a CPU, integrate with the compiled loops (False: torch's, as on CUDA)
+        self.compiled = self.device.type == "cpu"  # the compiled loops integrate (a CPU only; False: torch's, CUDA's)
+        self.threads = 0  # how many run at once (0: voxel_kernels.default_threads())
         self.reset()
 
     # -- state ----------------------------------------------------------------------------------------------------
@@ -321,12 +319,12 @@ class VoxelMap:
         """
         xyz, rgb = self._points_of(partial)
         try:  # validates (finite, in range) before anything changes
-            ijk = voxel_coords(xyz, self.voxel_size) if xyz.shape[0] else None
+            cell = self._cells_of_points(xyz) if xyz.shape[0] else None
         except ValueError as exc:
             raise ValueError(f"VoxelMap.integrate: {exc}") from None
         self._tick += 1
-        if ijk is not None:
-            self._accumulate(ijk, xyz, rgb)
+        if cell is not None:
+            self._accumulate(cell, xyz, rgb)
         if self.surface is not None and isinstance(partial, PartialCloud) and len(self) and \
                 self._tick % self.surface.every == 0:
             self._observe(partial, xyz)
@@ -352,17 +350,22 @@ class VoxelMap:
             raise ValueError(f"VoxelMap.integrate: rgb must be ({xyz.shape[0]}, 3), got {tuple(rgb.shape)}")
         return xyz, rgb
 
-    def _accumulate(self, ijk: torch.Tensor, xyz: torch.Tensor, rgb: torch.Tensor) -> None:
+    def _cells_of_points(self, xyz: torch.Tensor) -> torch.Tensor:
+        """Each point's flat cell in the (blocks, 64) table (new blocks get rows), after validating the points."""
+        if self.compiled:
+            cell = voxel_kernels.frame_cells(xyz.numpy(), self.voxel_size, self._slots_of_sorted_blocks,
+                                             self.threads)
+            if cell is not None:
+                return torch.from_numpy(cell)
+        block, place = block_coords(voxel_coords(xyz, self.voxel_size))
+        return self._block_slots_of(block) * VOXELS_PER_BLOCK + place
+
+    def _accumulate(self, cell: torch.Tensor, xyz: torch.Tensor, rgb: torch.Tensor) -> None:
         """Add the points to their voxels (new voxels numbered in cell order: deterministic, the same on every
         device). On a CPU the compiled loops of ``voxel_kernels`` do it (``compiled``), else torch: the same map."""
-        compiled = self.device.type == "cpu" and self.compiled
-        cell = voxel_kernels.frame_cells(ijk.numpy(), self._slots_of_sorted_blocks) if compiled else None
-        if cell is None:
-            block, place = block_coords(ijk)
-            cell = self._block_slots_of(block) * VOXELS_PER_BLOCK + place  # flat index into the (blocks, 64) table
         table = self._table.view(-1)
-        new_cells = torch.from_numpy(voxel_kernels.missing_cells(table.numpy(), cell.numpy())) if compiled else \
-            torch.unique(cell[table[cell] < 0], sorted=True)
+        new_cells = torch.from_numpy(voxel_kernels.missing_cells(table.numpy(), cell.numpy(), self.threads)) \
+            if self.compiled else torch.unique(cell[table[cell] < 0], sorted=True)
         n_new, first = int(new_cells.shape[0]), self._n_voxels
         if n_new:
             self._reserve_voxels(first + n_new)
@@ -372,11 +375,11 @@ class VoxelMap:
             for name, _, _ in _VOXEL_ARRAYS[1:]:
                 getattr(self, "_" + name)[first:first + n_new] = 0
             self._n_voxels += n_new
-        if compiled:
+        if self.compiled:
             voxel_kernels.add_points(self._table.view(-1).numpy(), cell.numpy(), xyz.numpy(), rgb.numpy(),
                                      *(getattr(self, "_" + n).numpy() for n in ("xyz_sum", "rgb_sum", "count",
                                                                                 "frames", "last_seen", "free")),
-                                     self._tick)
+                                     self._tick, self.threads)
             return
         voxel = self._table.view(-1)[cell]
         micrometres = xyz.to(torch.float64, copy=True).mul_(_UM_PER_M).round_()
@@ -392,32 +395,33 @@ class VoxelMap:
 
     def _observe(self, partial: "PartialCloud", xyz: torch.Tensor) -> None:
         """The projective step of ``SurfaceConfig``: free-space votes and surface offsets for the voxels in view of
-        the frame whose points ``xyz`` (on the map's device) were just fused, then the carving. On a CPU the voxels
-        go through ``voxel_kernels.observe`` one by one, else through torch; the arithmetic is the same, operation
-        for operation (no fused multiply-adds: products and lerps are spelled out), so the map is too."""
+        the frame whose points ``xyz`` (on the map's device) were just fused, then the carving. Compiled loops and
+        torch do the same arithmetic (no fused multiply-adds: products and lerps are spelled out): the same map."""
         cfg, dev, s = self.surface, self.device, self.voxel_size
         cam, stride = partial.camera, partial.stride
         T = torch.as_tensor(partial.T_world_cam, dtype=torch.float64, device=dev)
         R, origin = T[:3, :3].contiguous(), T[:3, 3].contiguous()
-        # The frame's depth on its pixel grid (every stride-th pixel), 0 where it has no point, and a border of 0.
-        gh, gw = -(-cam.height // stride), -(-cam.width // stride)
-        pixels = torch.as_tensor(partial.pixels, device=dev).to(torch.int64)
-        pixels = pixels // stride if stride > 1 else pixels
-        padded = torch.zeros((gh + 2, gw + 2), dtype=torch.float64, device=dev)
-        padded[pixels[:, 1] + 1, pixels[:, 0] + 1] = (xyz.to(torch.float64) - origin) @ R[:, 2]
-        cells = self._table[:self._n_blocks][blocks_in_view(self._slot_block_key[:self._n_blocks], s, cam, R, origin,
-                                                            cfg.max_range)].reshape(-1)
-        voxel = cells[cells >= 0]
+        gh, gw = -(-cam.height // stride), -(-cam.width // stride)  # the frame's (stride-th) pixel grid
+        rows = torch.nonzero(blocks_in_view(self._slot_block_key[:self._n_blocks], s, cam, R, origin,
+                                            cfg.max_range)).squeeze(1)
         pitch = _SURFACE_SLOPE * stride / min(cam.fx, cam.fy)  # depth spread between pixels, per metre of depth
-        if dev.type == "cpu" and self.compiled:
+        if self.compiled:
+            padded = voxel_kernels.depth_grid(xyz.numpy(), np.asarray(partial.pixels), R.numpy(), origin.numpy(),
+                                              stride, gh, gw, self.threads)
             arrays = (getattr(self, "_" + n).numpy() for n in ("xyz_sum", "count", "last_seen", "free", "keys",
                                                                 "surface_sum", "surface_weight"))
-            voxel_kernels.observe(voxel.numpy(), *arrays, padded.numpy(), R.numpy(), origin.numpy(),
-                                  np.array([cam.fx, cam.fy, cam.cx, cam.cy]), stride, s, cfg.carve_margin,
-                                  cfg.max_range, bool(cfg.carve_evidence), cfg.surface, pitch, _SURFACE_WEIGHT,
-                                  _SURFACE_WEIGHT_MAX, _SURFACE_VIEWS, self._tick)
-        elif voxel.numel():
-            self._observe_torch(voxel, padded, R, origin, cam, stride, pitch)
+            voxel_kernels.observe(self.threads, rows.numpy(), self._table.view(-1).numpy(), *arrays, padded, R.numpy(),
+                                  origin.numpy(), np.array([cam.fx, cam.fy, cam.cx, cam.cy]), stride, s,
+                                  cfg.carve_margin, cfg.max_range, bool(cfg.carve_evidence), cfg.surface, pitch,
+                                  _SURFACE_WEIGHT, _SURFACE_WEIGHT_MAX, _SURFACE_VIEWS, self._tick)
+        else:
+            # Each point's depth along the optical axis at its pixel (0: no point): voxel_kernels.depth_grid.
+            pixels = torch.as_tensor(partial.pixels, device=dev).to(torch.int64) // stride
+            ray = xyz.to(torch.float64) - origin
+            padded = torch.zeros((gh + 2, gw + 2), dtype=torch.float64, device=dev)
+            padded[pixels[:, 1] + 1, pixels[:, 0] + 1] = ray[:, 0] * R[0, 2] + ray[:, 1] * R[1, 2] + ray[:, 2] * R[2, 2]
+            cells = self._table[rows].reshape(-1)
+            self._observe_torch(cells[cells >= 0], padded, R, origin, cam, stride, pitch)
         if cfg.carve_evidence:
             gone = torch.nonzero(self._free[:self._n_voxels] >= cfg.carve_evidence).squeeze(1)
             if gone.numel():
@@ -486,9 +490,8 @@ class VoxelMap:
         return rows * VOXELS_PER_BLOCK + (keys & (VOXELS_PER_BLOCK - 1))
 
     def _remove(self, gone: torch.Tensor) -> None:
-        """Remove the voxels numbered ``gone`` (unique) in O(len(gone)): their table cells empty, and the voxels at
-        the end of the arrays move into their places. Their blocks stay indexed (empty rows cost 512 bytes each)
-        until the next rebuild."""
+        """Remove the voxels numbered ``gone`` (unique) in O(len(gone)): the last voxels move into their places;
+        their blocks stay indexed (empty rows, 512 bytes each) until the next rebuild."""
         n, k = self._n_voxels, int(gone.numel())
         table = self._table.view(-1)
         table[self._cells_of(self._keys[gone])] = -1
@@ -585,10 +588,8 @@ class VoxelMap:
         return (unpack_keys(self.keys).to(torch.float64) + 0.5) * self.voxel_size
 
     def clear_around(self, center_xyz, radius: float, *, keep_inside: bool = True) -> int:
-        """Clear the map outside a ball (default) or inside it (``keep_inside=False``); return how many were removed.
-
-        A voxel is inside when its centre is within ``radius`` of ``center_xyz`` (world frame).
-        """
+        """Clear the map outside the ball of ``radius`` around ``center_xyz`` (world frame; default) or inside it
+        (``keep_inside=False``), by voxel centres; return how many were removed."""
         center = np.asarray(center_xyz, dtype=np.float64).reshape(-1)
         if center.shape != (3,) or not np.all(np.isfinite(center)):
             raise ValueError(f"VoxelMap.clear_around: center_xyz must be 3 finite numbers, got {center_xyz!r}")

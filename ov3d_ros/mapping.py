@@ -35,6 +35,7 @@ class MapperConfig:
     keyframe_min_translation: float = 0.0
     keyframe_min_rotation_deg: float = 0.0
     surface: SurfaceConfig | None = SurfaceConfig()  # free-space carving and surface offsets (None = running means)
+    threads: int = 0  # the map's compiled loops at once on a CPU (0: voxel_kernels.default_threads())
 
     def __post_init__(self) -> None:
         if not self.max_depth > self.min_depth >= 0:
@@ -64,6 +65,7 @@ class Mapper:
         c = self.config
         self.map = VoxelMap(voxel_size=c.voxel_size, capacity=c.capacity, clear_radius=c.clear_radius,
                             device=device, surface=c.surface)
+        self.map.threads = c.threads
         self.lock = threading.RLock()
         self.version = 0
         self.keyframes = 0
@@ -148,7 +150,7 @@ class Mapper:
         if len(loaded) > c.capacity:
             raise ValueError(f"map file {path} holds {len(loaded)} voxels, more than this map's capacity "
                              f"{c.capacity}")
-        loaded.capacity, loaded.clear_radius = c.capacity, c.clear_radius
+        loaded.capacity, loaded.clear_radius, loaded.threads = c.capacity, c.clear_radius, c.threads
         stamp = float(arrays["keyframe_stamp"]) if "keyframe_stamp" in arrays else math.nan
         with self.lock:
             self.map = loaded

@@ -3,48 +3,118 @@ a full pass over memory) and the free-space and surface step (one voxel at a tim
 both give the same map, bit for bit: the sums are integers held in float64 (micrometres, colour units), so their
 order does not matter, and both sides spell out every product and lerp (no fused multiply-add).
 
+The loops release the GIL and run in ``threads`` parts at once (0: ``default_threads()``): the first on the calling
+thread, the others on a small pool of threads of this module. Parts never add to the same voxel (the points are
+shared out by their block's table row, the voxels in view by their block; a new voxel two parts find is collected
+once), so the map is the same for any number of parts.
+
 Module-level numba functions with ``cache=True``: a new process loads their machine code from disk.
 """
 from __future__ import annotations
 
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
 import numba
 import numpy as np
 import torch
+from threadpoolctl import threadpool_limits
 
-from .voxel_grid import BLOCK_AXIS_BITS, BLOCK_AXIS_MASK, BLOCK_AXIS_OFFSET, BLOCK_BITS, LOCAL_BITS, LOCAL_MASK, \
-    VOXELS_PER_BLOCK, pack_blocks
+from .voxel_grid import AXIS_OFFSET, BLOCK_AXIS_BITS, BLOCK_AXIS_MASK, BLOCK_AXIS_OFFSET, BLOCK_BITS, LOCAL_BITS, \
+    LOCAL_MASK, VOXELS_PER_BLOCK, pack_blocks, voxel_coords
 
-__all__ = ["frame_cells", "missing_cells", "add_points", "observe"]
+__all__ = ["default_threads", "single_threaded_torch_and_blas", "frame_cells", "missing_cells", "add_points", "depth_grid", "observe"]
 
 
-def frame_cells(ijk: np.ndarray, slots_of_sorted_blocks) -> torch.Tensor | None:
-    """Each voxel's cell in the map's (blocks, 64) table, for the voxels ``ijk`` (N, 3) int32 of a frame;
-    ``slots_of_sorted_blocks`` gives the table rows of sorted block keys (allocating new ones). None when the
-    frame's blocks span a box too large to mark densely (the map then sorts them)."""
-    lo, dims = block_box(ijk)
+# -- parts on threads -------------------------------------------------------------------------------------------------
+_pool_lock = threading.Lock()
+_pool: tuple[int, int, ThreadPoolExecutor] | None = None  # (process id, workers, pool): a forked child makes its own
+
+
+def _workers(n: int) -> ThreadPoolExecutor:
+    global _pool
+    with _pool_lock:
+        if _pool is None or _pool[0] != os.getpid() or _pool[1] < n:
+            _pool = (os.getpid(), n, ThreadPoolExecutor(n, thread_name_prefix="voxel_kernels"))
+        return _pool[2]
+
+
+def default_threads() -> int:
+    """How many parts run at once when none is set: the cores this process may run on, at most 4 (the loops are
+    bound by memory: more gain little), while torch runs on one thread; else one (torch's idle threads spin for a
+    while after each of its operations, on the very cores the parts would need)."""
+    if torch.get_num_threads() > 1:  # see single_threaded_torch_and_blas
+        return 1
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, min(4, cores))
+
+
+def single_threaded_torch_and_blas() -> None:
+    """Run torch's and BLAS's own operations in this process on one thread, for a process that fuses frames: their
+    idle threads spin for a while after each operation, on the very cores the loops' parts need. Torch's count
+    also sets ``default_threads()``."""
+    torch.set_num_threads(1)
+    threadpool_limits(1, user_api="blas")
+
+
+def in_parts(kernel, parts: int, *args) -> list:
+    """``kernel(*args, part, parts)`` for part = 0 .. parts-1 (0 parts: ``default_threads()``), at once (the kernels
+    release the GIL): part 0 on this thread, the others on the pool. Their results, in part order."""
+    parts = parts or default_threads()
+    if parts <= 1:
+        return [kernel(*args, 0, 1)]
+    pool = _workers(parts - 1)
+    futures = [pool.submit(kernel, *args, part, parts) for part in range(1, parts)]
+    first = kernel(*args, 0, parts)
+    return [first] + [future.result() for future in futures]
+
+
+# -- integration ------------------------------------------------------------------------------------------------------
+def frame_cells(xyz: np.ndarray, voxel_size: float, slots_of_sorted_blocks, threads: int = 0) -> np.ndarray | None:
+    """Each point's cell in the map's (blocks, 64) table, for the points ``xyz`` (N, 3) of a frame (its voxel
+    floor(p / voxel_size), computed in float64 like ``voxel_grid.voxel_coords``); ``slots_of_sorted_blocks`` gives
+    the table rows of sorted block keys (allocating new ones). Raises voxel_coords' ValueError, before any row is
+    allocated, for points that are not finite or out of the keys' range. None when the frame's blocks span a box
+    too large to mark densely (the map then sorts them)."""
+    ijk = np.empty(xyz.shape, np.int32)
+    bounds = in_parts(_voxel_coords, threads, xyz, voxel_size, ijk)
+    if not all(ok for _, _, ok in bounds):
+        voxel_coords(torch.from_numpy(xyz), voxel_size)  # raises, naming what is wrong
+        raise ValueError("points out of the voxel grid's range")
+    lo = np.min(np.stack([b[0] for b in bounds]), axis=0) >> BLOCK_BITS
+    dims = (np.max(np.stack([b[1] for b in bounds]), axis=0) >> BLOCK_BITS) - lo + 1
     volume = int(dims.prod())
     if volume > max(1 << 20, 4 * len(ijk)):
         return None
     linear, places = occupied_blocks(ijk, lo, dims)
     coords = np.stack([places // (dims[1] * dims[2]), (places // dims[2]) % dims[1], places % dims[2]], 1) + lo
     slots = slots_of_sorted_blocks(pack_blocks(torch.from_numpy(coords)))
-    return torch.from_numpy(point_cells(ijk, linear, places, slots.numpy(), volume))
+    row = block_rows(places, slots.numpy(), volume)
+    cell = np.empty(len(ijk), np.int64)
+    in_parts(point_cells, threads, ijk, linear, row, cell)
+    return cell
 
 
-@numba.njit(cache=True)
-def block_box(ijk):
-    """(lower corner (3,), extent (3,)) of the box of blocks that the voxels ``ijk`` (N, 3) int32 fall in."""
-    lo = np.full(3, np.iinfo(np.int64).max, np.int64)
-    hi = np.full(3, np.iinfo(np.int64).min, np.int64)
-    for i in range(ijk.shape[0]):
+@numba.njit(cache=True, nogil=True)
+def _voxel_coords(xyz, voxel_size, ijk, part, parts):
+    """``ijk`` of part ``part`` of the points, and (lowest (3,), highest (3,) voxel, all finite and in range)."""
+    lo = np.full(3, AXIS_OFFSET, np.int64)
+    hi = np.full(3, -AXIS_OFFSET, np.int64)
+    n = xyz.shape[0]
+    for i in range(part * n // parts, (part + 1) * n // parts):
         for c in range(3):
-            b = np.int64(ijk[i, c]) >> BLOCK_BITS
-            lo[c] = min(lo[c], b)
-            hi[c] = max(hi[c], b)
-    return lo, hi - lo + 1
+            q = np.floor(np.float64(xyz[i, c]) / voxel_size)
+            if not (q >= -AXIS_OFFSET and q < AXIS_OFFSET):  # NaN too
+                return lo, hi, False
+            v = np.int64(q)
+            ijk[i, c] = v
+            lo[c] = min(lo[c], v)
+            hi[c] = max(hi[c], v)
+    return lo, hi, True
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def occupied_blocks(ijk, lo, dims):
     """(each voxel's block as a place in the box (N,), the occupied places in increasing order): the box's order is
     the block-key order, so the blocks come out sorted."""
@@ -59,72 +129,125 @@ def occupied_blocks(ijk, lo, dims):
     return linear, np.flatnonzero(occupied)
 
 
-@numba.njit(cache=True)
-def point_cells(ijk, linear, places, slots, volume):
-    """Each voxel's cell in the (blocks, 64) table: its block's row (``slots`` of the occupied box ``places``) x 64
-    plus its place in the block."""
+@numba.njit(cache=True, nogil=True)
+def block_rows(places, slots, volume):
+    """The table row of each occupied place of the box (``slots`` of ``places``); other places are not read."""
     row = np.empty(volume, np.int64)
     for k in range(len(places)):
         row[places[k]] = slots[k]
-    cell = np.empty(ijk.shape[0], np.int64)
-    for i in range(ijk.shape[0]):
+    return row
+
+
+@numba.njit(cache=True, nogil=True)
+def point_cells(ijk, linear, row, cell, part, parts):
+    """``cell`` (N,) of part ``part`` of the points: each voxel's block row (``row`` of its box place) x 64 plus its
+    place in the block."""
+    n = ijk.shape[0]
+    for i in range(part * n // parts, (part + 1) * n // parts):
         local = ((ijk[i, 0] & LOCAL_MASK) << (2 * BLOCK_BITS)) | ((ijk[i, 1] & LOCAL_MASK) << BLOCK_BITS) | \
             (ijk[i, 2] & LOCAL_MASK)
-        cell[i] = (row[linear[i]] << (3 * BLOCK_BITS)) | local
-    return cell
+        cell[i] = (row[linear[i]] << LOCAL_BITS) | local
 
 
-@numba.njit(cache=True)
-def missing_cells(table, cell):
+def missing_cells(table: np.ndarray, cell: np.ndarray, threads: int = 0) -> np.ndarray:
     """The cells (sorted, unique) that no voxel holds yet (``table`` -1). They are marked -2 in ``table`` on the way
-    (each is collected once): the caller numbers them at once."""
-    out = np.empty(len(cell), np.int64)
+    (so each is collected once, or by two parts at once: the union is taken): the caller numbers them at once."""
+    return _sorted_unique(np.concatenate(in_parts(_missing_cells, threads, table, cell)))
+
+
+@numba.njit(cache=True, nogil=True)
+def _sorted_unique(values):
+    values = np.sort(values)
     k = 0
-    for i in range(len(cell)):
-        if table[cell[i]] == -1:
-            table[cell[i]] = -2
-            out[k] = cell[i]
+    for i in range(len(values)):
+        if i == 0 or values[i] != values[k - 1]:
+            values[k] = values[i]
             k += 1
-    return np.sort(out[:k])
+    return values[:k]
 
 
-@numba.njit(cache=True)
-def add_points(table, cell, xyz, rgb, xyz_sum, rgb_sum, count, frames, last_seen, free, tick):
+@numba.njit(cache=True, nogil=True)
+def _missing_cells(table, cell, part, parts):
+    """``missing_cells`` of part ``part`` of the points, unsorted; a run of one cell is looked up once."""
+    n = len(cell)
+    out = np.empty(n, np.int64)
+    k = 0
+    last = -1
+    for i in range(part * n // parts, (part + 1) * n // parts):
+        here = cell[i]
+        if here != last and table[here] == -1:
+            table[here] = -2
+            out[k] = here
+            k += 1
+        last = here
+    return out[:k].copy()
+
+
+def add_points(table, cell, xyz, rgb, xyz_sum, rgb_sum, count, frames, last_seen, free, tick, threads: int = 0):
     """Add each point to its voxel: position in whole micrometres (rounded half to even, as torch.round), colour,
     count; a voxel hit for the first time in integration ``tick`` counts one more frame and loses a free-space
-    vote. Neighbouring pixels mostly share a voxel: a run of points in one cell is summed first and added once
-    (the sums are integers, so the order of the additions does not change them)."""
+    vote."""
+    in_parts(_add_points, threads, table, cell, xyz, rgb, xyz_sum, rgb_sum, count, frames, last_seen, free, tick)
+
+
+@numba.njit(cache=True, nogil=True)
+def _add_points(table, cell, xyz, rgb, xyz_sum, rgb_sum, count, frames, last_seen, free, tick, part, parts):
+    """``add_points`` for the points whose block row is ``part`` modulo ``parts``. Neighbouring pixels mostly share
+    a voxel: a run of points in one cell is summed first and added once (the sums are integers, so the order of the
+    additions does not change them)."""
     n = len(cell)
     i = 0
     while i < n:
         here = cell[i]
-        x = y = z = r = g = b = 0.0
-        j = i
+        j = i + 1
         while j < n and cell[j] == here:
-            x += np.rint(np.float64(xyz[j, 0]) * 1e6)
-            y += np.rint(np.float64(xyz[j, 1]) * 1e6)
-            z += np.rint(np.float64(xyz[j, 2]) * 1e6)
-            r += rgb[j, 0]
-            g += rgb[j, 1]
-            b += rgb[j, 2]
             j += 1
-        v = table[here]
-        xyz_sum[v, 0] += x
-        xyz_sum[v, 1] += y
-        xyz_sum[v, 2] += z
-        rgb_sum[v, 0] += r
-        rgb_sum[v, 1] += g
-        rgb_sum[v, 2] += b
-        count[v] += j - i
-        if last_seen[v] != tick:
-            last_seen[v] = tick
-            frames[v] += 1
-            if free[v] > 0:
-                free[v] -= 1
+        if (here >> (LOCAL_BITS + 6)) % parts == part:
+            x = y = z = r = g = b = 0.0
+            for k in range(i, j):
+                x += np.rint(np.float64(xyz[k, 0]) * 1e6)
+                y += np.rint(np.float64(xyz[k, 1]) * 1e6)
+                z += np.rint(np.float64(xyz[k, 2]) * 1e6)
+                r += rgb[k, 0]
+                g += rgb[k, 1]
+                b += rgb[k, 2]
+            v = table[here]
+            xyz_sum[v, 0] += x
+            xyz_sum[v, 1] += y
+            xyz_sum[v, 2] += z
+            rgb_sum[v, 0] += r
+            rgb_sum[v, 1] += g
+            rgb_sum[v, 2] += b
+            count[v] += j - i
+            if last_seen[v] != tick:
+                last_seen[v] = tick
+                frames[v] += 1
+                if free[v] > 0:
+                    free[v] -= 1
         i = j
 
 
-@numba.njit(cache=True)
+# -- the free-space and surface step ----------------------------------------------------------------------------------
+def depth_grid(xyz: np.ndarray, pixels: np.ndarray, R: np.ndarray, origin: np.ndarray, stride: int, gh: int, gw: int,
+               threads: int = 0) -> np.ndarray:
+    """The frame's depth (along the optical axis, from its points ``xyz`` in the world) on its (stride-th) pixel
+    grid ``pixels`` (N, 2: u, v), with a border of zeros: (gh + 2, gw + 2) float64, 0 where it has no point."""
+    padded = np.zeros((gh + 2, gw + 2))
+    in_parts(_depth_grid, threads, xyz, pixels, R, origin, stride, padded)
+    return padded
+
+
+@numba.njit(cache=True, nogil=True)
+def _depth_grid(xyz, pixels, R, origin, stride, padded, part, parts):
+    n = xyz.shape[0]
+    for i in range(part * n // parts, (part + 1) * n // parts):
+        dx = np.float64(xyz[i, 0]) - origin[0]
+        dy = np.float64(xyz[i, 1]) - origin[1]
+        dz = np.float64(xyz[i, 2]) - origin[2]
+        padded[pixels[i, 1] // stride + 1, pixels[i, 0] // stride + 1] = dx * R[0, 2] + dy * R[1, 2] + dz * R[2, 2]
+
+
+@numba.njit(cache=True, nogil=True)
 def _centre(key, c, voxel_size):
     """Coordinate ``c`` of the centre of the voxel with packed ``key`` (voxel_grid.unpack_keys), metres."""
     block = ((key >> LOCAL_BITS) >> ((2 - c) * BLOCK_AXIS_BITS)) & BLOCK_AXIS_MASK
@@ -132,60 +255,72 @@ def _centre(key, c, voxel_size):
     return (np.float64(((block - BLOCK_AXIS_OFFSET) << BLOCK_BITS) + local) + 0.5) * voxel_size
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def _lerp(a, b, w):
     """torch.lerp, to the bit: two forms, as ATen evaluates it."""
     return a + w * (b - a) if abs(w) < 0.5 else b - (b - a) * (1.0 - w)
 
 
-@numba.njit(cache=True)
-def observe(voxel, xyz_sum, count, last_seen, free, keys, surface_sum, surface_weight, padded, R, origin, camera,
-            stride, voxel_size, carve_margin, max_range, carve, surface, pitch, weight_at_1m, weight_max, views,
-            tick):
-    """The projective step of ``SurfaceConfig`` for the voxels ``voxel`` in view, one voxel at a time; the same
+def observe(threads: int, rows, table, *args) -> None:
+    """The projective step of ``SurfaceConfig`` for the voxels of the table rows ``rows`` (the blocks in view),
+    in ``threads`` parts; ``args`` as ``_observe``'s after ``table``."""
+    in_parts(_observe, threads, rows, table, *args)
+
+
+@numba.njit(cache=True, nogil=True)
+def _observe(rows, table, xyz_sum, count, last_seen, free, keys, surface_sum, surface_weight, padded, R, origin,
+             camera, stride, voxel_size, carve_margin, max_range, carve, surface, pitch, weight_at_1m, weight_max,
+             views, tick, part, parts):
+    """The projective step for the voxels of part ``part`` of the blocks ``rows``, one voxel at a time; the same
     arithmetic, in the same order, as the torch step of ``VoxelMap._observe`` (so the same bits). ``padded``: the
-    frame's depth on its (stride-th) pixel grid with a border of zeros; ``camera``: fx, fy, cx, cy."""
+    frame's ``depth_grid``; ``camera``: fx, fy, cx, cy."""
     fx, fy, cx, cy = camera[0], camera[1], camera[2], camera[3]
     gh, gw = padded.shape[0] - 2, padded.shape[1] - 2
-    ray = np.empty(3)
-    for k in range(len(voxel)):
-        t = voxel[k]
-        n = np.float64(count[t]) * 1e6
-        for c in range(3):
-            ray[c] = xyz_sum[t, c] / n - origin[c]
-        q0 = ray[0] * R[0, 0] + ray[1] * R[1, 0] + ray[2] * R[2, 0]
-        q1 = ray[0] * R[0, 1] + ray[1] * R[1, 1] + ray[2] * R[2, 1]
-        z = ray[0] * R[0, 2] + ray[1] * R[1, 2] + ray[2] * R[2, 2]
-        if not (z > 1e-6 and z <= max_range):
-            continue
-        u = (fx * q0 / z + cx) / stride
-        v = (fy * q1 / z + cy) / stride
-        if not (u > -0.5 and u < gw - 0.5 and v > -0.5 and v < gh - 0.5):
-            continue
-        u0 = min(max(np.floor(u), -1.0), gw - 1.0)
-        v0 = min(max(np.floor(v), -1.0), gh - 1.0)
-        fu, fv = u - u0, v - v0
-        row, col = int(v0) + 1, int(u0) + 1
-        c00, c01, c10, c11 = padded[row, col], padded[row, col + 1], padded[row + 1, col], padded[row + 1, col + 1]
-        lo = min(min(c00, c01), min(c10, c11))
-        hi = max(max(c00, c01), max(c10, c11))
-        if carve and lo > 0 and z < lo - (voxel_size + carve_margin * lo * lo) and last_seen[t] != tick:
-            free[t] += 1
-        if not surface:
-            continue
-        d = _lerp(_lerp(c00, c01, fu), _lerp(c10, c11, fu), fv)
-        margin = voxel_size + carve_margin * d * d
-        if not (lo > 0 and hi - lo <= margin + pitch * d and abs(d - z) <= margin):
-            continue
-        weight = min(max(np.rint(weight_at_1m / ((d * d) * (d * d))), 1.0), weight_max)
-        w = np.int64(weight)
-        for c in range(3):
-            crossing = np.rint((ray[c] * (d / z) + origin[c] - _centre(keys[t], c, voxel_size)) * 1e6)
-            surface_sum[t, c] += crossing * weight
-        surface_weight[t] += w
-        cap = w * views
-        if surface_weight[t] > cap:
-            scale = np.float64(cap) / np.float64(surface_weight[t])
-            for c in range(3):
-                surface_sum[t, c] = np.rint(surface_sum[t, c] * scale)
-            surface_weight[t] = cap
+    n_rows = len(rows)
+    for b in range(part * n_rows // parts, (part + 1) * n_rows // parts):
+        for place in range(VOXELS_PER_BLOCK):
+            t = table[rows[b] * VOXELS_PER_BLOCK + place]
+            if t < 0:
+                continue
+            n = np.float64(count[t]) * 1e6
+            r0 = xyz_sum[t, 0] / n - origin[0]
+            r1 = xyz_sum[t, 1] / n - origin[1]
+            r2 = xyz_sum[t, 2] / n - origin[2]
+            q0 = r0 * R[0, 0] + r1 * R[1, 0] + r2 * R[2, 0]
+            q1 = r0 * R[0, 1] + r1 * R[1, 1] + r2 * R[2, 1]
+            z = r0 * R[0, 2] + r1 * R[1, 2] + r2 * R[2, 2]
+            if not (z > 1e-6 and z <= max_range):
+                continue
+            u = (fx * q0 / z + cx) / stride
+            v = (fy * q1 / z + cy) / stride
+            if not (u > -0.5 and u < gw - 0.5 and v > -0.5 and v < gh - 0.5):
+                continue
+            u0 = min(max(np.floor(u), -1.0), gw - 1.0)
+            v0 = min(max(np.floor(v), -1.0), gh - 1.0)
+            fu, fv = u - u0, v - v0
+            row, col = int(v0) + 1, int(u0) + 1
+            c00, c01 = padded[row, col], padded[row, col + 1]
+            c10, c11 = padded[row + 1, col], padded[row + 1, col + 1]
+            lo = min(min(c00, c01), min(c10, c11))
+            hi = max(max(c00, c01), max(c10, c11))
+            if carve and lo > 0 and z < lo - (voxel_size + carve_margin * lo * lo) and last_seen[t] != tick:
+                free[t] += 1
+            if not surface:
+                continue
+            d = _lerp(_lerp(c00, c01, fu), _lerp(c10, c11, fu), fv)
+            margin = voxel_size + carve_margin * d * d
+            if not (lo > 0 and hi - lo <= margin + pitch * d and abs(d - z) <= margin):
+                continue
+            weight = min(max(np.rint(weight_at_1m / ((d * d) * (d * d))), 1.0), weight_max)
+            w = np.int64(weight)
+            ratio = d / z
+            surface_sum[t, 0] += np.rint((r0 * ratio + origin[0] - _centre(keys[t], 0, voxel_size)) * 1e6) * weight
+            surface_sum[t, 1] += np.rint((r1 * ratio + origin[1] - _centre(keys[t], 1, voxel_size)) * 1e6) * weight
+            surface_sum[t, 2] += np.rint((r2 * ratio + origin[2] - _centre(keys[t], 2, voxel_size)) * 1e6) * weight
+            surface_weight[t] += w
+            cap = w * views
+            if surface_weight[t] > cap:
+                scale = np.float64(cap) / np.float64(surface_weight[t])
+                for c in range(3):
+                    surface_sum[t, c] = np.rint(surface_sum[t, c] * scale)
+                surface_weight[t] = cap

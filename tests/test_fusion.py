@@ -421,24 +421,29 @@ def test_voxel_map_gpu_equals_cpu():
 
 
 def test_compiled_integration_equals_the_torch_path_bit_for_bit():
-    """On a CPU the compiled loops (voxel_kernels) integrate; torch's path (CUDA's) must give the very same map:
-    every array, through new voxels, carving, surface sums, eviction and frames whose blocks span a huge box."""
-    partials = [make_partial_cloud(frame_at(*v, index=i), max_depth=20.0) for i, v in
-                enumerate((VIEW_A, VIEW_B, VIEW_FAR, VIEW_A))]
+    """On a CPU the compiled loops (voxel_kernels) integrate, in one part or several at once; torch's path (CUDA's)
+    must give the very same map: every array, through new voxels, carving, surface sums, eviction and frames whose
+    blocks span a huge box."""
+    views = [(v, True) for v in BOX_VIEWS] + [(v, False) for v in BOX_VIEWS] + [(VIEW_FAR, True)]
+    partials = [make_partial_cloud(frame_at(*v, index=i, box=box), max_depth=20.0) for i, (v, box) in
+                enumerate(views)]  # the box is taken away, then carved
     rng = np.random.default_rng(3)
     far = np.concatenate([rng.uniform(-0.2, 0.2, (500, 3)), rng.uniform(-0.2, 0.2, (500, 3)) + 300.0])
     clouds = partials + [simple_cloud(far, rng.integers(0, 256, (1000, 3)))]
     maps = []
-    for compiled in (True, False):
-        vmap = VoxelMap(voxel_size=0.03, capacity=20000, surface=SurfaceConfig(surface=True, every=1))
-        vmap.compiled = compiled
+    for compiled, threads in ((False, 1), (True, 1), (True, 2), (True, 3)):
+        vmap = VoxelMap(voxel_size=0.03, capacity=40000, surface=SurfaceConfig(surface=True, every=1))
+        vmap.compiled, vmap.threads = compiled, threads
         for p in clouds:
             vmap.integrate(p)
         maps.append(vmap)
-    assert maps[0].evicted > 0 and maps[0].evicted == maps[1].evicted and maps[0].carved == maps[1].carved
-    a, b = maps[0]._sorted_arrays(), maps[1]._sorted_arrays()
-    for name in a:
-        assert torch.equal(a[name], b[name]), name
+    reference = maps[0]._sorted_arrays()
+    assert maps[0].evicted > 0 and maps[0].carved > 0 and bool(reference["surface_weight"].any())
+    for vmap in maps[1:]:
+        assert (vmap.evicted, vmap.carved) == (maps[0].evicted, maps[0].carved), vmap.threads
+        arrays = vmap._sorted_arrays()
+        for name in reference:
+            assert torch.equal(arrays[name], reference[name]), (name, vmap.threads)
 
 
 def test_voxel_map_write_ply_round_trip(tmp_path):

@@ -21,6 +21,7 @@ from ov3d_ros.data.rosbag import CameraStream, add_stream_arguments, stream_opti
 from ov3d_ros.data.scenes import is_rosbag, open_scene, read_frames
 from ov3d_ros.fusion import SurfaceConfig
 from ov3d_ros.mapping import Mapper, MapperConfig
+from ov3d_ros.voxel_kernels import single_threaded_torch_and_blas
 
 _log = logging.getLogger("ov3d-fuse")
 
@@ -125,6 +126,7 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     level = logging.DEBUG if args.verbose else (logging.WARNING if args.quiet else logging.INFO)
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    single_threaded_torch_and_blas()  # the map's compiled loops use the cores
     if not args.scene_dir.exists():
         _log.error("no such scene: %s", args.scene_dir)
         return 2

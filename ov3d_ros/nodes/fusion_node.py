@@ -32,6 +32,7 @@ from ov3d_ros.nodes.params import Param, declare_all, node_help
 from ov3d_ros.nodes.runner import spin_nodes
 from ov3d_ros.nodes.sync import ApproximateTimeSync, BoundedQueue
 from ov3d_ros.poses import PoseTrack
+from ov3d_ros.voxel_kernels import single_threaded_torch_and_blas
 
 POSE_SOURCES = ("tf", "odometry", "pose")
 QOS_CHOICES = ("sensor_data", "reliable")
@@ -89,6 +90,9 @@ FUSION_PARAMS = [
           minimum=0.0, maximum=100.0),
     Param("map_file", "", "Map file (.npz, from ~/save_map of this node or the segmenter node) to start from; its "
           "voxel_size must be this node's. Empty = start with an empty map."),
+    Param("num_threads", 0, "Threads of the map's compiled loops at once (0 = the cores this process may use, at "
+          "most 4, while torch runs on one thread, as in the fusion_node and ov3d-run processes: torch's idle "
+          "threads spin on the cores the loops need; else 1).", minimum=0, maximum=64),
     Param("stats_period", 10.0, "Period [s] of the counters log line (0 = never).", minimum=0.0),
 ]
 
@@ -125,7 +129,7 @@ class FusionNode(Node):
             keyframe_min_rotation_deg=p["keyframe_min_rotation_deg"],
             surface=SurfaceConfig(carve_margin=p["carve_margin"], carve_evidence=p["carve_evidence"],
                                   max_range=p["carve_max_range"], surface=p["surface_refine"],
-                                  every=p["observe_every"])))
+                                  every=p["observe_every"]), threads=p["num_threads"]))
         if p["map_file"]:
             n = self.mapper.load(Path(os.path.expanduser(p["map_file"])))
             self.get_logger().info(f"map of {n} voxels loaded from {p['map_file']}")
@@ -419,6 +423,7 @@ class FusionNode(Node):
 
 
 def main(args=None) -> None:
+    single_threaded_torch_and_blas()  # this process fuses: the map's compiled loops use the cores
     spin_nodes([FusionNode], args=args, help_text=node_help("fusion_node", __doc__.split("\n\n")[0], FUSION_PARAMS))
 
 
