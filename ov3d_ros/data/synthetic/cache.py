@@ -31,11 +31,11 @@ def load_or_render(seed: int, n_frames: int, width: int, height: int, noise: boo
         if cache_dir else None
     if path is not None and path.is_file():
         try:
-            with np.load(path) as data:
-                camera = CameraModel.from_K(data["K"], int(width), int(height))
-                return [RGBDFrame(color=data["color"][i], depth=data["depth"][i], camera=camera,
-                                  T_world_cam=data["T"][i], index=i, stamp=i / 30.0)
-                        for i in range(len(data["T"]))], True
+            with np.load(path) as data:  # each data[name] reads and inflates the whole array: once each
+                color, depth, T, K = (data[name] for name in ("color", "depth", "T", "K"))
+            camera = CameraModel.from_K(K, int(width), int(height))
+            return [RGBDFrame(color=color[i], depth=depth[i], camera=camera, T_world_cam=T[i], index=i,
+                              stamp=i / 30.0) for i in range(len(T))], True
         except (OSError, KeyError, ValueError):
             pass  # a corrupt or partial cache file: render again and overwrite it
     room = SyntheticRoom.generate(seed)
