@@ -15,9 +15,9 @@ unit of their nearest point in the tile, its removed points go, and its changes 
 Features are kept per unit (a network voxel, or a superpoint), not per map point, and each point keeps the row of
 its unit; a query classifies the units and gives every point its unit's label. With superpoints, a tile that runs
 first gets network-voxel units; its superpoints (over the points of the tiles refined with it) and their mean
-features come after, in the same update while ``refine_points`` allows, else in a later one or a ``refine`` call
-when there is time. So a room that comes in at once gets features after one network pass, and its superpoints
-follow a batch of tiles at a time.
+features come in the same update while the tiles waiting for them hold at most ``refine_points`` points, else in
+``refine`` calls when there is time, that many points at a time. So a room that comes in at once gets features
+after one network pass, and its superpoints follow a batch of tiles at a time.
 
 Each update builds a new ``FeatureSnapshot`` and swaps it in at the end: a query reads the current snapshot and
 never waits for the network. An update that changes no point beyond the tolerances (a robot standing still, a room
@@ -39,6 +39,7 @@ import threading
 import time
 from dataclasses import dataclass, replace
 
+import numba
 import numpy as np
 import torch
 
@@ -89,8 +90,9 @@ class FeatureMapConfig:
     since the tile's features were computed. A tile runs again when its changes (changed, new and removed points
     since then) exceed ``rerun_points`` and ``rerun_fraction`` of its points; below that its new points take the
     unit of their nearest point of the tile, and its removed points go (0 and 0: every change runs the tile).
-    With superpoints, an update refines tiles of up to ``refine_points`` points (at least one tile; 0 = every tile
-    that needs it) from network voxels to superpoints; ``FeatureMap.refine`` does the rest when there is time."""
+    With superpoints, an update gives superpoints to the tiles still on network-voxel units when they hold at most
+    ``refine_points`` points in all (0: always); past that it leaves them, and ``FeatureMap.refine`` refines that
+    many points at a time when there is time."""
 
     map_voxel: float = 0.02
     tile: float = 2.0
@@ -331,7 +333,11 @@ class FeatureMap:
                 else:
                     tiles[t] = tile
             tiles.update(self._run_tiles(xyz, rgb, keys, tile_of, sorted(run)))
-            refined = self._refine(tiles, self.config.refine_points)
+            # Past the budget the network voxels are served first, and refine() brings the superpoints when there is
+            # time; within it, the tiles that wait for them get them now.
+            waiting = sum(len(tile.keys) for tile in tiles.values() if not tile.refined)
+            budget = self.config.refine_points
+            refined = self._refine(tiles, 0) if waiting and (not budget or waiting <= budget) else 0
             tiles = dict(sorted(tiles.items()))  # tile order numbers the units: the same tiles, the same numbers
             same_units = not run and not refined and tiles.keys() == old.tiles.keys()
             drift = old.drift + int(changed.sum()) + int((~present).sum()) if same_units else 0
@@ -442,11 +448,8 @@ class FeatureMap:
         run tiles' own points' units, per tile."""
         if not run:
             return {}
-        in_context = np.zeros(len(xyz), dtype=bool)
-        for tile in run:
-            lo, hi = self._context_box(tile)
-            in_context |= np.all((xyz[:, :2] >= lo) & (xyz[:, :2] < hi), axis=1)
-        context = np.flatnonzero(in_context)
+        boxes = [self._context_box(tile) for tile in run]
+        context = np.flatnonzero(_in_boxes(xyz, np.stack([lo for lo, _ in boxes]), np.stack([hi for _, hi in boxes])))
         tile_of_context = tile_of[context]
         wanted = np.isin(tile_of_context, np.asarray(run, dtype=np.int64))
         parts: dict[int, list] = {t: [] for t in run}
@@ -476,3 +479,17 @@ class FeatureMap:
         points = context[np.concatenate(positions)]
         return _Tile(keys=keys[points], features=torch.cat(features).contiguous(), unit=torch.cat(units),
                      ref_xyz=xyz[points], ref_rgb=rgb[points], refined=refined)
+
+
+@numba.njit(cache=True)
+def _in_boxes(xyz, lo, hi):
+    """Which points (x, y of ``xyz`` (N, 3)) lie in any of the boxes [lo, hi) (B, 2), in float64: one pass over
+    the map where a numpy test per box made one per run tile."""
+    inside = np.zeros(xyz.shape[0], np.bool_)
+    for i in range(xyz.shape[0]):
+        x, y = np.float64(xyz[i, 0]), np.float64(xyz[i, 1])
+        for b in range(lo.shape[0]):
+            if x >= lo[b, 0] and x < hi[b, 0] and y >= lo[b, 1] and y < hi[b, 1]:
+                inside[i] = True
+                break
+    return inside

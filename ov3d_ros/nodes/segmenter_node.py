@@ -81,10 +81,11 @@ SEGMENTER_PARAMS = [
           "which voxels are the same from one map to the next.", minimum=1e-3, maximum=1.0),
     Param("feature_tile", 2.0, "Tile edge [m] of the feature map: an update re-runs the tiles that hold a changed "
           "voxel, with the model's context around them.", minimum=0.1, maximum=100.0),
-    Param("superpoint_refine_points", 100_000, "With superpoints, a feature-map update gives superpoints to at most "
-          "this many points of the tiles it ran (at least one tile); the rest get them while the network thread is "
-          "idle, and answer on network voxels until then (0 = all in the update: a room that comes in at once then "
-          "waits for all its superpoints).", minimum=0),
+    Param("superpoint_refine_points", 100_000, "With superpoints, a map update gives superpoints to the tiles "
+          "waiting for them when they hold at most this many points; past that they answer on network voxels "
+          "first and get superpoints this many points at a time while the network thread has no map to update "
+          "(0 = always in the update: a room that comes in at once then waits for all its superpoints).",
+          minimum=0),
     Param("feature_rerun_fraction", 0.1, "A tile of the feature map runs again once this fraction of its points "
           "changed (new, gone, moved or recoloured) since it last ran; below it, new points take their nearest "
           "point's features (0 = every change runs the tile).", minimum=0.0, maximum=1.0),
@@ -319,18 +320,23 @@ class SegmenterNode(Node):
                 self.feature_map.snapshot.version != self._refine_failed:
             self._refine_map()
             busy = True
+        elif not busy and self.feature_map.snapshot is not self._served[0]:
+            with self._network_lock:  # the refined map, once every tile is refined or the thread is idle
+                if self.feature_map.snapshot is not self._served[0]:
+                    self._serve(self.feature_map.snapshot)
+            busy = True
         return 0.0 if busy else min(waits)
 
     def _refine_map(self) -> None:
-        """Superpoints for some more of the map's tiles (idle time of the network thread)."""
+        """Superpoints for some more of the map's tiles (idle time of the network thread). The refined map is
+        served by the next update or once nothing else is left to do: serving (a new cluster grid and objects)
+        after every step would hold the next update back."""
         with self._network_lock:  # held while serving, so a map loaded meanwhile is not served over (_install)
             try:
                 self.feature_map.refine(self.p["superpoint_refine_points"])
             except (ValueError, TypeError, RuntimeError) as exc:
                 self._refine_failed = self.feature_map.snapshot.version  # not again on this map version
                 self.get_logger().error(f"refining the feature map failed: {exc}", throttle_duration_sec=5.0)
-                return
-            self._serve(self.feature_map.snapshot)
 
     def _serve(self, snapshot):
         """Prepare a new snapshot's cluster grid and its answer to the node's own ``queries`` (labels and instances,
