@@ -1,15 +1,17 @@
 """Live answers while the robot maps: `ov3d-run --sim-camera` as a robot user runs it, and a separate rclpy client
 asking /query_objects once a second.
 
-For each image size, the synthetic camera loops its room at --rate Hz for --duration seconds (ov3d-run in its own
-process, the segmenter node in another, as ov3d-run starts it); this process calls the service with the 12 class
-names every second and prints:
+For each image size, ov3d-run starts in its own process (the segmenter node in another, as ov3d-run starts it).
+Once the segmenter answers (and its warm-up pass is done), this process releases the synthetic camera, which then
+loops its room at --rate Hz for --duration seconds: its first loop brings the whole room in at once. From the
+camera's start this process calls the service with the 12 class names every second and prints:
   * answer latency (request sent -> answer received) p50 / p95 / max, and the map size the answers covered;
   * map freshness (answer time - the answer's map_stamp) p50 / p95; both again for the answers once the map is
     whole (the camera's first loop, which brings the whole room in at once, left out);
   * frames the fusion node received vs. fused (keyframes integrated + frames the keyframe gate passed over) and
     dropped, from its counters;
   * the feature map's points, unit rows and memory, the segmenter's map updates, and the CPU time of both processes.
+Every answer (seconds since the camera's start, latency, map age, map points) goes to a CSV file beside ov3d-run's log.
 
     .venv/bin/python bench/bench_live.py                          # 320x240 and 640x480, 180 s each at 30 Hz
     .venv/bin/python bench/bench_live.py --size 320x240 --duration 60
@@ -36,6 +38,8 @@ os.environ.setdefault("ROS_DOMAIN_ID", str(random.Random(os.getpid()).randint(1,
 import numpy as np  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
+GO = "/bench_live/go"  # the camera starts once this service is offered
+WARM_UP = 3.0  # seconds between the segmenter's first answer and the camera's start (its warm-up pass)
 QUERIES = ["wall", "floor", "table", "chair", "cabinet", "sofa", "bed", "lamp", "monitor", "bin", "book", "picture"]
 
 
@@ -75,6 +79,8 @@ def run_size(width: int, height: int, args) -> dict:
     import rclpy
     from rclpy.node import Node
 
+    from std_srvs.srv import Trigger
+
     from ov3d_interfaces.srv import QueryObjects
     from ov3d_ros.messages import stamp_seconds
     from ov3d_ros.nodes.query_client import ServiceCaller, ServiceTimeout, make_request
@@ -87,8 +93,8 @@ def run_size(width: int, height: int, args) -> dict:
     if args.threads:
         cmd += ["--threads", str(args.threads)]
     cmd += ["--ros-args", "-p", f"synthetic_camera_node:width:={width}", "-p",
-            f"synthetic_camera_node:height:={height}", "-p", "fusion_node:stats_period:=5.0",
-            "-p", "segmenter_node:stats_period:=5.0"]
+            f"synthetic_camera_node:height:={height}", "-p", f"synthetic_camera_node:wait_for_service:={GO}",
+            "-p", "fusion_node:stats_period:=5.0", "-p", "segmenter_node:stats_period:=5.0"]
     for param in args.param or []:
         cmd += ["-p", param]
     log_path = Path(args.log_dir) / f"bench_live_{width}x{height}.log"
@@ -99,23 +105,26 @@ def run_size(width: int, height: int, args) -> dict:
     context = rclpy.Context()
     rclpy.init(args=[], context=context)  # not this script's argv: its --param values are not ROS arguments
     node = Node("bench_live_client", context=context)
-    latency, freshness, points, failures = [], [], [], 0
+    latency, freshness, points, times, failures, first_map = [], [], [], [], 0, float("nan")
     try:
         caller = ServiceCaller(node, QueryObjects, "/query_objects")
         request = make_request(QUERIES)
-        # Wait for the first answer with a map (the camera renders its loop first: not part of the figures).
+        # Wait until the segmenter answers ("no map yet"), and a little for its warm-up pass; then release the
+        # camera (it holds its first frame until GO is offered): the room comes in while the nodes are ready.
         deadline = time.monotonic() + args.startup_timeout
         while True:
             if proc.poll() is not None:
                 raise RuntimeError(f"ov3d-run exited with {proc.returncode}; see {log_path}")
             try:
-                if caller.call(request, 30.0).success:
-                    break
+                caller.call(request, 30.0)
+                break
             except ServiceTimeout:
                 pass
             if time.monotonic() > deadline:
-                raise TimeoutError(f"no answer with a map after {args.startup_timeout:.0f} s; see {log_path}")
+                raise TimeoutError(f"no answer from /query_objects after {args.startup_timeout:.0f} s; see {log_path}")
             time.sleep(1.0)
+        time.sleep(WARM_UP)
+        node.create_service(Trigger, GO, lambda request, response: response)
         cpu0, t0 = cpu_seconds(proc.pid), time.monotonic()
         next_call = t0
         while time.monotonic() - t0 < args.duration:
@@ -123,9 +132,12 @@ def run_size(width: int, height: int, args) -> dict:
             next_call += 1.0
             response = caller.call(request, 30.0)
             now = node.get_clock().now().nanoseconds * 1e-9
-            if not response.success:
+            if not response.success:  # "no map yet" before the first map has features
                 failures += 1
                 continue
+            if not times:
+                first_map = time.monotonic() - t0
+            times.append(time.monotonic() - t0)
             latency.append(caller.last_latency)
             freshness.append(now - stamp_seconds(response.map_stamp))
             match = re.search(r"(\d+)/(\d+) points labelled", response.message)
@@ -143,8 +155,11 @@ def run_size(width: int, height: int, args) -> dict:
             except subprocess.TimeoutExpired:
                 proc.kill()
     log = log_path.read_text()
+    table = np.column_stack([times, latency, freshness, points]) if times else np.zeros((0, 4))
+    np.savetxt(log_path.with_suffix(".csv"), table, fmt=["%.3f", "%.4f", "%.3f", "%d"], delimiter=",",
+               header="seconds,latency_s,map_age_s,map_points", comments="")
     return {"size": f"{width}x{height}", "latency": latency, "freshness": freshness, "points": points,
-            "failures": failures, "fusion": last_counters(log, "fusion_node"),
+            "failures": failures, "first_map": first_map, "fusion": last_counters(log, "fusion_node"),
             "segmenter": last_counters(log, "segmenter_node"), "cpu": cpu, "wall": wall, "log": log_path}
 
 
@@ -153,8 +168,9 @@ def report(r: dict) -> None:
     f, s = r["fusion"], r["segmenter"]
     received = f.get("matched", float("nan"))
     fused = f.get("integrated", 0) + f.get("not_keyframe", 0)
-    print(f"\n== {r['size']}: {len(lat)} answers over {r['wall']:.0f} s ({r['failures']} failed), "
-          f"map {min(r['points'], default=0)} -> {max(r['points'], default=0)} points")
+    print(f"\n== {r['size']}: {len(lat)} answers over {r['wall']:.0f} s ({r['failures']} without a map), first "
+          f"map {r['first_map']:.1f} s after the camera's start, map {min(r['points'], default=0)} -> "
+          f"{max(r['points'], default=0)} points")
     print(f"answer latency   p50 {pct(lat, 50):7.1f} ms   p95 {pct(lat, 95):7.1f} ms   max "
           f"{lat.max() if len(lat) else float('nan'):7.1f} ms")
     print(f"map freshness    p50 {pct(fresh, 50):7.2f} s    p95 {pct(fresh, 95):7.2f} s")
@@ -172,7 +188,7 @@ def report(r: dict) -> None:
           f" unit rows, {s.get('feature_mb', float('nan')):.0f} MB; {s.get('map_updates', float('nan')):.0f} updates"
           f" ({s.get('maps_superseded', float('nan')):.0f} maps superseded)")
     print(f"CPU              {r['cpu']:.0f} s in {r['wall']:.0f} s ({r['cpu'] / r['wall']:.2f} cores); log "
-          f"{r['log']}")
+          f"{r['log']}, every answer in {r['log'].with_suffix('.csv')}")
 
 
 def main() -> int:

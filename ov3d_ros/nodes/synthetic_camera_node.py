@@ -48,6 +48,8 @@ CAMERA_PARAMS = [
     Param("publish_tf", True, "Also broadcast world_frame -> frame_id on TF (only where tf2_ros is installed)."),
     Param("wait_for_subscribers", False, "Hold the first frame until color, depth, camera_info and pose each "
           "have a subscriber (so a pipeline started together loses no frame to discovery)."),
+    Param("wait_for_service", "", "Hold the first frame until this service is offered (e.g. /query_objects: the "
+          "segmenter then sees the room come in); empty = do not wait."),
     Param("cache_dir", "~/.cache/ov3d_ros/synthetic", "Rendered sequences are cached here (keyed by the settings "
           "and the renderer's source); empty = always render."),
 ]
@@ -128,6 +130,11 @@ class SyntheticCameraNode(Node):
         if self.frames_published == 0 and self.p["wait_for_subscribers"] and any(
                 pub.get_subscription_count() == 0
                 for pub in (self.color_pub, self.depth_pub, self.info_pub, self.pose_pub)):
+            return
+        if self.frames_published == 0 and self.p["wait_for_service"] and self.p["wait_for_service"] not in \
+                {name for name, _ in self.get_service_names_and_types()}:
+            self.get_logger().info(f"holding the first frame until {self.p['wait_for_service']} is offered",
+                                   once=True)
             return
         index = self.frames_published % len(self.sequence)
         if self.changed and index == 0 and self.loops_done == self.p["change_after_loops"]:
