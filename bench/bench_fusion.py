@@ -15,8 +15,8 @@ from an analytic box room made here. On a synthetic room both maps are also scor
 share of the observed surface (true points within 3 cm of a back-projected pixel) that has a map point within 3 cm;
 the plain running-mean map (no surface step) is printed beside them. Prints frames per second from wall-clock time
 and from this process's CPU time (on a shared machine the CPU-time figure is the one to compare), the ratio
-Open3D time / our time (> 1: ours is faster), points per frame and map sizes. Best of --repeats (by wall-clock time); ours and
-Open3D alternate so they share the machine's load.
+Open3D time / our time (> 1: ours is faster), points per frame and map sizes. Best of --repeats (by wall-clock
+time); ours and Open3D alternate so they share the machine's load.
 """
 from __future__ import annotations
 
@@ -210,9 +210,9 @@ def main() -> None:
     args = parse_args()
     # Both libraries read the thread count when they start: set it before importing either.
     os.environ["OMP_NUM_THREADS"] = str(args.threads)
-    from ov3d_ros.voxel_kernels import single_threaded_torch_and_blas
+    from ov3d_ros.voxel_kernels import use_cores_for_fusion
 
-    single_threaded_torch_and_blas()  # as the fusion node does
+    use_cores_for_fusion()  # as the fusion node does
     try:
         import open3d as o3d
     except ImportError as exc:

@@ -24,12 +24,14 @@ from threadpoolctl import threadpool_limits
 from .voxel_grid import AXIS_OFFSET, BLOCK_AXIS_BITS, BLOCK_AXIS_MASK, BLOCK_AXIS_OFFSET, BLOCK_BITS, LOCAL_BITS, \
     LOCAL_MASK, VOXELS_PER_BLOCK, pack_blocks, voxel_coords
 
-__all__ = ["default_threads", "single_threaded_torch_and_blas", "frame_cells", "missing_cells", "add_points", "depth_grid", "observe"]
+__all__ = ["default_threads", "use_cores_for_fusion", "frame_cells", "missing_cells", "add_points", "depth_grid",
+           "observe"]
 
 
 # -- parts on threads -------------------------------------------------------------------------------------------------
 _pool_lock = threading.Lock()
 _pool: tuple[int, int, ThreadPoolExecutor] | None = None  # (process id, workers, pool): a forked child makes its own
+_cores_for_fusion = False  # use_cores_for_fusion() was called in this process
 
 
 def _workers(n: int) -> ThreadPoolExecutor:
@@ -41,21 +43,24 @@ def _workers(n: int) -> ThreadPoolExecutor:
 
 
 def default_threads() -> int:
-    """How many parts run at once when none is set: the cores this process may run on, at most 4 (the loops are
-    bound by memory: more gain little), while torch runs on one thread; else one (torch's idle threads spin for a
-    while after each of its operations, on the very cores the parts would need)."""
-    if torch.get_num_threads() > 1:  # see single_threaded_torch_and_blas
+    """How many parts run at once when none is set: one, except in a process that ``use_cores_for_fusion`` made a
+    fusing one, where it is the cores the process may run on, at most 4 (the loops are bound by memory: more gain
+    little). Elsewhere (training workers, tests) processes share the cores: parts waiting on each other there would
+    wait on descheduled threads."""
+    if not _cores_for_fusion:
         return 1
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     return max(1, min(4, cores))
 
 
-def single_threaded_torch_and_blas() -> None:
-    """Run torch's and BLAS's own operations in this process on one thread, for a process that fuses frames: their
-    idle threads spin for a while after each operation, on the very cores the loops' parts need. Torch's count
-    also sets ``default_threads()``."""
+def use_cores_for_fusion() -> None:
+    """Make this process a fusing one (fusion_node, ov3d-run, ov3d-fuse): the map's loops run on the cores
+    (``default_threads``), and torch's and BLAS's own operations on one thread, since their idle threads spin for a
+    while after each operation, on the very cores the loops' parts need."""
+    global _cores_for_fusion
     torch.set_num_threads(1)
     threadpool_limits(1, user_api="blas")
+    _cores_for_fusion = True
 
 
 def in_parts(kernel, parts: int, *args) -> list:

@@ -21,7 +21,7 @@ from ov3d_ros.data.rosbag import CameraStream, add_stream_arguments, stream_opti
 from ov3d_ros.data.scenes import is_rosbag, open_scene, read_frames
 from ov3d_ros.fusion import SurfaceConfig
 from ov3d_ros.mapping import Mapper, MapperConfig
-from ov3d_ros.voxel_kernels import single_threaded_torch_and_blas
+from ov3d_ros.voxel_kernels import use_cores_for_fusion
 
 _log = logging.getLogger("ov3d-fuse")
 
@@ -126,7 +126,7 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     level = logging.DEBUG if args.verbose else (logging.WARNING if args.quiet else logging.INFO)
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
-    single_threaded_torch_and_blas()  # the map's compiled loops use the cores
+    use_cores_for_fusion()  # the map's compiled loops use the cores; torch and BLAS one thread
     if not args.scene_dir.exists():
         _log.error("no such scene: %s", args.scene_dir)
         return 2

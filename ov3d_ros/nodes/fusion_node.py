@@ -32,7 +32,7 @@ from ov3d_ros.nodes.params import Param, declare_all, node_help
 from ov3d_ros.nodes.runner import spin_nodes
 from ov3d_ros.nodes.sync import ApproximateTimeSync, BoundedQueue
 from ov3d_ros.poses import PoseTrack
-from ov3d_ros.voxel_kernels import single_threaded_torch_and_blas
+from ov3d_ros.voxel_kernels import use_cores_for_fusion
 
 POSE_SOURCES = ("tf", "odometry", "pose")
 QOS_CHOICES = ("sensor_data", "reliable")
@@ -91,8 +91,8 @@ FUSION_PARAMS = [
     Param("map_file", "", "Map file (.npz, from ~/save_map of this node or the segmenter node) to start from; its "
           "voxel_size must be this node's. Empty = start with an empty map."),
     Param("num_threads", 0, "Threads of the map's compiled loops at once (0 = the cores this process may use, at "
-          "most 4, while torch runs on one thread, as in the fusion_node and ov3d-run processes: torch's idle "
-          "threads spin on the cores the loops need; else 1).", minimum=0, maximum=64),
+          "most 4, in the fusion_node and ov3d-run processes, which run torch and BLAS on one thread; 1 in other "
+          "processes).", minimum=0, maximum=64),
     Param("stats_period", 10.0, "Period [s] of the counters log line (0 = never).", minimum=0.0),
 ]
 
@@ -423,7 +423,7 @@ class FusionNode(Node):
 
 
 def main(args=None) -> None:
-    single_threaded_torch_and_blas()  # this process fuses: the map's compiled loops use the cores
+    use_cores_for_fusion()  # the map's compiled loops use the cores; torch and BLAS one thread
     spin_nodes([FusionNode], args=args, help_text=node_help("fusion_node", __doc__.split("\n\n")[0], FUSION_PARAMS))
 
 
