@@ -155,18 +155,20 @@ def point_cells(ijk, linear, row, cell, part, parts):
 
 
 def missing_cells(table: np.ndarray, cell: np.ndarray, threads: int = 0) -> np.ndarray:
-    """The cells (sorted, unique) that no voxel holds yet (``table`` -1). They are marked -2 in ``table`` on the way
-    (so each is collected once, or by two parts at once: the union is taken): the caller numbers them at once."""
-    return _sorted_unique(np.concatenate(in_parts(_missing_cells, threads, table, cell)))
+    """The cells (sorted, unique) that no voxel holds yet (``table`` -1). They are marked -2 while they are
+    collected (so each is collected once, or by two parts at once: the union is taken) and left -1, so a map that
+    cannot make room for them afterwards (MemoryError) keeps a consistent table."""
+    return _sorted_unique_unmarked(np.concatenate(in_parts(_missing_cells, threads, table, cell)), table)
 
 
 @numba.njit(cache=True, nogil=True)
-def _sorted_unique(values):
+def _sorted_unique_unmarked(values, table):
     values = np.sort(values)
     k = 0
     for i in range(len(values)):
         if i == 0 or values[i] != values[k - 1]:
             values[k] = values[i]
+            table[values[i]] = -1
             k += 1
     return values[:k]
 

@@ -446,6 +446,33 @@ def test_compiled_integration_equals_the_torch_path_bit_for_bit():
             assert torch.equal(arrays[name], reference[name]), (name, vmap.threads)
 
 
+def test_a_map_that_cannot_make_room_for_new_voxels_stays_consistent(monkeypatch):
+    """An integration that fails to allocate its new voxels (MemoryError) leaves no cell marked in the table: the
+    same cloud integrated afterwards gives the map a single integration gives."""
+    first, second = (make_partial_cloud(frame_at(*v, index=i), max_depth=20.0, stride=2)
+                     for i, v in enumerate((VIEW_A, VIEW_B)))
+    reference = VoxelMap(voxel_size=0.05)
+    vmap = VoxelMap(voxel_size=0.05)
+    for m in (reference, vmap):
+        m.threads = 2
+        m.integrate(first)
+    reference.integrate(second)
+
+    def no_room(self, needed):
+        raise MemoryError("no room")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(VoxelMap, "_reserve_voxels", no_room)
+        with pytest.raises(MemoryError):
+            vmap.integrate(second)
+    assert int((vmap._table[:vmap._n_blocks] < -1).sum()) == 0  # no cell left marked
+    vmap.integrate(second)
+    got, want = vmap.to_cloud(), reference.to_cloud()
+    np.testing.assert_array_equal(got.xyz, want.xyz)
+    np.testing.assert_array_equal(got.rgb, want.rgb)
+    np.testing.assert_array_equal(got.extras["count"], want.extras["count"])
+
+
 def test_voxel_map_write_ply_round_trip(tmp_path):
     from ov3d_ros.data import ply
 
