@@ -12,6 +12,7 @@ Module-level numba functions with ``cache=True``: a new process loads their mach
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -24,14 +25,14 @@ from threadpoolctl import threadpool_limits
 from .voxel_grid import AXIS_OFFSET, BLOCK_AXIS_BITS, BLOCK_AXIS_MASK, BLOCK_AXIS_OFFSET, BLOCK_BITS, LOCAL_BITS, \
     LOCAL_MASK, VOXELS_PER_BLOCK, pack_blocks, voxel_coords
 
-__all__ = ["default_threads", "use_cores_for_fusion", "frame_cells", "missing_cells", "add_points", "depth_grid",
+__all__ = ["default_threads", "cores_for_fusion", "frame_cells", "missing_cells", "add_points", "depth_grid",
            "observe"]
 
 
 # -- parts on threads -------------------------------------------------------------------------------------------------
 _pool_lock = threading.Lock()
 _pool: tuple[int, int, ThreadPoolExecutor] | None = None  # (process id, workers, pool): a forked child makes its own
-_cores_for_fusion = False  # use_cores_for_fusion() was called in this process
+_cores_for_fusion = False  # inside cores_for_fusion()
 
 
 def _workers(n: int) -> ThreadPoolExecutor:
@@ -43,24 +44,31 @@ def _workers(n: int) -> ThreadPoolExecutor:
 
 
 def default_threads() -> int:
-    """How many parts run at once when none is set: one, except in a process that ``use_cores_for_fusion`` made a
-    fusing one, where it is the cores the process may run on, at most 4 (the loops are bound by memory: more gain
-    little). Elsewhere (training workers, tests) processes share the cores: parts waiting on each other there would
-    wait on descheduled threads."""
+    """How many parts run at once when none is set: one, except within ``cores_for_fusion``, where it is the cores
+    the process may run on, at most 4 (the loops are bound by memory: more gain little). Elsewhere (training
+    workers, tests) processes share the cores: parts waiting on each other there would wait on descheduled
+    threads."""
     if not _cores_for_fusion:
         return 1
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     return max(1, min(4, cores))
 
 
-def use_cores_for_fusion() -> None:
-    """Make this process a fusing one (fusion_node, ov3d-run, ov3d-fuse): the map's loops run on the cores
+@contextlib.contextmanager
+def cores_for_fusion():
+    """Within it, this process is a fusing one (fusion_node, ov3d-run, ov3d-fuse): the map's loops run on the cores
     (``default_threads``), and torch's and BLAS's own operations on one thread, since their idle threads spin for a
-    while after each operation, on the very cores the loops' parts need."""
+    while after each operation, on the very cores the loops' parts need. The settings before it come back after."""
     global _cores_for_fusion
+    torch_threads, before = torch.get_num_threads(), _cores_for_fusion
     torch.set_num_threads(1)
-    threadpool_limits(1, user_api="blas")
-    _cores_for_fusion = True
+    try:
+        with threadpool_limits(1, user_api="blas"):
+            _cores_for_fusion = True
+            yield
+    finally:
+        _cores_for_fusion = before
+        torch.set_num_threads(torch_threads)
 
 
 def in_parts(kernel, parts: int, *args) -> list:

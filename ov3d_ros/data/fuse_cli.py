@@ -21,7 +21,7 @@ from ov3d_ros.data.rosbag import CameraStream, add_stream_arguments, stream_opti
 from ov3d_ros.data.scenes import is_rosbag, open_scene, read_frames
 from ov3d_ros.fusion import SurfaceConfig
 from ov3d_ros.mapping import Mapper, MapperConfig
-from ov3d_ros.voxel_kernels import use_cores_for_fusion
+from ov3d_ros.voxel_kernels import cores_for_fusion
 
 _log = logging.getLogger("ov3d-fuse")
 
@@ -126,7 +126,6 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     level = logging.DEBUG if args.verbose else (logging.WARNING if args.quiet else logging.INFO)
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
-    use_cores_for_fusion()  # the map's compiled loops use the cores; torch and BLAS one thread
     if not args.scene_dir.exists():
         _log.error("no such scene: %s", args.scene_dir)
         return 2
@@ -140,12 +139,13 @@ def main(argv=None) -> int:
         common = dict(stride=args.stride, max_frames=args.max_frames, pixel_stride=args.pixel_stride,
                       min_depth=args.min_depth, max_depth=args.max_depth, capacity=args.capacity,
                       progress=not args.quiet, surface=surface)
-        if is_rosbag(args.scene_dir):
-            vmap, n, seconds = fuse_bag(args.scene_dir, args.voxel_size, **stream_options(args), **common)
-        else:
-            scene = open_scene(args.scene_dir).scene
-            _log.info("%s: %d frames", scene, len(scene))
-            vmap, n, seconds = fuse_scene(scene, args.voxel_size, strict=args.strict, **common)
+        with cores_for_fusion():  # the map's compiled loops use the cores; torch and BLAS one thread
+            if is_rosbag(args.scene_dir):
+                vmap, n, seconds = fuse_bag(args.scene_dir, args.voxel_size, **stream_options(args), **common)
+            else:
+                scene = open_scene(args.scene_dir).scene
+                _log.info("%s: %d frames", scene, len(scene))
+                vmap, n, seconds = fuse_scene(scene, args.voxel_size, strict=args.strict, **common)
     except (ValueError, OSError, TypeError, ImportError) as exc:
         _log.error("%s", exc)
         return 1

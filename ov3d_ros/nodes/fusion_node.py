@@ -32,7 +32,7 @@ from ov3d_ros.nodes.params import Param, declare_all, node_help
 from ov3d_ros.nodes.runner import spin_nodes
 from ov3d_ros.nodes.sync import ApproximateTimeSync, BoundedQueue
 from ov3d_ros.poses import PoseTrack
-from ov3d_ros.voxel_kernels import use_cores_for_fusion
+from ov3d_ros.voxel_kernels import cores_for_fusion
 
 POSE_SOURCES = ("tf", "odometry", "pose")
 QOS_CHOICES = ("sensor_data", "reliable")
@@ -423,8 +423,9 @@ class FusionNode(Node):
 
 
 def main(args=None) -> None:
-    use_cores_for_fusion()  # the map's compiled loops use the cores; torch and BLAS one thread
-    spin_nodes([FusionNode], args=args, help_text=node_help("fusion_node", __doc__.split("\n\n")[0], FUSION_PARAMS))
+    with cores_for_fusion():  # the map's compiled loops use the cores; torch and BLAS one thread
+        spin_nodes([FusionNode], args=args,
+                   help_text=node_help("fusion_node", __doc__.split("\n\n")[0], FUSION_PARAMS))
 
 
 if __name__ == "__main__":

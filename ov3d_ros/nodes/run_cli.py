@@ -44,7 +44,7 @@ from ov3d_ros.nodes.segmenter_node import SEGMENTER_PARAMS
 from ov3d_ros.nodes.synthetic_camera_node import SyntheticCameraNode
 from ov3d_ros.resources import ament_environment, default_checkpoint, default_config_files
 from ov3d_ros.viz import render_labelled_cloud
-from ov3d_ros.voxel_kernels import use_cores_for_fusion
+from ov3d_ros.voxel_kernels import cores_for_fusion
 
 log = logging.getLogger("ov3d-run")
 
@@ -397,13 +397,13 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     args.ros_args = ros_args
     logging.basicConfig(level=logging.INFO, format="[%(name)s] %(message)s")
-    use_cores_for_fusion()  # the map's compiled loops use the cores; torch and BLAS one thread
     if args.map is not None and (args.demo or args.bag is not None):
         build_parser().error("--map continues a live map: use it without --demo and --bag")
     try:
-        if args.bag is not None:
-            return run_bag(args)
-        return run_demo(args) if args.demo else run_nodes(args)
+        with cores_for_fusion():  # this process fuses: the map's compiled loops use the cores
+            if args.bag is not None:
+                return run_bag(args)
+            return run_demo(args) if args.demo else run_nodes(args)
     except (FileNotFoundError, TimeoutError, ValueError, RuntimeError) as exc:
         log.error("%s", exc)
         return 2
