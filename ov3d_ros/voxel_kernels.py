@@ -39,6 +39,8 @@ def _workers(n: int) -> ThreadPoolExecutor:
     global _pool
     with _pool_lock:
         if _pool is None or _pool[0] != os.getpid() or _pool[1] < n:
+            if _pool is not None and _pool[0] == os.getpid():
+                _pool[2].shutdown(wait=False)  # its threads end once their parts are done
             _pool = (os.getpid(), n, ThreadPoolExecutor(n, thread_name_prefix="voxel_kernels"))
         return _pool[2]
 
@@ -217,7 +219,7 @@ def _add_points(table, cell, xyz, rgb, xyz_sum, rgb_sum, count, frames, last_see
         j = i + 1
         while j < n and cell[j] == here:
             j += 1
-        if (here >> (LOCAL_BITS + 6)) % parts == part:
+        if (here >> LOCAL_BITS) % parts == part:
             x = y = z = r = g = b = 0.0
             for k in range(i, j):
                 x += np.rint(np.float64(xyz[k, 0]) * 1e6)
