@@ -105,7 +105,7 @@ def run_size(width: int, height: int, args) -> dict:
     context = rclpy.Context()
     rclpy.init(args=[], context=context)  # not this script's argv: its --param values are not ROS arguments
     node = Node("bench_live_client", context=context)
-    latency, freshness, points, times, failures, first_map = [], [], [], [], 0, float("nan")
+    latency, freshness, points, times, failures = [], [], [], [], 0
     try:
         caller = ServiceCaller(node, QueryObjects, "/query_objects")
         request = make_request(QUERIES)
@@ -135,8 +135,6 @@ def run_size(width: int, height: int, args) -> dict:
             if not response.success:  # "no map yet" before the first map has features
                 failures += 1
                 continue
-            if not times:
-                first_map = time.monotonic() - t0
             times.append(time.monotonic() - t0)
             latency.append(caller.last_latency)
             freshness.append(now - stamp_seconds(response.map_stamp))
@@ -159,8 +157,9 @@ def run_size(width: int, height: int, args) -> dict:
     np.savetxt(log_path.with_suffix(".csv"), table, fmt=["%.3f", "%.4f", "%.3f", "%d"], delimiter=",",
                header="seconds,latency_s,map_age_s,map_points", comments="")
     return {"size": f"{width}x{height}", "latency": latency, "freshness": freshness, "points": points,
-            "failures": failures, "first_map": first_map, "fusion": last_counters(log, "fusion_node"),
-            "segmenter": last_counters(log, "segmenter_node"), "cpu": cpu, "wall": wall, "log": log_path}
+            "failures": failures, "first_map": times[0] if times else float("nan"),
+            "fusion": last_counters(log, "fusion_node"), "segmenter": last_counters(log, "segmenter_node"),
+            "cpu": cpu, "wall": wall, "log": log_path}
 
 
 def report(r: dict) -> None:
