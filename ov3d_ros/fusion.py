@@ -21,7 +21,7 @@ from .data.ply import write_ply
 from .geometry import CameraModel, DTypeError, backproject, check_color, check_finite_positive, check_rigid, \
     depth_to_metres
 from .voxel_grid import LOCAL_BITS, VOXELS_PER_BLOCK, block_coords, blocks_in_view, pack_blocks, unpack_keys, \
-    voxel_coords
+    view_bounds, voxel_coords
 
 __all__ = ["RGBDFrame", "PartialCloud", "make_partial_cloud", "SurfaceConfig", "VoxelMap", "read_npz"]
 
@@ -330,9 +330,8 @@ class VoxelMap:
             self._observe(partial, xyz)
         if self.clear_radius is not None and getattr(partial, "T_world_cam", None) is not None:
             self.clear_around(np.asarray(partial.T_world_cam, dtype=np.float64)[:3, 3], self.clear_radius)
-        if len(self) > self.capacity:
-            overflow = len(self) - self.capacity
-            self._evict(overflow + self.capacity // _EVICT_SLACK_DIVISOR)
+        if len(self) > self.capacity:  # down to the capacity less a slack
+            self._evict(len(self) - self.capacity + self.capacity // _EVICT_SLACK_DIVISOR)
         return len(self)
 
     def _points_of(self, partial) -> tuple[torch.Tensor, torch.Tensor]:
@@ -363,25 +362,24 @@ class VoxelMap:
     def _accumulate(self, cell: torch.Tensor, xyz: torch.Tensor, rgb: torch.Tensor) -> None:
         """Add the points to their voxels (new voxels numbered in cell order: deterministic, the same on every
         device). On a CPU the compiled loops of ``voxel_kernels`` do it (``compiled``), else torch: the same map."""
-        table = self._table.view(-1)
+        table, first = self._table.view(-1), self._n_voxels
         new_cells = torch.from_numpy(voxel_kernels.missing_cells(table.numpy(), cell.numpy(), self.threads)) \
             if self.compiled else torch.unique(cell[table[cell] < 0], sorted=True)
-        n_new, first = int(new_cells.shape[0]), self._n_voxels
-        if n_new:
-            self._reserve_voxels(first + n_new)
-            self._table.view(-1)[new_cells] = torch.arange(first, first + n_new, dtype=torch.int64, device=self.device)
-            self._keys[first:first + n_new] = (self._slot_block_key[new_cells // VOXELS_PER_BLOCK] << LOCAL_BITS) \
-                | (new_cells % VOXELS_PER_BLOCK)
-            for name, _, _ in _VOXEL_ARRAYS[1:]:
-                getattr(self, "_" + name)[first:first + n_new] = 0
-            self._n_voxels += n_new
+        self._reserve_voxels(first + int(new_cells.shape[0]))
+        self._n_voxels += int(new_cells.shape[0])
         if self.compiled:
-            voxel_kernels.add_points(self._table.view(-1).numpy(), cell.numpy(), xyz.numpy(), rgb.numpy(),
-                                     *(getattr(self, "_" + n).numpy() for n in ("xyz_sum", "rgb_sum", "count",
-                                                                                "frames", "last_seen", "free")),
-                                     self._tick, self.threads)
+            arrays = [getattr(self, "_" + name).numpy() for name, _, _ in _VOXEL_ARRAYS]
+            voxel_kernels.number_new(table.numpy(), new_cells.numpy(), first, arrays, self._slot_block_key.numpy(),
+                                     self.threads)
+            voxel_kernels.add_points(table.numpy(), cell.numpy(), xyz.numpy(), rgb.numpy(), arrays, self._tick,
+                                     self.threads)
             return
-        voxel = self._table.view(-1)[cell]
+        table[new_cells] = torch.arange(first, self._n_voxels, dtype=torch.int64, device=self.device)
+        self._keys[first:self._n_voxels] = (self._slot_block_key[new_cells // VOXELS_PER_BLOCK] << LOCAL_BITS) \
+            | (new_cells % VOXELS_PER_BLOCK)
+        for name, _, _ in _VOXEL_ARRAYS[1:]:
+            getattr(self, "_" + name)[first:self._n_voxels] = 0
+        voxel = table[cell]
         micrometres = xyz.to(torch.float64, copy=True).mul_(_UM_PER_M).round_()
         self._xyz_sum.index_add_(0, voxel, micrometres)
         self._rgb_sum.index_add_(0, voxel, rgb.to(torch.float64))
@@ -397,40 +395,39 @@ class VoxelMap:
         """The projective step of ``SurfaceConfig``: free-space votes and surface offsets for the voxels in view of
         the frame whose points ``xyz`` (on the map's device) were just fused, then the carving. Compiled loops and
         torch do the same arithmetic (no fused multiply-adds: products and lerps are spelled out): the same map."""
-        cfg, dev, s = self.surface, self.device, self.voxel_size
-        cam, stride = partial.camera, partial.stride
+        cfg, dev, s, cam, stride = self.surface, self.device, self.voxel_size, partial.camera, partial.stride
         T = torch.as_tensor(partial.T_world_cam, dtype=torch.float64, device=dev)
         R, origin = T[:3, :3].contiguous(), T[:3, 3].contiguous()
         gh, gw = -(-cam.height // stride), -(-cam.width // stride)  # the frame's (stride-th) pixel grid
-        rows = torch.nonzero(blocks_in_view(self._slot_block_key[:self._n_blocks], s, cam, R, origin,
-                                            cfg.max_range)).squeeze(1)
         pitch = _SURFACE_SLOPE * stride / min(cam.fx, cam.fy)  # depth spread between pixels, per metre of depth
         if self.compiled:
-            padded = voxel_kernels.depth_grid(xyz.numpy(), np.asarray(partial.pixels), R.numpy(), origin.numpy(),
-                                              stride, gh, gw, self.threads)
-            arrays = (getattr(self, "_" + n).numpy() for n in ("xyz_sum", "count", "last_seen", "free", "keys",
-                                                                "surface_sum", "surface_weight"))
-            voxel_kernels.observe(self.threads, rows.numpy(), self._table.view(-1).numpy(), *arrays, padded, R.numpy(),
-                                  origin.numpy(), np.array([cam.fx, cam.fy, cam.cx, cam.cy]), stride, s,
-                                  cfg.carve_margin, cfg.max_range, bool(cfg.carve_evidence), cfg.surface, pitch,
-                                  _SURFACE_WEIGHT, _SURFACE_WEIGHT_MAX, _SURFACE_VIEWS, self._tick)
+            block_keys, R_, origin_ = self._slot_block_key[:self._n_blocks].numpy(), R.numpy(), origin.numpy()
+            rows = voxel_kernels.rows_in_view(block_keys, view_bounds(s, cam, cfg.max_range), R_, origin_, self.threads)
+            padded = voxel_kernels.depth_grid(xyz.numpy(), partial.pixels, R_, origin_, stride, gh, gw, self.threads)
+            gone = torch.from_numpy(voxel_kernels.observe(
+                self.threads, rows, block_keys, self._table.view(-1).numpy(),
+                [getattr(self, "_" + name).numpy() for name, _, _ in _VOXEL_ARRAYS], padded, R_, origin_,
+                np.array([cam.fx, cam.fy, cam.cx, cam.cy]), stride, s, cfg.carve_margin, cfg.max_range,
+                cfg.carve_evidence, cfg.surface, pitch, _SURFACE_WEIGHT, _SURFACE_WEIGHT_MAX, _SURFACE_VIEWS,
+                self._tick))
         else:
+            rows = torch.nonzero(blocks_in_view(self._slot_block_key[:self._n_blocks], s, cam, R, origin,
+                                                cfg.max_range)).squeeze(1)
             # Each point's depth along the optical axis at its pixel (0: no point): voxel_kernels.depth_grid.
             pixels = torch.as_tensor(partial.pixels, device=dev).to(torch.int64) // stride
             ray = xyz.to(torch.float64) - origin
             padded = torch.zeros((gh + 2, gw + 2), dtype=torch.float64, device=dev)
             padded[pixels[:, 1] + 1, pixels[:, 0] + 1] = ray[:, 0] * R[0, 2] + ray[:, 1] * R[1, 2] + ray[:, 2] * R[2, 2]
             cells = self._table[rows].reshape(-1)
-            self._observe_torch(cells[cells >= 0], padded, R, origin, cam, stride, pitch)
-        if cfg.carve_evidence:
-            gone = torch.nonzero(self._free[:self._n_voxels] >= cfg.carve_evidence).squeeze(1)
-            if gone.numel():
-                self._remove(gone)
-                self.carved += int(gone.numel())
+            gone = self._observe_torch(cells[cells >= 0], padded, R, origin, cam, stride, pitch)
+        if gone.numel():
+            self._remove(gone)
+            self.carved += int(gone.numel())
 
-    def _observe_torch(self, voxel, padded, R, origin, cam, stride: int, pitch: float) -> None:
+    def _observe_torch(self, voxel, padded, R, origin, cam, stride: int, pitch: float) -> torch.Tensor:
         """``_observe`` for the voxels ``voxel`` in view, in torch operations (CUDA's path; index_select with index
-        lists throughout: several times faster than boolean masks on a CPU)."""
+        lists throughout: several times faster than boolean masks on a CPU). Returns the voxels a vote has just
+        brought to ``carve_evidence``."""
         cfg, s, gh, gw = self.surface, self.voxel_size, padded.shape[0] - 2, padded.shape[1] - 2
         count = self._count.index_select(0, voxel).to(torch.float64)[:, None]
         ray = (self._xyz_sum.index_select(0, voxel) / (count * _UM_PER_M)).sub_(origin)  # centre -> voxel mean
@@ -440,8 +437,9 @@ class VoxelMap:
         v = (cam.fy * q[:, 1] / z + cam.cy) / stride
         seen = torch.nonzero((z > 1e-6) & (z <= cfg.max_range) & (u > -0.5) & (u < gw - 0.5) & (v > -0.5)
                              & (v < gh - 0.5)).squeeze(1)
+        gone = voxel[:0]
         if seen.numel() == 0:
-            return
+            return gone
         voxel, ray, z, u, v = (t.index_select(0, seen) for t in (voxel, ray, z, u, v))
         # The four pixels around the projection: all valid, their depths' spread and bilinear mean.
         u0, v0 = u.floor().clamp_(-1, gw - 1), v.floor().clamp_(-1, gh - 1)
@@ -452,11 +450,12 @@ class VoxelMap:
         hi = torch.maximum(torch.maximum(c00, c01), torch.maximum(c10, c11))
         if cfg.carve_evidence:
             # Free: in front of the nearest of the four depths by the margin.
-            free = (lo > 0) & (z < lo - (s + cfg.carve_margin * lo * lo)) & \
-                (self._last_seen.index_select(0, voxel) != self._tick)
-            self._free[voxel[free]] += 1
+            voted = voxel[(lo > 0) & (z < lo - (s + cfg.carve_margin * lo * lo))
+                          & (self._last_seen.index_select(0, voxel) != self._tick)]
+            self._free[voted] += 1
+            gone = voted[self._free[voted] >= cfg.carve_evidence]
         if not cfg.surface:
-            return
+            return gone
         # Surface: the bilinear depth, where the four lie on one surface -- they differ by no more than the margin
         # plus what a surface at up to _SURFACE_SLOPE to the line of sight spans between two pixels (more is a depth
         # edge) -- and the voxel lies within the margin of it. (torch.lerp's two forms, without its fused multiply-add)
@@ -465,7 +464,7 @@ class VoxelMap:
         margin = s + cfg.carve_margin * d * d
         near = torch.nonzero((lo > 0) & (hi - lo <= margin + pitch * d) & ((d - z).abs() <= margin)).squeeze(1)
         if near.numel() == 0:
-            return
+            return gone
         d, z, ray, target = (t.index_select(0, near) for t in (d, z, ray, voxel))
         # Where the line of sight through the voxel's mean meets the measured surface, relative to the voxel's centre
         # (small numbers: the integer sums stay exact far from the origin).
@@ -483,6 +482,7 @@ class VoxelMap:
             capped, scale = target[over], cap[over].to(torch.float64) / total[over].to(torch.float64)
             self._surface_sum[capped] = (self._surface_sum[capped] * scale[:, None]).round_()
             self._surface_weight[capped] = cap[over]
+        return gone
 
     def _cells_of(self, keys: torch.Tensor) -> torch.Tensor:
         """Flat (blocks, 64) table indices of voxel keys whose blocks are in the map."""

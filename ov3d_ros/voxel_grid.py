@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 
 BLOCK_BITS = 2
@@ -67,21 +68,30 @@ def unpack_keys(keys: torch.Tensor) -> torch.Tensor:
     return block * (1 << BLOCK_BITS) + local
 
 
+def view_bounds(voxel_size: float, camera, max_range: float) -> np.ndarray:
+    """The numbers ``blocks_in_view`` tests a block against (float64): block side, radius of its sphere, the depth
+    range's far end, then (a, b, least) of each frustum side plane, a * lateral + b * depth >= least."""
+    side = voxel_size * (1 << BLOCK_BITS)
+    r = side * math.sqrt(3) / 2
+    fx, fy, cx, cy, w, h = camera.fx, camera.fy, camera.cx, camera.cy, float(camera.width), float(camera.height)
+    return np.array([side, r, max_range + r, fx, cx, -r * math.hypot(fx, cx), -fx, w - cx, -r * math.hypot(fx, w - cx),
+                     fy, cy, -r * math.hypot(fy, cy), -fy, h - cy, -r * math.hypot(fy, h - cy)])
+
+
 def blocks_in_view(block_keys: torch.Tensor, voxel_size: float, camera, R: torch.Tensor, origin: torch.Tensor,
                    max_range: float) -> torch.Tensor:
     """Which blocks (their keys, without the voxel place) reach into the view of a camera at ``origin`` with
     rotation ``R`` (camera to world, float64) up to ``max_range`` metres of depth: the sphere around each block
-    against the frustum's four side planes and its depth range. A superset of the blocks the camera sees."""
+    against the frustum's four side planes and its depth range. A superset of the blocks the camera sees. Products
+    are spelled out, as ``voxel_kernels.rows_in_view`` does, so both choose the same blocks."""
+    side, r, far, *planes = view_bounds(voxel_size, camera, max_range).tolist()
     coords = torch.stack([(block_keys >> (2 * BLOCK_AXIS_BITS)) & BLOCK_AXIS_MASK,
                           (block_keys >> BLOCK_AXIS_BITS) & BLOCK_AXIS_MASK,
                           block_keys & BLOCK_AXIS_MASK], dim=1) - BLOCK_AXIS_OFFSET
-    side = voxel_size * (1 << BLOCK_BITS)
-    x, y, z = (((coords.to(torch.float64) + 0.5) * side - origin) @ R).unbind(1)
-    r = side * math.sqrt(3) / 2
-    fx, fy, cx, cy, w, h = camera.fx, camera.fy, camera.cx, camera.cy, float(camera.width), float(camera.height)
-    inside = (z >= -r) & (z <= max_range + r)
-    inside &= (fx * x + cx * z) >= -r * math.hypot(fx, cx)
-    inside &= ((w - cx) * z - fx * x) >= -r * math.hypot(fx, w - cx)
-    inside &= (fy * y + cy * z) >= -r * math.hypot(fy, cy)
-    inside &= ((h - cy) * z - fy * y) >= -r * math.hypot(fy, h - cy)
+    p = (coords.to(torch.float64) + 0.5) * side - origin
+    x, y, z = (p[:, 0] * R[0, c] + p[:, 1] * R[1, c] + p[:, 2] * R[2, c] for c in range(3))
+    inside = (z >= -r) & (z <= far)
+    for k, lateral in enumerate((x, x, y, y)):
+        a, b, least = planes[3 * k:3 * k + 3]
+        inside &= (a * lateral + b * z) >= least
     return inside

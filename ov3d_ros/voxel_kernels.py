@@ -25,8 +25,8 @@ from threadpoolctl import threadpool_limits
 from .voxel_grid import AXIS_OFFSET, BLOCK_AXIS_BITS, BLOCK_AXIS_MASK, BLOCK_AXIS_OFFSET, BLOCK_BITS, LOCAL_BITS, \
     LOCAL_MASK, VOXELS_PER_BLOCK, pack_blocks, voxel_coords
 
-__all__ = ["default_threads", "cores_for_fusion", "frame_cells", "missing_cells", "add_points", "depth_grid",
-           "observe"]
+__all__ = ["default_threads", "cores_for_fusion", "frame_cells", "missing_cells", "number_new", "add_points",
+           "rows_in_view", "depth_grid", "observe"]
 
 
 # -- parts on threads -------------------------------------------------------------------------------------------------
@@ -200,15 +200,36 @@ def _missing_cells(table, cell, part, parts):
     return out[:k].copy()
 
 
-def add_points(table, cell, xyz, rgb, xyz_sum, rgb_sum, count, frames, last_seen, free, tick, threads: int = 0):
-    """Add each point to its voxel: position in whole micrometres (rounded half to even, as torch.round), colour,
-    count; a voxel hit for the first time in integration ``tick`` counts one more frame and loses a free-space
-    vote."""
-    in_parts(_add_points, threads, table, cell, xyz, rgb, xyz_sum, rgb_sum, count, frames, last_seen, free, tick)
+def number_new(table, new: np.ndarray, first: int, voxels, slot_block_key, threads: int = 0) -> None:
+    """Give the cells ``new`` the voxels ``first``, ``first`` + 1, ... (the map has room for them), empty.
+    ``voxels``: the map's per-voxel arrays (keys, frames, last_seen, count, xyz_sum, rgb_sum, free, surface_sum,
+    surface_weight); ``slot_block_key``: the block key of each table row."""
+    if len(new):
+        in_parts(_number_new, threads, table, new, first, *voxels, slot_block_key)
 
 
 @numba.njit(cache=True, nogil=True)
-def _add_points(table, cell, xyz, rgb, xyz_sum, rgb_sum, count, frames, last_seen, free, tick, part, parts):
+def _number_new(table, new, first, keys, frames, last_seen, count, xyz_sum, rgb_sum, free, surface_sum,
+                surface_weight, slot_block_key, part, parts):
+    n = len(new)
+    for i in range(part * n // parts, (part + 1) * n // parts):
+        v = first + i
+        table[new[i]] = v
+        keys[v] = (slot_block_key[new[i] >> LOCAL_BITS] << LOCAL_BITS) | (new[i] & (VOXELS_PER_BLOCK - 1))
+        frames[v] = last_seen[v] = count[v] = free[v] = surface_weight[v] = 0
+        for c in range(3):
+            xyz_sum[v, c] = rgb_sum[v, c] = surface_sum[v, c] = 0.0
+
+
+def add_points(table, cell, xyz, rgb, voxels, tick: int, threads: int = 0) -> None:
+    """Add each point to its voxel: position in whole micrometres (rounded half to even, as torch.round), colour,
+    count; a voxel hit for the first time in integration ``tick`` counts one more frame and loses a free-space
+    vote. ``voxels``: as ``number_new``'s."""
+    in_parts(_add_points, threads, table, cell, xyz, rgb, *voxels[1:7], tick)
+
+
+@numba.njit(cache=True, nogil=True)
+def _add_points(table, cell, xyz, rgb, frames, last_seen, count, xyz_sum, rgb_sum, free, tick, part, parts):
     """``add_points`` for the points whose block row is ``part`` modulo ``parts``. Neighbouring pixels mostly share
     a voxel: a run of points in one cell is summed first and added once (the sums are integers, so the order of the
     additions does not change them)."""
@@ -245,6 +266,36 @@ def _add_points(table, cell, xyz, rgb, xyz_sum, rgb_sum, count, frames, last_see
 
 
 # -- the free-space and surface step ----------------------------------------------------------------------------------
+def rows_in_view(block_keys: np.ndarray, bounds: np.ndarray, R: np.ndarray, origin: np.ndarray,
+                 threads: int = 0) -> np.ndarray:
+    """The table rows (increasing) whose blocks ``voxel_grid.blocks_in_view`` chooses, with the same arithmetic:
+    ``block_keys`` of the rows, ``bounds`` from ``voxel_grid.view_bounds``."""
+    return np.concatenate(in_parts(_rows_in_view, threads, block_keys, bounds, R, origin))
+
+
+@numba.njit(cache=True, nogil=True)
+def _rows_in_view(block_keys, bounds, R, origin, part, parts):
+    side, r, far = bounds[0], bounds[1], bounds[2]
+    n = len(block_keys)
+    rows = np.empty((part + 1) * n // parts - part * n // parts, np.int64)
+    k = 0
+    for row in range(part * n // parts, (part + 1) * n // parts):
+        key = block_keys[row]
+        i, j = ((key >> (2 * BLOCK_AXIS_BITS)) & BLOCK_AXIS_MASK), ((key >> BLOCK_AXIS_BITS) & BLOCK_AXIS_MASK)
+        p0 = (np.float64(i - BLOCK_AXIS_OFFSET) + 0.5) * side - origin[0]
+        p1 = (np.float64(j - BLOCK_AXIS_OFFSET) + 0.5) * side - origin[1]
+        p2 = (np.float64((key & BLOCK_AXIS_MASK) - BLOCK_AXIS_OFFSET) + 0.5) * side - origin[2]
+        x = p0 * R[0, 0] + p1 * R[1, 0] + p2 * R[2, 0]
+        y = p0 * R[0, 1] + p1 * R[1, 1] + p2 * R[2, 1]
+        z = p0 * R[0, 2] + p1 * R[1, 2] + p2 * R[2, 2]
+        if (z >= -r and z <= far and bounds[3] * x + bounds[4] * z >= bounds[5]
+                and bounds[6] * x + bounds[7] * z >= bounds[8] and bounds[9] * y + bounds[10] * z >= bounds[11]
+                and bounds[12] * y + bounds[13] * z >= bounds[14]):
+            rows[k] = row
+            k += 1
+    return rows[:k]
+
+
 def depth_grid(xyz: np.ndarray, pixels: np.ndarray, R: np.ndarray, origin: np.ndarray, stride: int, gh: int, gw: int,
                threads: int = 0) -> np.ndarray:
     """The frame's depth (along the optical axis, from its points ``xyz`` in the world) on its (stride-th) pixel
@@ -257,11 +308,14 @@ def depth_grid(xyz: np.ndarray, pixels: np.ndarray, R: np.ndarray, origin: np.nd
 @numba.njit(cache=True, nogil=True)
 def _depth_grid(xyz, pixels, R, origin, stride, padded, part, parts):
     n = xyz.shape[0]
+    r0, r1, r2 = R[0, 2], R[1, 2], R[2, 2]
+    width, flat = padded.shape[1], padded.reshape(-1)
     for i in range(part * n // parts, (part + 1) * n // parts):
-        dx = np.float64(xyz[i, 0]) - origin[0]
-        dy = np.float64(xyz[i, 1]) - origin[1]
-        dz = np.float64(xyz[i, 2]) - origin[2]
-        padded[pixels[i, 1] // stride + 1, pixels[i, 0] // stride + 1] = dx * R[0, 2] + dy * R[1, 2] + dz * R[2, 2]
+        u, v = np.int64(pixels[i, 0]), np.int64(pixels[i, 1])
+        if stride != 1:  # the same for every point: the compiler takes the test out of the loop
+            u, v = u // stride, v // stride
+        flat[(v + 1) * width + u + 1] = (np.float64(xyz[i, 0]) - origin[0]) * r0 + \
+            (np.float64(xyz[i, 1]) - origin[1]) * r1 + (np.float64(xyz[i, 2]) - origin[2]) * r2
 
 
 @numba.njit(cache=True, nogil=True)
@@ -278,20 +332,24 @@ def _lerp(a, b, w):
     return a + w * (b - a) if abs(w) < 0.5 else b - (b - a) * (1.0 - w)
 
 
-def observe(threads: int, rows, table, *args) -> None:
-    """The projective step of ``SurfaceConfig`` for the voxels of the table rows ``rows`` (the blocks in view),
-    in ``threads`` parts; ``args`` as ``_observe``'s after ``table``."""
-    in_parts(_observe, threads, rows, table, *args)
+def observe(threads: int, rows, block_keys, table, voxels, *args) -> np.ndarray:
+    """The projective step of ``SurfaceConfig`` for the voxels of the table rows ``rows`` (the blocks in view;
+    ``block_keys``: the block key of each row), in ``threads`` parts; ``voxels`` as ``number_new``'s, ``args`` as
+    ``_observe``'s after them. Returns the voxels a free-space vote has just brought to ``carve`` votes (to be
+    removed)."""
+    return np.concatenate(in_parts(_observe, threads, rows, block_keys, table, *voxels, *args))
 
 
 @numba.njit(cache=True, nogil=True)
-def _observe(rows, table, xyz_sum, count, last_seen, free, keys, surface_sum, surface_weight, padded, R, origin,
-             camera, stride, voxel_size, carve_margin, max_range, carve, surface, pitch, weight_at_1m, weight_max,
-             views, tick, part, parts):
+def _observe(rows, block_keys, table, keys, frames, last_seen, count, xyz_sum, rgb_sum, free, surface_sum,
+             surface_weight, padded, R, origin, camera, stride, voxel_size, carve_margin, max_range, carve, surface,
+             pitch, weight_at_1m, weight_max, views, tick, part, parts):
     """The projective step for the voxels of part ``part`` of the blocks ``rows``, one voxel at a time; the same
     arithmetic, in the same order, as the torch step of ``VoxelMap._observe`` (so the same bits). ``padded``: the
-    frame's ``depth_grid``; ``camera``: fx, fy, cx, cy."""
+    frame's ``depth_grid``; ``camera``: fx, fy, cx, cy; ``carve``: the votes that remove a voxel (0: no votes)."""
     fx, fy, cx, cy = camera[0], camera[1], camera[2], camera[3]
+    gone = np.empty(64, np.int64)
+    k = 0
     gh, gw = padded.shape[0] - 2, padded.shape[1] - 2
     n_rows = len(rows)
     for b in range(part * n_rows // parts, (part + 1) * n_rows // parts):
@@ -322,6 +380,11 @@ def _observe(rows, table, xyz_sum, count, last_seen, free, keys, surface_sum, su
             hi = max(max(c00, c01), max(c10, c11))
             if carve and lo > 0 and z < lo - (voxel_size + carve_margin * lo * lo) and last_seen[t] != tick:
                 free[t] += 1
+                if free[t] >= carve:
+                    if k == len(gone):
+                        gone = np.concatenate((gone, np.empty(k, np.int64)))
+                    gone[k] = t
+                    k += 1
             if not surface:
                 continue
             d = _lerp(_lerp(c00, c01, fu), _lerp(c10, c11, fu), fv)
@@ -331,9 +394,10 @@ def _observe(rows, table, xyz_sum, count, last_seen, free, keys, surface_sum, su
             weight = min(max(np.rint(weight_at_1m / ((d * d) * (d * d))), 1.0), weight_max)
             w = np.int64(weight)
             ratio = d / z
-            surface_sum[t, 0] += np.rint((r0 * ratio + origin[0] - _centre(keys[t], 0, voxel_size)) * 1e6) * weight
-            surface_sum[t, 1] += np.rint((r1 * ratio + origin[1] - _centre(keys[t], 1, voxel_size)) * 1e6) * weight
-            surface_sum[t, 2] += np.rint((r2 * ratio + origin[2] - _centre(keys[t], 2, voxel_size)) * 1e6) * weight
+            key = (block_keys[rows[b]] << LOCAL_BITS) | place
+            surface_sum[t, 0] += np.rint((r0 * ratio + origin[0] - _centre(key, 0, voxel_size)) * 1e6) * weight
+            surface_sum[t, 1] += np.rint((r1 * ratio + origin[1] - _centre(key, 1, voxel_size)) * 1e6) * weight
+            surface_sum[t, 2] += np.rint((r2 * ratio + origin[2] - _centre(key, 2, voxel_size)) * 1e6) * weight
             surface_weight[t] += w
             cap = w * views
             if surface_weight[t] > cap:
@@ -341,3 +405,4 @@ def _observe(rows, table, xyz_sum, count, last_seen, free, keys, surface_sum, su
                 for c in range(3):
                     surface_sum[t, c] = np.rint(surface_sum[t, c] * scale)
                 surface_weight[t] = cap
+    return gone[:k]

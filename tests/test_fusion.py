@@ -446,6 +446,37 @@ def test_compiled_integration_equals_the_torch_path_bit_for_bit():
             assert torch.equal(arrays[name], reference[name]), (name, vmap.threads)
 
 
+def test_blocks_in_view_holds_every_block_the_camera_sees_and_the_compiled_rows_are_the_same():
+    """Every block holding a point that projects into the image within the depth range is chosen (points drawn
+    inside random blocks, seen from random poses), and the compiled loop chooses exactly torch's blocks."""
+    from ov3d_ros import voxel_kernels
+    from ov3d_ros.voxel_grid import BLOCK_BITS, blocks_in_view, pack_blocks, view_bounds
+
+    rng = np.random.default_rng(5)
+    voxel, max_range = 0.05, 3.0
+    side = voxel * (1 << BLOCK_BITS)
+    blocks = rng.integers(-20, 20, (4000, 3))
+    keys = pack_blocks(torch.from_numpy(blocks))
+    for pose in range(12):
+        R, _ = np.linalg.qr(rng.normal(size=(3, 3)))
+        R *= np.sign(np.linalg.det(R))  # a rotation
+        origin = rng.uniform(-1.0, 1.0, 3)
+        chosen = blocks_in_view(keys, voxel, CAMERA, torch.from_numpy(R), torch.from_numpy(origin), max_range).numpy()
+        for threads in (1, 2, 3):
+            rows = voxel_kernels.rows_in_view(keys.numpy(), view_bounds(voxel, CAMERA, max_range), R, origin, threads)
+            np.testing.assert_array_equal(rows, np.flatnonzero(chosen))
+        points = (blocks[:, None, :] + rng.uniform(0.0, 1.0, (len(blocks), 16, 3))) * side  # 16 inside each block
+        q = (points - origin) @ R  # camera coordinates
+        z = q[..., 2]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            u, v = CAMERA.fx * q[..., 0] / z + CAMERA.cx, CAMERA.fy * q[..., 1] / z + CAMERA.cy
+        seen = ((z > 0.01) & (z < max_range) & (u > 0.5) & (u < CAMERA.width - 1.5) & (v > 0.5)
+                & (v < CAMERA.height - 1.5)).any(axis=1)
+        assert seen.sum() > 20, pose
+        assert chosen[seen].all(), pose
+        assert chosen.sum() < len(blocks), pose  # and not simply every block
+
+
 def test_cores_for_fusion_gives_the_loops_the_cores_and_is_undone_on_the_way_out():
     import os
 
