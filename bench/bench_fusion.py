@@ -3,13 +3,17 @@
 
     python bench/bench_fusion.py                          # 30 synthetic 640x480 frames, 2 cm voxels, every core
     python bench/bench_fusion.py --frames 60 --voxel-size 0.05 --threads 1
+    python bench/bench_fusion.py --surface --stride 1,2,3      # frame rate against accuracy, stride by stride
 
 Pipelines, each fed every frame in order (fresh map per repeat):
   ours       make_partial_cloud (p = T [d K^-1 (u, v, 1)]) + VoxelMap.integrate (free-space carving; --surface:
              surface points too)
   open3d     PointCloud.create_from_rgbd_image + transform, and t.geometry.VoxelBlockGrid integration (TSDF + colour;
              the legacy ScalableTSDFVolume extracts nothing in Open3D 0.20)
-Each stage is also timed alone. Frames come from ov3d_ros.data.synthetic (noisy depth) when it is importable, else
+With --stride N both are fed the same pixels: ours back-projects every N-th pixel in u and v (the fusion node's
+``stride``, 2 by default), Open3D gets the images subsampled the same way, with the intrinsics to match. With a
+list of strides the run ends with one table of every pipeline and stride: frame rate, accuracy, coverage. Each
+stage is also timed alone. Frames come from ov3d_ros.data.synthetic (noisy depth) when it is importable, else
 from an analytic box room made here. On a synthetic room both maps are also scored against the room's true surfaces
 (sampled every 5 mm): the median and 90th percentile distance of the map's points to them, and coverage, the
 share of the observed surface (true points within 3 cm of a back-projected pixel) that has a map point within 3 cm;
@@ -36,6 +40,16 @@ def parse_size(text: str) -> tuple[int, int]:
     return w, h
 
 
+def parse_strides(text: str) -> tuple[int, ...]:
+    try:
+        strides = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"stride must be integers like 1 or 1,2,3, got {text!r}") from None
+    if not strides or min(strides) < 1:
+        raise argparse.ArgumentTypeError(f"strides must be >= 1, got {text!r}")
+    return strides
+
+
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--frames", type=int, default=30, help="frames per run (default 30)")
@@ -51,6 +65,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--surface", action="store_true", help="ours with surface points on every frame (the "
                         "TSDF-like mode, SurfaceConfig(surface=True, every=1)); default: the map's defaults (free-"
                         "space carving on every 4th frame, running means)")
+    parser.add_argument("--stride", type=parse_strides, default=(1,), help="use every N-th pixel in u and v, in "
+                        "both pipelines; a list (1,2,3) runs each and ends with a table of frame rate against "
+                        "accuracy (default 1: every pixel; the fusion node's default is 2)")
     parser.add_argument("--analytic", action="store_true", help="use the analytic box room even if "
                         "ov3d_ros.data.synthetic is available")
     args = parser.parse_args()
@@ -127,7 +144,7 @@ class Clock:
         self.cpu += time.process_time() - self._cpu
 
 
-def run_ours(frames, voxel_size, device, surface, threads):
+def run_ours(frames, voxel_size, device, surface, threads, stride):
     from ov3d_ros.fusion import VoxelMap, make_partial_cloud
 
     vmap = VoxelMap(voxel_size=voxel_size, capacity=20_000_000, device=device, surface=surface)
@@ -136,7 +153,7 @@ def run_ours(frames, voxel_size, device, surface, threads):
     points = 0
     for frame in frames:
         with back:
-            partial = make_partial_cloud(frame, min_depth=0.1, max_depth=10.0)
+            partial = make_partial_cloud(frame, min_depth=0.1, max_depth=10.0, stride=stride)
         with fuse:
             vmap.integrate(partial)
         points += len(partial)
@@ -147,12 +164,15 @@ def run_ours(frames, voxel_size, device, surface, threads):
     return back, fuse, points, {"voxels": len(vmap), "cloud": vmap.to_cloud().xyz}
 
 
-def run_open3d(frames, voxel_size, o3d):
+def run_open3d(frames, voxel_size, o3d, stride):
     import numpy as np
 
+    # Pixel (u, v) of the images subsampled by `stride` is pixel (stride u, stride v) of the frame.
     cam = frames[0].camera
-    intrinsic = o3d.camera.PinholeCameraIntrinsic(cam.width, cam.height, cam.fx, cam.fy, cam.cx, cam.cy)
-    intrinsic_t = o3d.core.Tensor(cam.K, o3d.core.Dtype.Float64)
+    width, height = -(-cam.width // stride), -(-cam.height // stride)
+    fx, fy, cx, cy = cam.fx / stride, cam.fy / stride, cam.cx / stride, cam.cy / stride
+    intrinsic = o3d.camera.PinholeCameraIntrinsic(width, height, fx, fy, cx, cy)
+    intrinsic_t = o3d.core.Tensor(np.array([[fx, 0.0, cx], [0.0, fy, cy], [0.0, 0.0, 1.0]]), o3d.core.Dtype.Float64)
     device = o3d.core.Device("CPU:0")
     vbg = o3d.t.geometry.VoxelBlockGrid(
         attr_names=("tsdf", "weight", "color"),
@@ -162,10 +182,11 @@ def run_open3d(frames, voxel_size, o3d):
     back, fuse = Clock(), Clock()
     points = 0
     for frame in frames:
-        depth = frame.depth_metres()
+        depth = np.ascontiguousarray(frame.depth_metres()[::stride, ::stride])
+        color = np.ascontiguousarray(frame.color[::stride, ::stride])
         with back:
             rgbd = o3d.geometry.RGBDImage.create_from_color_and_depth(
-                o3d.geometry.Image(frame.color), o3d.geometry.Image(depth), depth_scale=1.0, depth_trunc=10.0,
+                o3d.geometry.Image(color), o3d.geometry.Image(depth), depth_scale=1.0, depth_trunc=10.0,
                 convert_rgb_to_intensity=False)
             cloud = o3d.geometry.PointCloud.create_from_rgbd_image(rgbd, intrinsic)
             cloud.transform(frame.T_world_cam)
@@ -173,7 +194,7 @@ def run_open3d(frames, voxel_size, o3d):
         with fuse:
             extrinsic = o3d.core.Tensor(np.linalg.inv(frame.T_world_cam), o3d.core.Dtype.Float64)  # world-to-camera
             depth_t = o3d.t.geometry.Image(o3d.core.Tensor(depth)).to(device)
-            color_t = o3d.t.geometry.Image(o3d.core.Tensor(frame.color.astype(np.float32) / 255.0)).to(device)
+            color_t = o3d.t.geometry.Image(o3d.core.Tensor(color.astype(np.float32) / 255.0)).to(device)
             blocks = vbg.compute_unique_block_coordinates(depth_t, intrinsic_t, extrinsic, 1.0, 10.0)
             vbg.integrate(blocks, depth_t, color_t, intrinsic_t, extrinsic, 1.0, 10.0)
     surface = vbg.extract_point_cloud(weight_threshold=1.0)  # every observed surface, like our map
@@ -181,8 +202,9 @@ def run_open3d(frames, voxel_size, o3d):
                                 "cloud": surface.point.positions.numpy()}
 
 
-def accuracy(frames, room, voxel_size, clouds: dict) -> None:
-    """Distances of each map's points to the room's true surfaces, and coverage of the observed surface."""
+def accuracy(frames, room, voxel_size, stride, clouds: dict) -> dict:
+    """Distances of each map's points to the room's true surfaces, and coverage of the observed surface (what every
+    pixel saw, whatever the stride); printed, and returned as {name: (median m, p90 m, coverage)}."""
     import numpy as np
     from scipy.spatial import cKDTree
 
@@ -192,18 +214,22 @@ def accuracy(frames, room, voxel_size, clouds: dict) -> None:
     raw = []
     for frame in frames:
         partial = make_partial_cloud(frame, min_depth=0.1, max_depth=10.0)
-        plain.integrate(partial)
         raw.append(partial.xyz[::7])
+        plain.integrate(partial if stride == 1 else make_partial_cloud(frame, min_depth=0.1, max_depth=10.0,
+                                                                       stride=stride))
     truth = room.ground_truth_cloud(spacing=0.005).xyz
     observed = truth[cKDTree(np.concatenate(raw)).query(truth, distance_upper_bound=0.03)[0] < 0.03]
     clouds = dict(clouds, **{"ours, running means": plain.to_cloud().xyz})
     tree = cKDTree(truth)
+    scores = {}
     print(f"\n{'map (same frames)':26s} {'points':>10s} {'median':>9s} {'p90':>9s} {'coverage':>9s}")
     for name, xyz in clouds.items():
         dist = tree.query(xyz)[0]
         covered = cKDTree(xyz).query(observed, distance_upper_bound=0.03)[0] < 0.03
-        print(f"{name:26s} {len(xyz):10,d} {1e3 * np.median(dist):6.2f} mm {1e3 * np.quantile(dist, 0.9):6.1f} mm "
-              f"{100 * covered.mean():8.1f}%")
+        scores[name] = (float(np.median(dist)), float(np.quantile(dist, 0.9)), float(covered.mean()))
+        print(f"{name:26s} {len(xyz):10,d} {1e3 * scores[name][0]:6.2f} mm {1e3 * scores[name][1]:6.1f} mm "
+              f"{100 * scores[name][2]:8.1f}%")
+    return scores
 
 
 def main() -> None:
@@ -227,14 +253,29 @@ def compare(args) -> None:
     surface = SurfaceConfig(surface=True, every=1) if args.surface else SurfaceConfig()
     frames, source, room = load_frames(args)
     width, height = args.size
-    n = len(frames)
-    print(f"frames: {n} x {width}x{height} from {source}; voxel {args.voxel_size * 100:g} cm; "
+    print(f"frames: {len(frames)} x {width}x{height} from {source}; voxel {args.voxel_size * 100:g} cm; "
           f"{args.threads} thread(s); device {args.device}; load average {os.getloadavg()[0]:.1f}; ours: {surface}")
+    summary = []
+    for stride in args.stride:
+        summary += compare_at(args, o3d, frames, room, surface, stride)
+    if len(args.stride) > 1:
+        print(f"\n{'pipeline':12s} {'stride':>6s} {'fusion FPS wall':>16s} {'median':>9s} {'p90':>9s} "
+              f"{'coverage':>9s}")
+        for name, stride, rate, score in summary:
+            accurate = f"{1e3 * score[0]:6.2f} mm {1e3 * score[1]:6.1f} mm {100 * score[2]:8.1f}%" if score else ""
+            print(f"{name:12s} {stride:6d} {rate:16.1f} {accurate}")
 
+
+def compare_at(args, o3d, frames, room, surface, stride: int) -> list:
+    """Both pipelines at one stride: the stage table and the accuracy; returns the summary rows
+    (pipeline, stride, fusion frames/s wall, (median, p90, coverage) or None)."""
+    n = len(frames)
+    print(f"\n== every {stride} pixel(s) in u and v ==")
     best = {}
     for _ in range(args.repeats):
-        for name, runner in (("ours", lambda: run_ours(frames, args.voxel_size, args.device, surface, args.threads)),
-                             ("open3d", lambda: run_open3d(frames, args.voxel_size, o3d))):
+        for name, runner in (("ours", lambda: run_ours(frames, args.voxel_size, args.device, surface, args.threads,
+                                                        stride)),
+                             ("open3d", lambda: run_open3d(frames, args.voxel_size, o3d, stride))):
             back, fuse, points, sizes = runner()
             total = back.wall + fuse.wall
             if name not in best or total < best[name][0].wall + best[name][1].wall:
@@ -244,7 +285,7 @@ def compare(args) -> None:
         return n / seconds if seconds > 0 else float("inf")
 
     rows = (("back-projection", lambda r: r[0]), ("map integration", lambda r: r[1]))
-    print(f"\n{'stage':34s} {'ours FPS':>18s} {'Open3D FPS':>18s} {'ratio':>14s}")
+    print(f"{'stage':34s} {'ours FPS':>18s} {'Open3D FPS':>18s} {'ratio':>14s}")
     print(f"{'':34s} {'wall / cpu':>18s} {'wall / cpu':>18s} {'wall / cpu':>14s}")
     for label, pick in rows:
         o, r = pick(best["ours"]), pick(best["open3d"])
@@ -265,9 +306,12 @@ def compare(args) -> None:
     print("ratio = Open3D time / our time: > 1 means ours is faster. Open3D's map is a TSDF; ours is running means "
           "carved by free space, or with --surface points on the measured surfaces (SurfaceConfig); Open3D's "
           "back-projection returns float64 points without pixel indices.")
+    scores = {}
     if room is not None:
-        accuracy(frames, room, args.voxel_size, {"ours": best["ours"][3]["cloud"],
-                                                 "Open3D TSDF": best["open3d"][3]["cloud"]})
+        scores = accuracy(frames, room, args.voxel_size, stride, {"ours": best["ours"][3]["cloud"],
+                                                                  "Open3D TSDF": best["open3d"][3]["cloud"]})
+    return [("ours", stride, fps(ours_wall), scores.get("ours")),
+            ("Open3D TSDF", stride, fps(ref_wall), scores.get("Open3D TSDF"))]
 
 
 if __name__ == "__main__":
