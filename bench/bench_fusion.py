@@ -236,7 +236,7 @@ def main() -> None:
     args = parse_args()
     # Both libraries read the thread count when they start: set it before importing either.
     os.environ["OMP_NUM_THREADS"] = str(args.threads)
-    from ov3d_ros.voxel_kernels import cores_for_fusion
+    from ov3d_ros.cores import cores_for_fusion
 
     with cores_for_fusion():  # as the fusion node does
         compare(args)

@@ -35,7 +35,7 @@ class MapperConfig:
     keyframe_min_translation: float = 0.0
     keyframe_min_rotation_deg: float = 0.0
     surface: SurfaceConfig | None = SurfaceConfig()  # free-space carving and surface offsets (None = running means)
-    threads: int = 0  # the map's compiled loops at once on a CPU (0: voxel_kernels.default_threads())
+    threads: int = 0  # the map's compiled loops at once on a CPU (0: cores.default_threads())
 
     def __post_init__(self) -> None:
         if not self.max_depth > self.min_depth >= 0:

@@ -3,86 +3,23 @@ a full pass over memory) and the free-space and surface step (one voxel at a tim
 both give the same map, bit for bit: the sums are integers held in float64 (micrometres, colour units), so their
 order does not matter, and both sides spell out every product and lerp (no fused multiply-add).
 
-The loops release the GIL and run in ``threads`` parts at once (0: ``default_threads()``): the first on the calling
-thread, the others on a small pool of threads of this module. Parts never add to the same voxel (the points are
-shared out by their block's table row, the voxels in view by their block; a new voxel two parts find is collected
-once), so the map is the same for any number of parts.
+The loops release the GIL and run in ``threads`` parts at once (``cores.in_parts``; 0: ``cores.default_threads()``).
+Parts never add to the same voxel (the points are shared out by their block's table row, the voxels in view by their
+block; a new voxel two parts find is collected once), so the map is the same for any number of parts.
 
 Module-level numba functions with ``cache=True``: a new process loads their machine code from disk.
 """
 from __future__ import annotations
 
-import contextlib
-import os
-import threading
-from concurrent.futures import ThreadPoolExecutor
-
 import numba
 import numpy as np
 import torch
-from threadpoolctl import threadpool_limits
 
+from .cores import in_parts
 from .voxel_grid import AXIS_OFFSET, BLOCK_AXIS_BITS, BLOCK_AXIS_MASK, BLOCK_AXIS_OFFSET, BLOCK_BITS, LOCAL_BITS, \
     LOCAL_MASK, VOXELS_PER_BLOCK, pack_blocks, voxel_coords
 
-__all__ = ["default_threads", "cores_for_fusion", "frame_cells", "missing_cells", "number_new", "add_points",
-           "rows_in_view", "depth_grid", "observe"]
-
-
-# -- parts on threads -------------------------------------------------------------------------------------------------
-_pool_lock = threading.Lock()
-_pool: tuple[int, int, ThreadPoolExecutor] | None = None  # (process id, workers, pool): a forked child makes its own
-_cores_for_fusion = False  # inside cores_for_fusion()
-
-
-def _workers(n: int) -> ThreadPoolExecutor:
-    global _pool
-    with _pool_lock:
-        if _pool is None or _pool[0] != os.getpid() or _pool[1] < n:
-            if _pool is not None and _pool[0] == os.getpid():
-                _pool[2].shutdown(wait=False)  # its threads end once their parts are done
-            _pool = (os.getpid(), n, ThreadPoolExecutor(n, thread_name_prefix="voxel_kernels"))
-        return _pool[2]
-
-
-def default_threads() -> int:
-    """How many parts run at once when none is set: one, except within ``cores_for_fusion``, where it is the cores
-    the process may run on, at most 4 (the loops are bound by memory: more gain little). Elsewhere (training
-    workers, tests) processes share the cores: parts waiting on each other there would wait on descheduled
-    threads."""
-    if not _cores_for_fusion:
-        return 1
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return max(1, min(4, cores))
-
-
-@contextlib.contextmanager
-def cores_for_fusion():
-    """Within it, this process is a fusing one (fusion_node, ov3d-run, ov3d-fuse): the map's loops run on the cores
-    (``default_threads``), and torch's and BLAS's own operations on one thread, since their idle threads spin for a
-    while after each operation, on the very cores the loops' parts need. The settings before it come back after."""
-    global _cores_for_fusion
-    torch_threads, before = torch.get_num_threads(), _cores_for_fusion
-    torch.set_num_threads(1)
-    try:
-        with threadpool_limits(1, user_api="blas"):
-            _cores_for_fusion = True
-            yield
-    finally:
-        _cores_for_fusion = before
-        torch.set_num_threads(torch_threads)
-
-
-def in_parts(kernel, parts: int, *args) -> list:
-    """``kernel(*args, part, parts)`` for part = 0 .. parts-1 (0 parts: ``default_threads()``), at once (the kernels
-    release the GIL): part 0 on this thread, the others on the pool. Their results, in part order."""
-    parts = parts or default_threads()
-    if parts <= 1:
-        return [kernel(*args, 0, 1)]
-    pool = _workers(parts - 1)
-    futures = [pool.submit(kernel, *args, part, parts) for part in range(1, parts)]
-    first = kernel(*args, 0, parts)
-    return [first] + [future.result() for future in futures]
+__all__ = ["frame_cells", "missing_cells", "number_new", "add_points", "rows_in_view", "depth_grid", "observe"]
 
 
 # -- integration ------------------------------------------------------------------------------------------------------

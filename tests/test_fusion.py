@@ -477,24 +477,6 @@ def test_blocks_in_view_holds_every_block_the_camera_sees_and_the_compiled_rows_
         assert chosen.sum() < len(blocks), pose  # and not simply every block
 
 
-def test_cores_for_fusion_gives_the_loops_the_cores_and_is_undone_on_the_way_out():
-    import os
-
-    from threadpoolctl import threadpool_info
-
-    from ov3d_ros import voxel_kernels
-
-    torch_threads = torch.get_num_threads()
-    blas = lambda: [pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas"]  # noqa: E731
-    blas_threads = blas()
-    assert voxel_kernels.default_threads() == 1
-    with voxel_kernels.cores_for_fusion():
-        assert voxel_kernels.default_threads() == min(4, len(os.sched_getaffinity(0)))
-        assert torch.get_num_threads() == 1 and set(blas()) <= {1}
-    assert voxel_kernels.default_threads() == 1
-    assert torch.get_num_threads() == torch_threads and blas() == blas_threads
-
-
 def test_a_map_that_cannot_make_room_for_new_voxels_stays_consistent(monkeypatch):
     """An integration that fails to allocate its new voxels (MemoryError) leaves no cell marked in the table: the
     same cloud integrated afterwards gives the map a single integration gives."""

@@ -21,7 +21,7 @@ from ov3d_ros.data.rosbag import CameraStream, add_stream_arguments, stream_opti
 from ov3d_ros.data.scenes import is_rosbag, open_scene, read_frames
 from ov3d_ros.fusion import SurfaceConfig
 from ov3d_ros.mapping import Mapper, MapperConfig
-from ov3d_ros.voxel_kernels import cores_for_fusion
+from ov3d_ros.cores import cores_for_fusion
 
 _log = logging.getLogger("ov3d-fuse")
 

@@ -32,7 +32,7 @@ from ov3d_ros.nodes.params import Param, declare_all, node_help
 from ov3d_ros.nodes.runner import spin_nodes
 from ov3d_ros.nodes.sync import ApproximateTimeSync, BoundedQueue
 from ov3d_ros.poses import PoseTrack
-from ov3d_ros.voxel_kernels import cores_for_fusion
+from ov3d_ros.cores import cores_for_fusion
 
 POSE_SOURCES = ("tf", "odometry", "pose")
 QOS_CHOICES = ("sensor_data", "reliable")

@@ -44,7 +44,7 @@ from ov3d_ros.nodes.segmenter_node import SEGMENTER_PARAMS
 from ov3d_ros.nodes.synthetic_camera_node import SyntheticCameraNode
 from ov3d_ros.resources import ament_environment, default_checkpoint, default_config_files
 from ov3d_ros.viz import render_labelled_cloud
-from ov3d_ros.voxel_kernels import cores_for_fusion
+from ov3d_ros.cores import cores_for_fusion
 
 log = logging.getLogger("ov3d-run")
 
