@@ -18,8 +18,8 @@ import torch
 from . import voxel_kernels
 from .cloud import PointCloud
 from .data.ply import write_ply
-from .geometry import CameraModel, DTypeError, backproject, check_color, check_finite_positive, check_rigid, \
-    depth_to_metres
+from .geometry import CameraModel, DTypeError, backproject, check_color, check_depth, check_finite_positive, \
+    check_rigid, depth_to_metres
 from .voxel_grid import LOCAL_BITS, VOXELS_PER_BLOCK, block_coords, blocks_in_view, pack_blocks, unpack_keys, \
     view_bounds, voxel_coords
 
@@ -48,9 +48,7 @@ class RGBDFrame:
         pose then stored as a float64 array)."""
         if not isinstance(self.camera, CameraModel):
             raise TypeError(f"RGBDFrame {self.index}: camera must be a CameraModel, got {type(self.camera).__name__}")
-        depth = np.asarray(self.depth)
-        # depth_to_metres checks the dtype and shape; the conversion itself is cheap for float32 (no copy).
-        depth_to_metres(depth, self.depth_scale, f"RGBDFrame {self.index}: depth")
+        depth = check_depth(self.depth, self.depth_scale, f"RGBDFrame {self.index}: depth")
         check_color(self.color, depth.shape, f"RGBDFrame {self.index}: color")
         if depth.shape != (self.camera.height, self.camera.width):
             raise ValueError(f"RGBDFrame {self.index}: images are {depth.shape[1]}x{depth.shape[0]} (WxH) but the "
@@ -257,7 +255,7 @@ class VoxelMap:
         self.surface = surface
         self.device = torch.device(device)
         self.compiled = self.device.type == "cpu"  # the compiled loops integrate (a CPU only; False: torch's, CUDA's)
-        self.threads = 0  # how many run at once (0: voxel_kernels.default_threads())
+        self.threads = 0  # how many run at once (0: cores.default_threads())
         self.reset()
 
     # -- state ----------------------------------------------------------------------------------------------------

@@ -7,7 +7,8 @@ Conventions (docs/architecture.md):
   pixel centres (the OpenCV / ROS CameraInfo convention).
 - Depth is (H, W) float32 metres, or uint16 in ``depth_scale`` units per metre (ScanNet: 1000).
 
-Everything here is numpy-only so that every other module (fusion, data readers, nodes) can import it cheaply.
+Everything here is numpy-only so that every other module (fusion, data readers, nodes) can import it cheaply; the
+loop of ``backproject`` is compiled (``pixel_kernels``, numba) and imported on its first call.
 """
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ __all__ = [
     "invert_rigid",
     "transform_points",
     "project",
+    "check_depth",
     "depth_to_metres",
     "check_color",
     "quaternion_to_matrix",
@@ -296,11 +298,9 @@ class Backprojection(NamedTuple):
     pixels: np.ndarray  # (N, 2) int32 (u, v) in the full-resolution image
 
 
-def depth_to_metres(depth, depth_scale: float = 1000.0, name: str = "depth") -> np.ndarray:
-    """(H, W) float32 metres from float32 metres or uint16 ``depth_scale`` units per metre.
-
-    Invalid values (0, NaN, inf) are kept as they are; callers mask them.
-    """
+def check_depth(depth, depth_scale: float = 1000.0, name: str = "depth") -> np.ndarray:
+    """``depth`` as an (H, W) float32 (metres) or uint16 (``depth_scale`` units per metre) array, checked, not
+    converted."""
     depth = np.asarray(depth)
     if depth.ndim != 2:
         raise ValueError(f"{name}: must be a 2-D (H, W) image, got shape {depth.shape}")
@@ -308,11 +308,19 @@ def depth_to_metres(depth, depth_scale: float = 1000.0, name: str = "depth") -> 
         depth_scale = float(depth_scale)
         if not np.isfinite(depth_scale) or depth_scale <= 0.0:
             raise ValueError(f"{name}: depth_scale must be finite and > 0 for uint16 depth, got {depth_scale}")
-        return depth.astype(np.float32) / np.float32(depth_scale)
-    if depth.dtype == np.float32:
-        return depth
-    raise DTypeError(f"{name}: dtype must be float32 (metres) or uint16 (depth_scale units per metre), "
-                     f"got {depth.dtype}")
+    elif depth.dtype != np.float32:
+        raise DTypeError(f"{name}: dtype must be float32 (metres) or uint16 (depth_scale units per metre), "
+                         f"got {depth.dtype}")
+    return depth
+
+
+def depth_to_metres(depth, depth_scale: float = 1000.0, name: str = "depth") -> np.ndarray:
+    """(H, W) float32 metres from float32 metres or uint16 ``depth_scale`` units per metre.
+
+    Invalid values (0, NaN, inf) are kept as they are; callers mask them.
+    """
+    depth = check_depth(depth, depth_scale, name)
+    return depth.astype(np.float32) / np.float32(depth_scale) if depth.dtype == np.uint16 else depth
 
 
 def check_color(color, shape: tuple[int, int], name: str = "color") -> np.ndarray:
@@ -347,58 +355,29 @@ def backproject(
     """
     if not isinstance(camera, CameraModel):
         raise TypeError(f"backproject: camera must be a CameraModel, got {type(camera).__name__}")
-    d = depth_to_metres(depth, depth_scale, "backproject: depth")
-    if d.shape != (camera.height, camera.width):
-        raise ValueError(f"backproject: depth is {d.shape[1]}x{d.shape[0]} (WxH) but the camera is "
+    depth = check_depth(depth, depth_scale, "backproject: depth")
+    if depth.shape != (camera.height, camera.width):
+        raise ValueError(f"backproject: depth is {depth.shape[1]}x{depth.shape[0]} (WxH) but the camera is "
                          f"{camera.width}x{camera.height}")
     if color is not None:
-        color = check_color(color, d.shape, "backproject: color")
+        color = check_color(color, depth.shape, "backproject: color")
     if isinstance(stride, bool) or not isinstance(stride, (int, np.integer)) or stride < 1:
         raise ValueError(f"backproject: stride must be an integer >= 1, got {stride!r}")
     min_depth, max_depth = float(min_depth), float(max_depth)
     if not (min_depth >= 0.0 and max_depth > min_depth):  # also rejects NaN limits
         raise ValueError(f"backproject: need 0 <= min_depth < max_depth, got {min_depth}, {max_depth}")
     T = None if T_world_cam is None else check_rigid(T_world_cam, "backproject: T_world_cam")
+    from .pixel_kernels import backproject_pixels  # compiled (numba): imported when first needed
 
-    sub = d[::stride, ::stride]
-    sub_h, sub_w = sub.shape
-    # NaN compares False everywhere, so it is dropped; 0 and inf are dropped explicitly because min_depth may be 0
-    # and max_depth may be inf ("no limit").
-    valid = (sub > 0.0) & (sub >= min_depth) & (sub <= max_depth)
-    if not np.isfinite(max_depth):
-        valid &= np.isfinite(sub)
-    valid = valid.reshape(-1)
-    # Points on the whole (strided) grid, then one compaction: nearly every pixel is valid on real frames, and
-    # whole-grid broadcasting plus one homogeneous matmul [x y z 1] @ [R^T; t] avoids per-point gathers (measured
-    # ~3x faster). float32 like the output: the error is a few ulps of the result (< 1e-6 m at 10 m).
+    sub_h, sub_w = -(-depth.shape[0] // stride), -(-depth.shape[1] // stride)
     ray_x = ((np.arange(sub_w) * stride - camera.cx) / camera.fx).astype(np.float32)
     ray_y = ((np.arange(sub_h) * stride - camera.cy) / camera.fy).astype(np.float32)
-    to_world = np.zeros((4, 3), dtype=np.float32)
+    to_world = np.zeros((4, 3), dtype=np.float32)  # [x y z 1] @ to_world = R [x y z]^T + t
     if T is None:
         to_world[:3] = np.eye(3)
     else:
         to_world[:3] = T[:3, :3].T
         to_world[3] = T[:3, 3]
-    grid = np.empty((sub_h, sub_w, 4), dtype=np.float32)
-    with np.errstate(invalid="ignore", over="ignore"):  # invalid pixels (NaN, inf) make NaNs that are dropped below
-        np.multiply(sub, ray_x[None, :], out=grid[:, :, 0])
-        np.multiply(sub, ray_y[:, None], out=grid[:, :, 1])
-        grid[:, :, 2] = sub
-        grid[:, :, 3] = 1.0
-        world = grid.reshape(-1, 4) @ to_world
-    # Compact whole 12-byte points (a void view): numpy copies them as units rather than float by float.
-    xyz = world.view("V12").reshape(-1)[valid].view(np.float32).reshape(-1, 3)  # row-major: the documented order
-    n = len(xyz)
-    if color is not None:
-        # Compact whole 3-byte pixels at once (a void view) rather than channel by channel.
-        pixels_rgb = np.ascontiguousarray(color[::stride, ::stride]).reshape(-1, 3).view("V3").reshape(-1)
-        rgb = pixels_rgb[valid].view(np.uint8).reshape(n, 3)
-    else:
-        rgb = np.zeros((n, 3), dtype=np.uint8)
-    flat = np.flatnonzero(valid).astype(np.int32)
-    pixels = np.empty((n, 2), dtype=np.int32)
-    np.floor_divide(flat, sub_w, out=pixels[:, 1])  # row in the strided grid
-    np.subtract(flat, pixels[:, 1] * sub_w, out=pixels[:, 0])
-    if stride > 1:
-        pixels *= stride
+    xyz, rgb, pixels = backproject_pixels(depth, float(depth_scale) if depth.dtype == np.uint16 else 0.0, int(stride),
+                                          min_depth, max_depth, ray_x, ray_y, to_world, color)
     return Backprojection(xyz=xyz, rgb=rgb, pixels=pixels)

@@ -198,6 +198,37 @@ def test_backproject_stride_subsamples_the_full_result():
     np.testing.assert_array_equal(strided.rgb, full.rgb[on_grid])
 
 
+def test_backproject_is_the_same_in_parts_and_from_views_of_larger_images():
+    """The compiled loop writes each row's points where the counts of the rows before put them: any number of parts
+    gives the same points, bit for bit; images that are views (strided, or a channel-reversed colour) read the same
+    pixels; no limit on the depth still drops inf and NaN."""
+    from ov3d_ros.pixel_kernels import backproject_pixels
+
+    depth, color = random_rgbd(CAMERA, seed=5)
+    depth[3, :7] = np.inf
+    reference = backproject(depth, CAMERA, pose(), color, min_depth=0.0, max_depth=np.inf)
+    assert len(reference.xyz) == int((np.isfinite(depth) & (depth > 0)).sum()) and np.isfinite(reference.xyz).all()
+    sub_w, sub_h = CAMERA.width, CAMERA.height
+    ray_x = ((np.arange(sub_w) - CAMERA.cx) / CAMERA.fx).astype(np.float32)
+    ray_y = ((np.arange(sub_h) - CAMERA.cy) / CAMERA.fy).astype(np.float32)
+    to_world = np.concatenate([pose()[:3, :3].T, pose()[None, :3, 3]]).astype(np.float32)
+    for threads in (1, 2, 3, 7):
+        xyz, rgb, pixels = backproject_pixels(depth, 0.0, 1, 0.0, np.inf, ray_x, ray_y, to_world, color, threads)
+        np.testing.assert_array_equal(xyz, reference.xyz)
+        np.testing.assert_array_equal(rgb, reference.rgb)
+        np.testing.assert_array_equal(pixels, reference.pixels)
+    wide = np.zeros((CAMERA.height, 2 * CAMERA.width), np.float32)
+    wide[:, ::2] = depth
+    bgr = np.ascontiguousarray(color[:, :, ::-1])
+    viewed = backproject(wide[:, ::2], CAMERA, pose(), bgr[:, :, ::-1], min_depth=0.0, max_depth=np.inf, stride=2)
+    strided = backproject(depth, CAMERA, pose(), color, min_depth=0.0, max_depth=np.inf, stride=2)
+    for got, want in zip(viewed, strided):
+        np.testing.assert_array_equal(got, want)
+    no_color = backproject(depth, CAMERA, pose(), None, min_depth=0.0, max_depth=np.inf)
+    np.testing.assert_array_equal(no_color.xyz, reference.xyz)
+    assert not no_color.rgb.any()
+
+
 def test_backproject_uint16_millimetres_equals_float_metres():
     rng = np.random.default_rng(4)
     depth_mm = rng.integers(0, 7000, (CAMERA.height, CAMERA.width)).astype(np.uint16)
