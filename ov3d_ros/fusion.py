@@ -20,8 +20,8 @@ from .cloud import PointCloud
 from .data.ply import write_ply
 from .geometry import CameraModel, DTypeError, backproject, check_color, check_depth, check_finite_positive, \
     check_rigid, depth_to_metres
-from .voxel_grid import LOCAL_BITS, VOXELS_PER_BLOCK, block_coords, blocks_in_view, pack_blocks, unpack_keys, \
-    view_bounds, voxel_coords
+from .voxel_grid import LOCAL_BITS, VOXELS_PER_BLOCK, block_coords, blocks_in_view, merge_block_index, pack_blocks, \
+    unpack_keys, view_bounds, voxel_coords
 
 __all__ = ["RGBDFrame", "PartialCloud", "make_partial_cloud", "SurfaceConfig", "VoxelMap", "read_npz"]
 
@@ -512,37 +512,23 @@ class VoxelMap:
 
     def _slots_of_sorted_blocks(self, block_keys: torch.Tensor) -> torch.Tensor:
         """Table rows of sorted unique block keys; unknown blocks get new empty rows and index entries."""
-        dev = self.device
         n_known = self._n_blocks
-        slots = torch.full_like(block_keys, -1)
-        insert_at = torch.searchsorted(self._block_keys, block_keys)
-        if n_known:
-            found = self._block_keys[insert_at.clamp(max=n_known - 1)] == block_keys
-            slots[found] = self._block_slots[insert_at[found]]
-            unknown = ~found
+        if self.compiled:
+            merged = voxel_kernels.merge_blocks(self._block_keys.numpy(), self._block_slots.numpy(), block_keys.numpy())
+            slots, keys, block_slots = (torch.from_numpy(a) for a in merged)
         else:
-            unknown = torch.ones_like(block_keys, dtype=torch.bool)
-        n_new = int(unknown.sum())
-        if n_new == 0:
-            return slots
-        new_blocks, insert_at = block_keys[unknown], insert_at[unknown]
+            slots, keys, block_slots = merge_block_index(self._block_keys, self._block_slots, block_keys)
+        self._add_rows(block_keys[slots >= n_known])
+        self._block_keys, self._block_slots = keys, block_slots
+        return slots
+
+    def _add_rows(self, new_blocks: torch.Tensor) -> None:
+        """Empty table rows for the blocks ``new_blocks`` (sorted), after the last (their index entries aside)."""
+        n_known, n_new = self._n_blocks, int(new_blocks.shape[0])
         self._reserve_blocks(n_known + n_new)
-        new_slots = torch.arange(n_known, n_known + n_new, dtype=torch.int64, device=dev)
         self._slot_block_key[n_known:n_known + n_new] = new_blocks
         self._table[n_known:n_known + n_new] = -1
         self._n_blocks += n_new
-        slots[unknown] = new_slots
-        # Merge the new keys into the sorted block index in one linear pass: an old entry moves down by the number
-        # of new keys inserted at or before it (the index has ~1/16 as many entries as there are voxels).
-        shift = torch.bincount(insert_at, minlength=n_known + 1)[:n_known].cumsum(0)
-        old_dest = torch.arange(n_known, device=dev) + shift
-        new_dest = insert_at + torch.arange(n_new, device=dev)
-        keys = torch.empty(n_known + n_new, dtype=torch.int64, device=dev)
-        keys[old_dest], keys[new_dest] = self._block_keys, new_blocks
-        block_slots = torch.empty(n_known + n_new, dtype=torch.int64, device=dev)
-        block_slots[old_dest], block_slots[new_dest] = self._block_slots, new_slots
-        self._block_keys, self._block_slots = keys, block_slots
-        return slots
 
     @staticmethod
     def _grown(tensor: torch.Tensor, used: int, needed: int, limit: int) -> torch.Tensor:

@@ -68,6 +68,32 @@ def unpack_keys(keys: torch.Tensor) -> torch.Tensor:
     return block * (1 << BLOCK_BITS) + local
 
 
+def merge_block_index(index_keys: torch.Tensor, index_rows: torch.Tensor,
+                      block_keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The table rows of the sorted unique ``block_keys`` in a map whose sorted block index is (``index_keys``,
+    ``index_rows``); keys not in it get the rows n, n + 1, ... (n = len(index_keys)) in key order. Returns (the
+    rows, the keys and the rows of the index with the new keys merged in): ``voxel_kernels.merge_blocks`` in torch
+    operations, in one linear pass (the index has ~1/16 as many entries as the map has voxels)."""
+    n, dev = int(index_keys.shape[0]), index_keys.device
+    at = torch.searchsorted(index_keys, block_keys)
+    found = index_keys[at.clamp(max=n - 1)] == block_keys if n else torch.zeros_like(block_keys, dtype=torch.bool)
+    rows = torch.empty_like(block_keys)
+    rows[found] = index_rows[at[found]]
+    unknown = ~found
+    n_new = int(unknown.sum())
+    rows[unknown] = torch.arange(n, n + n_new, dtype=torch.int64, device=dev)
+    if n_new == 0:
+        return rows, index_keys, index_rows
+    # An old entry moves down by the number of new keys inserted at or before it.
+    at = at[unknown]
+    old_dest = torch.arange(n, device=dev) + torch.bincount(at, minlength=n + 1)[:n].cumsum(0)
+    new_dest = at + torch.arange(n_new, device=dev)
+    keys, merged = (torch.empty(n + n_new, dtype=torch.int64, device=dev) for _ in range(2))
+    keys[old_dest], keys[new_dest] = index_keys, block_keys[unknown]
+    merged[old_dest], merged[new_dest] = index_rows, rows[unknown]
+    return rows, keys, merged
+
+
 def view_bounds(voxel_size: float, camera, max_range: float) -> np.ndarray:
     """The numbers ``blocks_in_view`` tests a block against (float64): block side, radius of its sphere, the depth
     range's far end, then (a, b, least) of each frustum side plane, a * lateral + b * depth >= least."""

@@ -17,9 +17,10 @@ import torch
 
 from .cores import in_parts
 from .voxel_grid import AXIS_OFFSET, BLOCK_AXIS_BITS, BLOCK_AXIS_MASK, BLOCK_AXIS_OFFSET, BLOCK_BITS, LOCAL_BITS, \
-    LOCAL_MASK, VOXELS_PER_BLOCK, pack_blocks, voxel_coords
+    LOCAL_MASK, VOXELS_PER_BLOCK, voxel_coords
 
-__all__ = ["frame_cells", "missing_cells", "number_new", "add_points", "rows_in_view", "depth_grid", "observe"]
+__all__ = ["frame_cells", "merge_blocks", "missing_cells", "number_new", "add_points", "rows_in_view", "depth_grid",
+           "observe"]
 
 
 # -- integration ------------------------------------------------------------------------------------------------------
@@ -40,8 +41,7 @@ def frame_cells(xyz: np.ndarray, voxel_size: float, slots_of_sorted_blocks, thre
     if volume > max(1 << 20, 4 * len(ijk)):
         return None
     linear, places = occupied_blocks(ijk, lo, dims)
-    coords = np.stack([places // (dims[1] * dims[2]), (places // dims[2]) % dims[1], places % dims[2]], 1) + lo
-    slots = slots_of_sorted_blocks(pack_blocks(torch.from_numpy(coords)))
+    slots = slots_of_sorted_blocks(torch.from_numpy(_place_keys(places, lo, dims)))
     row = block_rows(places, slots.numpy(), volume)
     cell = np.empty(len(ijk), np.int64)
     in_parts(point_cells, threads, ijk, linear, row, cell)
@@ -79,6 +79,49 @@ def occupied_blocks(ijk, lo, dims):
         linear[i] = at
         occupied[at] = True
     return linear, np.flatnonzero(occupied)
+
+
+@numba.njit(cache=True, nogil=True)
+def _place_keys(places, lo, dims):
+    """The block keys (``voxel_grid.pack_blocks``) of places in the box of blocks from ``lo`` with extent ``dims``."""
+    keys = np.empty(len(places), np.int64)
+    for k in range(len(places)):
+        i, j, m = places[k] // (dims[1] * dims[2]), (places[k] // dims[2]) % dims[1], places[k] % dims[2]
+        keys[k] = ((i + lo[0] + BLOCK_AXIS_OFFSET) << (2 * BLOCK_AXIS_BITS)) | \
+            ((j + lo[1] + BLOCK_AXIS_OFFSET) << BLOCK_AXIS_BITS) | (m + lo[2] + BLOCK_AXIS_OFFSET)
+    return keys
+
+
+@numba.njit(cache=True, nogil=True)
+def merge_blocks(index_keys, index_rows, block_keys):
+    """The table rows of the sorted unique ``block_keys`` in a map whose sorted block index is (``index_keys``,
+    ``index_rows``); keys not in it get the rows n, n + 1, ... (n = len(index_keys)) in key order. Returns (the
+    rows, the keys and the rows of the index with the new keys merged in)."""
+    n, m = len(index_keys), len(block_keys)
+    rows = np.empty(m, np.int64)
+    at = np.searchsorted(index_keys, block_keys)
+    fresh = n
+    for j in range(m):
+        if at[j] < n and index_keys[at[j]] == block_keys[j]:
+            rows[j] = index_rows[at[j]]
+        else:
+            rows[j] = fresh
+            fresh += 1
+    if fresh == n:
+        return rows, index_keys, index_rows
+    keys, merged = np.empty(fresh, np.int64), np.empty(fresh, np.int64)
+    i = k = 0
+    for j in range(m):
+        if rows[j] < n:
+            continue
+        while i < at[j]:  # the index's keys below this new one
+            keys[k], merged[k] = index_keys[i], index_rows[i]
+            i += 1
+            k += 1
+        keys[k], merged[k] = block_keys[j], rows[j]
+        k += 1
+    keys[k:], merged[k:] = index_keys[i:], index_rows[i:]
+    return rows, keys, merged
 
 
 @numba.njit(cache=True, nogil=True)

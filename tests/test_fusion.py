@@ -446,6 +446,31 @@ def test_compiled_integration_equals_the_torch_path_bit_for_bit():
             assert torch.equal(arrays[name], reference[name]), (name, vmap.threads)
 
 
+def test_block_index_merge_gives_the_same_rows_and_index_compiled_and_in_torch():
+    """New block keys get the next rows in key order and join the sorted index; known keys keep their rows."""
+    from ov3d_ros import voxel_kernels
+    from ov3d_ros.voxel_grid import merge_block_index
+
+    rng = np.random.default_rng(9)
+    universe = np.unique(rng.integers(0, 1 << 40, 3000))
+    for n_index, n_query, n_known in ((0, 50, 0), (400, 0, 0), (400, 120, 120), (400, 120, 60), (400, 300, 0)):
+        index_keys = np.sort(rng.choice(universe, n_index, replace=False))
+        index_rows = rng.permutation(n_index).astype(np.int64)
+        others = np.setdiff1d(universe, index_keys)
+        query = np.sort(np.concatenate([rng.choice(index_keys, n_known, replace=False),
+                                        rng.choice(others, n_query - n_known, replace=False)]))
+        got = voxel_kernels.merge_blocks(index_keys, index_rows, query)
+        want = merge_block_index(*(torch.from_numpy(a) for a in (index_keys, index_rows, query)))
+        for g, w in zip(got, want):
+            np.testing.assert_array_equal(g, w.numpy())
+        rows, keys, merged = got
+        assert np.all(np.diff(keys) > 0) and set(keys) == set(index_keys) | set(query)
+        known = np.isin(query, index_keys)
+        np.testing.assert_array_equal(rows[known], index_rows[np.searchsorted(index_keys, query[known])])
+        np.testing.assert_array_equal(rows[~known], n_index + np.arange((~known).sum()))
+        np.testing.assert_array_equal(merged[np.searchsorted(keys, query)], rows)
+
+
 def test_blocks_in_view_holds_every_block_the_camera_sees_and_the_compiled_rows_are_the_same():
     """Every block holding a point that projects into the image within the depth range is chosen (points drawn
     inside random blocks, seen from random poses), and the compiled loop chooses exactly torch's blocks."""
