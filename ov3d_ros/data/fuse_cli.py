@@ -54,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="frames vote and measure surfaces up to this depth in metres (default %(default)s)")
     p.add_argument("--surface", action="store_true",
                    help="points on the measured surfaces, the noise shell left out (TSDF-like accuracy with "
-                        "--observe-every 1, at about 1.4 times the fusion time); default: running means of the points")
+                        "--observe-every 1, at 1.2-1.4 times the fusion time); default: running means of the points")
     p.add_argument("--observe-every", type=int, default=surface.every,
                    help="the free-space (and surface) step runs on every N-th frame (default %(default)s)")
     add_stream_arguments(p.add_argument_group("rosbag2 input (--strict: ScanNet scenes too)"))

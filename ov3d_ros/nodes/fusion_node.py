@@ -82,7 +82,7 @@ FUSION_PARAMS = [
     Param("carve_max_range", 5.0, "Frames vote on and measure surfaces only up to this depth [m].", minimum=0.01),
     Param("surface_refine", False, "Put each voxel's point on the surface the frames measured along their lines "
           "of sight (weighted by depth noise) and leave out the noise shell around surfaces: TSDF-like accuracy "
-          "with observe_every 1, at about 1.4 times the fusion time; false = running means of the fused points."),
+          "with observe_every 1, at 1.2-1.4 times the fusion time; false = running means of the fused points."),
     Param("observe_every", 4, "The free-space (and surface) step runs on every N-th fused frame: it projects every "
           "voxel in view.", minimum=1, maximum=1000),
     Param("process_rate", 30.0, "Rate [Hz] of the timer that fuses queued frames.", minimum=0.1, maximum=1000.0),
