@@ -261,9 +261,9 @@ def _rows_in_view(block_keys, bounds, R, origin, part, parts):
     k = 0
     for row in range(part * n // parts, (part + 1) * n // parts):
         key = block_keys[row]
-        i, j = ((key >> (2 * BLOCK_AXIS_BITS)) & BLOCK_AXIS_MASK), ((key >> BLOCK_AXIS_BITS) & BLOCK_AXIS_MASK)
-        p0 = (np.float64(i - BLOCK_AXIS_OFFSET) + 0.5) * side - origin[0]
-        p1 = (np.float64(j - BLOCK_AXIS_OFFSET) + 0.5) * side - origin[1]
+        bx, by = ((key >> (2 * BLOCK_AXIS_BITS)) & BLOCK_AXIS_MASK), ((key >> BLOCK_AXIS_BITS) & BLOCK_AXIS_MASK)
+        p0 = (np.float64(bx - BLOCK_AXIS_OFFSET) + 0.5) * side - origin[0]
+        p1 = (np.float64(by - BLOCK_AXIS_OFFSET) + 0.5) * side - origin[1]
         p2 = (np.float64((key & BLOCK_AXIS_MASK) - BLOCK_AXIS_OFFSET) + 0.5) * side - origin[2]
         x = p0 * R[0, 0] + p1 * R[1, 0] + p2 * R[2, 0]
         y = p0 * R[0, 1] + p1 * R[1, 1] + p2 * R[2, 1]
