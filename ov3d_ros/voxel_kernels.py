@@ -167,10 +167,11 @@ def _sorted_unique_unmarked(values, table):
 def _missing_cells(table, cell, part, parts):
     """``missing_cells`` of part ``part`` of the points, unsorted; a run of one cell is looked up once."""
     n = len(cell)
-    out = np.empty(n, np.int64)
+    start, stop = part * n // parts, (part + 1) * n // parts
+    out = np.empty(stop - start, np.int64)  # room for this part's points, not every point's
     k = 0
     last = -1
-    for i in range(part * n // parts, (part + 1) * n // parts):
+    for i in range(start, stop):
         here = cell[i]
         if here != last and table[here] == -1:
             table[here] = -2
