@@ -8,7 +8,6 @@ carving and surface points. Keys of the voxel grid: ``voxel_grid``; matched poin
 from __future__ import annotations
 
 import math
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,13 +16,14 @@ import torch
 
 from . import voxel_kernels
 from .cloud import PointCloud
+from .data.npz import read_npz, write_npz
 from .data.ply import write_ply
 from .geometry import CameraModel, DTypeError, backproject, check_color, check_depth, check_finite_positive, \
     check_rigid, depth_to_metres
 from .voxel_grid import LOCAL_BITS, VOXELS_PER_BLOCK, block_coords, blocks_in_view, merge_block_index, pack_blocks, \
     unpack_keys, view_bounds, voxel_coords
 
-__all__ = ["RGBDFrame", "PartialCloud", "make_partial_cloud", "SurfaceConfig", "VoxelMap", "read_npz"]
+__all__ = ["RGBDFrame", "PartialCloud", "make_partial_cloud", "SurfaceConfig", "VoxelMap"]
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -129,16 +129,6 @@ def make_partial_cloud(frame: RGBDFrame, *, min_depth: float = 0.1, max_depth: f
                      min_depth=min_depth, max_depth=max_depth, stride=stride)
     return PartialCloud(xyz=bp.xyz, rgb=bp.rgb, pixels=bp.pixels, index=int(frame.index),
                         T_world_cam=frame.T_world_cam, camera=frame.camera, stride=stride)
-
-
-def read_npz(path) -> dict[str, np.ndarray]:
-    """Every array of the ``.npz`` file ``path``, read at once, so a truncated file fails here and nothing is half
-    loaded; ValueError naming the file when it is missing, damaged or not an ``.npz``."""
-    try:
-        with np.load(path, allow_pickle=False) as npz:
-            return {name: npz[name] for name in npz.files}
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
-        raise ValueError(f"cannot read {path} as .npz: {exc}") from exc
 
 
 # Positions are summed as whole micrometres (integers: see _VOXEL_ARRAYS); 1 um is below the clouds' float32 resolution.
@@ -631,18 +621,15 @@ class VoxelMap:
         return path
 
     def save(self, path, **extra) -> Path:
-        """Save the whole state losslessly to a .npz file (keys, sums, counts, ticks, settings and ``extra`` arrays).
-
-        Returns the path written (numpy appends ``.npz`` when missing).
-        """
-        path = Path(path)
+        """Save the whole state losslessly to a .npz file (keys, sums, counts, ticks, settings and ``extra`` arrays),
+        replacing the file at once (``data.npz.write_npz``). Returns the path written (``.npz`` appended when
+        missing)."""
         arrays = {name: value.cpu().numpy() for name, value in self._sorted_arrays().items()}
-        np.savez(path, format=np.array(_MAP_FORMAT), version=np.array(_MAP_VERSION), **arrays,
-                 voxel_size=np.array(self.voxel_size, dtype=np.float64),
-                 capacity=np.array(self.capacity, dtype=np.int64),
-                 clear_radius=np.array(np.nan if self.clear_radius is None else self.clear_radius, dtype=np.float64),
-                 tick=np.array(self._tick, dtype=np.int64), evicted=np.array(self.evicted, dtype=np.int64), **extra)
-        return path if path.suffix == ".npz" else path.with_name(path.name + ".npz")
+        return write_npz(path, dict(
+            format=np.array(_MAP_FORMAT), version=np.array(_MAP_VERSION), **arrays,
+            voxel_size=np.array(self.voxel_size, dtype=np.float64), capacity=np.array(self.capacity, dtype=np.int64),
+            clear_radius=np.array(np.nan if self.clear_radius is None else self.clear_radius, dtype=np.float64),
+            tick=np.array(self._tick, dtype=np.int64), evicted=np.array(self.evicted, dtype=np.int64), **extra))
 
     @classmethod
     def load(cls, path, device: str | torch.device = "cpu", surface: SurfaceConfig | None = SurfaceConfig(),

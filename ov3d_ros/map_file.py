@@ -3,16 +3,17 @@
 The fusion node writes its VoxelMap into the file (``Mapper.save``: sums, counts, free-space evidence and the
 stamp of the newest keyframe), and the segmenter node adds, under ``features.`` names, the feature map it computed
 on that map (``FeatureSnapshot.to_arrays``: points, per-tile unit features and superpoints) and the ids of the
-objects it has named (``InstanceTracker.state``). The features record what computed them: the model's
-fingerprint (``model_fingerprint``), the map's voxel and the feature tile. Features of one model mean nothing to
-another, so ``read_features`` refuses a file made with another model or voxel, saying which. A file written by the
-fusion node alone is a plain VoxelMap file, and one of the segmenter alone holds features only.
+objects it has named (``InstanceTracker.state``). Both write to one ``data.npz.staged`` name, renamed to the map
+file once both parts are in: the voxels are written once, and no reader sees a file without its features. The
+features record what computed them: the model's fingerprint (``model_fingerprint``), the map's voxel and the
+feature tile. Features of one model mean nothing to another, so ``read_features`` refuses a file made with another
+model or voxel, saying which. A file written by the fusion node alone is a plain VoxelMap file, and one of the
+segmenter alone holds features only.
 """
 from __future__ import annotations
 
 import json
 import math
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,7 +21,7 @@ import numpy as np
 import torch
 
 from .feature_map import FeatureSnapshot
-from .fusion import read_npz
+from .data.npz import add_to_npz, npz_names, read_npz, write_npz
 
 __all__ = ["FEATURES_FORMAT", "SavedFeatures", "open_map_file", "read_features", "write_features"]
 
@@ -42,7 +43,7 @@ class SavedFeatures:
 
 
 def open_map_file(path) -> dict[str, np.ndarray]:
-    """Every array of the ``.npz`` map file at ``path`` (``fusion.read_npz``); ValueError naming the file when it is
+    """Every array of the ``.npz`` map file at ``path`` (``data.npz.read_npz``); ValueError naming the file when it is
     missing, truncated or not an ``.npz`` archive (a map file is never half read)."""
     path = Path(path)
     if not path.is_file():
@@ -55,28 +56,25 @@ def open_map_file(path) -> dict[str, np.ndarray]:
 
 def write_features(path, snapshot: FeatureSnapshot, *, fingerprint: str, map_voxel: float, tile: float,
                    frame_id: str, tracks: dict | None = None) -> Path:
-    """Put ``snapshot`` (and the object ``tracks``) into the map file at ``path``: beside the VoxelMap already
-    there, replacing features saved before, or in a new file. The file is replaced at once (written beside it,
-    then renamed), so a reader never sees it half written. Returns the path."""
+    """Put ``snapshot`` (and the object ``tracks``) into the map file at ``path``, or into a new file. Added to a
+    VoxelMap file that holds no features yet as further archive members, in place, without reading or rewriting
+    its voxels: that is a file being made (``data.npz.staged``, as the segmenter node saves). A file with features
+    is replaced at once, its voxels kept and the earlier features dropped. Returns the path."""
     path = Path(path)
     if path.suffix != ".npz":
         raise ValueError(f"a map file ends in .npz, got '{path}'")
-    arrays = {}
-    if path.exists():
-        arrays = {name: value for name, value in open_map_file(path).items()
-                  if not name.startswith((_FEATURES, _TRACKS))}
     meta = {"format": FEATURES_FORMAT, "version": FEATURES_VERSION, "model_fingerprint": fingerprint,
             "map_voxel": float(map_voxel), "tile": float(tile), "frame_id": frame_id, "points": len(snapshot)}
-    arrays[_FEATURES + "meta"] = np.array(json.dumps(meta))
+    arrays = {_FEATURES + "meta": np.array(json.dumps(meta))}
     arrays.update({_FEATURES + name: value for name, value in snapshot.to_arrays().items()})
     arrays.update({_TRACKS + name: value for name, value in (tracks or {}).items()})
-    partial = path.with_name(f".{path.stem}.{os.getpid()}.partial.npz")
-    try:
-        np.savez(partial, **arrays)
-        os.replace(partial, path)
-    finally:
-        partial.unlink(missing_ok=True)
-    return path
+    if not path.exists():
+        return write_npz(path, arrays)
+    if not any(name.startswith((_FEATURES, _TRACKS)) for name in npz_names(path)):
+        add_to_npz(path, arrays)
+        return path
+    kept = {name: value for name, value in open_map_file(path).items() if not name.startswith((_FEATURES, _TRACKS))}
+    return write_npz(path, {**kept, **arrays})
 
 
 def read_features(path, *, fingerprint: str, map_voxel: float, tile: float,

@@ -16,7 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ov3d_ros.fusion import PartialCloud, RGBDFrame, SurfaceConfig, VoxelMap, make_partial_cloud, read_npz
+from ov3d_ros.data.npz import read_npz
+from ov3d_ros.fusion import PartialCloud, RGBDFrame, SurfaceConfig, VoxelMap, make_partial_cloud
 
 __all__ = ["MapperConfig", "MapUpdate", "Mapper"]
 

@@ -2,6 +2,8 @@
 voxel or tile made them, or when the file is damaged."""
 from __future__ import annotations
 
+import zipfile
+
 import numpy as np
 import pytest
 
@@ -56,7 +58,11 @@ def test_a_map_file_round_trip_gives_the_same_map_features_answers_and_object_id
     assert found.instances
 
     path, n = mapper.save(tmp_path / "room.npz")
+    voxel_bytes = path.read_bytes()
     _save(path, features, fingerprint, tracker.state())
+    with zipfile.ZipFile(path) as archive:  # the features follow the voxels, which are not rewritten
+        added = min(i.header_offset for i in archive.infolist() if i.filename.startswith(("features.", "tracks.")))
+    assert added > 8 * len(mapper) and path.read_bytes()[:added] == voxel_bytes[:added]
 
     # The voxel part: the same map, the newest keyframe's stamp, and the next frame is a keyframe.
     restarted = Mapper(MapperConfig(voxel_size=VOXEL, max_depth=8.0))

@@ -31,6 +31,7 @@ from visualization_msgs.msg import MarkerArray
 from ov3d_interfaces.srv import LoadMap, QueryObjects, SaveMap
 from ov3d_ros.cloud import PointCloud
 from ov3d_ros.feature_map import FeatureMap, FeatureMapConfig
+from ov3d_ros.data.npz import staged
 from ov3d_ros.map_file import read_features, write_features
 from ov3d_ros.messages import stamp_seconds
 from ov3d_ros.instances import InstanceTracker, cluster_grid, extract_instances
@@ -603,13 +604,15 @@ class SegmenterNode(Node):
                 raise ValueError(f"no map yet: no global map from {self.p['global_topic']} has features")
             path.parent.mkdir(parents=True, exist_ok=True)
             voxels = ""
-            if self._fusion_save is not None:
-                answer = await self._call_fusion(self._fusion_save, SaveMap.Request(path=str(path)), "save")
-                voxels = f"{answer.point_count} voxels and "
-            with self._tracker_lock:
-                tracks = self._trackers.get("global", InstanceTracker()).state()
-            write_features(path, snapshot, fingerprint=self.segmenter.fingerprint, map_voxel=self.p["map_voxel"],
-                           tile=self.p["feature_tile"], frame_id=self.map_frame, tracks=tracks)
+            with staged(path) as staging:  # the voxels, then the features beside them; renamed to path at once
+                if self._fusion_save is not None:
+                    answer = await self._call_fusion(self._fusion_save, SaveMap.Request(path=str(staging)), "save")
+                    voxels = f"{answer.point_count} voxels and "
+                with self._tracker_lock:
+                    tracks = self._trackers.get("global", InstanceTracker()).state()
+                write_features(staging, snapshot, fingerprint=self.segmenter.fingerprint,
+                               map_voxel=self.p["map_voxel"], tile=self.p["feature_tile"], frame_id=self.map_frame,
+                               tracks=tracks)
         except (OSError, ValueError, RuntimeError) as exc:
             response.success, response.message = False, f"save_map: {exc}"
             self.get_logger().error(response.message)

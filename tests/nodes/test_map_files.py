@@ -64,6 +64,7 @@ def test_a_saved_map_answers_after_a_restart_before_any_frame(run_nodes, wait_un
         saved = call_service(client, SaveMap, "/segmenter_node/save_map", SaveMap.Request(path=str(path)), 60.0)
         assert saved.success, saved.message
         assert saved.point_count == len(segmenter.map_snapshot) and f"{voxels} voxels" in saved.message
+        assert [p.name for p in path.parent.iterdir()] == ["room.npz"]  # the staged file was renamed, nothing left
     finally:
         client.destroy_node()
     camera_runner.close()
