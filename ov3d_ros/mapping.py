@@ -131,7 +131,7 @@ class Mapper:
             n = len(self.map)
             if path.suffix.lower() == ".npz":
                 stamp = math.nan if self.last_keyframe_stamp is None else self.last_keyframe_stamp
-                self.map.save(path, keyframe_stamp=np.array(stamp, dtype=np.float64))
+                path = self.map.save(path, keyframe_stamp=np.array(stamp, dtype=np.float64))
             elif path.suffix.lower() == ".ply":
                 self.map.write_ply(path, frame_id=frame_id)
             else:

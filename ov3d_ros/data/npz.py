@@ -40,7 +40,7 @@ def npz_names(path) -> list[str]:
 @contextlib.contextmanager
 def staged(path):
     """The path to write the file ``path`` to: a hidden name in the same folder, renamed to ``path`` when the block
-    ends without an exception. It is removed when the block raises, or ends without having written it."""
+    ends without an exception (``path`` stays as it was if the block wrote nothing), removed when the block raises."""
     path = Path(path)
     staging = path.with_name(f".{path.stem}.{os.getpid()}.partial{path.suffix}")
     try:
