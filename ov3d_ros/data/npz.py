@@ -17,24 +17,28 @@ import numpy as np
 __all__ = ["read_npz", "npz_names", "staged", "write_npz", "add_to_npz"]
 
 
+@contextlib.contextmanager
+def _opened(path):
+    """The ``.npz`` file ``path`` open for reading; any failure while it is read becomes a ValueError naming it."""
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            yield npz
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+        raise ValueError(f"cannot read {path} as .npz: {exc}") from exc
+
+
 def read_npz(path) -> dict[str, np.ndarray]:
     """Every array of the ``.npz`` file ``path``, read at once, so a truncated file fails here and nothing is half
     loaded; ValueError naming the file when it is missing, damaged or not an ``.npz``."""
-    try:
-        with np.load(path, allow_pickle=False) as npz:
-            return {name: npz[name] for name in npz.files}
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
-        raise ValueError(f"cannot read {path} as .npz: {exc}") from exc
+    with _opened(path) as npz:
+        return {name: npz[name] for name in npz.files}
 
 
 def npz_names(path) -> list[str]:
     """The array names of the ``.npz`` file ``path``, from its directory alone (no array is read); ValueError as
     ``read_npz``'s."""
-    try:
-        with np.load(path, allow_pickle=False) as npz:
-            return list(npz.files)
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
-        raise ValueError(f"cannot read {path} as .npz: {exc}") from exc
+    with _opened(path) as npz:
+        return list(npz.files)
 
 
 @contextlib.contextmanager
